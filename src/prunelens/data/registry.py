@@ -1,0 +1,70 @@
+"""Dataset registry: a name in a config → an options model and a builder of splits.
+
+A dataset module registers itself with :func:`register_dataset`. A split is a
+``torch.utils.data.Dataset`` whose items are ``(image, label)``, ``image`` a float tensor
+(C, H, W) in [0, 1] (models normalise through their spec), and which has ``num_classes`` and
+``class_names``.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+
+from prunelens.errors import ConfigError
+
+# name -> module that registers it; imported on first use
+DATASET_MODULES = {
+    "synthetic": "prunelens.data.synthetic_registry",
+    "imagenet": "prunelens.data.imagefolder",
+    "imagefolder": "prunelens.data.imagefolder",
+    "imagenet32": "prunelens.data.imagenet32",
+    "cifar10": "prunelens.data.cifar",
+    "cifar100": "prunelens.data.cifar",
+    "digits": "prunelens.data.digits",
+}
+
+
+class DatasetOptions(BaseModel):
+    """Base of every dataset's options: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    options: type[DatasetOptions]
+    build: Callable[..., object]  # build(options, split, seed, **overrides) -> Dataset
+    splits: tuple[str, ...] = ("train", "val", "test")
+
+
+_REGISTRY: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, options: type[DatasetOptions], splits=("train", "val", "test")):
+    def deco(build):
+        _REGISTRY[name] = DatasetEntry(name, options, build, tuple(splits))
+        return build
+    return deco
+
+
+def available_datasets() -> list[str]:
+    return sorted(DATASET_MODULES)
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    if name not in _REGISTRY:
+        module = DATASET_MODULES.get(name)
+        if module is None:
+            raise ConfigError(f"unknown dataset '{name}' (data.name); available: "
+                              f"{', '.join(available_datasets())}")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            raise ConfigError(f"dataset '{name}' is not available in this version of prunelens") from None
+    return _REGISTRY[name]

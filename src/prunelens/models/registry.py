@@ -1,0 +1,122 @@
+"""``create_model(name, num_classes, weights=None, **kw)`` over a registry of architectures.
+
+Weights are a local file (safetensors, or a tensor-only ``.pth`` read with ``weights_only=True``)
+or a torchvision weights name whose file is already in the torch hub cache: prunelens never
+downloads anything.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelens._compat import torchvision
+from prunelens.errors import ModelError
+from prunelens.models import builtins
+
+_TORCHVISION = ("resnet18", "resnet50", "vit_b_32", "swin_v2_t")
+_BUILTINS: dict[str, Callable[..., nn.Module]] = {
+    "fcn": builtins.FCN,
+    "lenet5": builtins.LeNet5,
+    "small_resnet": builtins.SmallResNet,
+    "small_vit": builtins.small_vit,
+}
+
+
+def list_models() -> list[str]:
+    return sorted((*_TORCHVISION, *_BUILTINS))
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    if name in _BUILTINS:
+        return _BUILTINS[name]
+    if name in _TORCHVISION:
+        return getattr(torchvision().models, name)
+    raise ModelError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+
+
+def _check_options(name: str, build: Callable[..., nn.Module], options: dict) -> None:
+    if name in _TORCHVISION:
+        return  # torchvision builders forward **kwargs to the architecture class
+    accepted = [p for p in inspect.signature(build).parameters if p != "num_classes"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ModelError(f"model '{name}' has no option {', '.join(map(repr, unknown))}; "
+                         f"its options are: {', '.join(accepted)}")
+
+
+def create_model(name: str, num_classes: int, weights: str | Path | None = None,
+                 **options) -> nn.Module:
+    """Build architecture ``name`` with ``num_classes`` outputs, optionally loading ``weights``."""
+    build = _builder(name)
+    _check_options(name, build, options)
+    try:
+        model = build(num_classes=num_classes, **options)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot build model '{name}' with options {options}: {exc}") from None
+    if weights is not None:
+        load_state_dict_strict(model, read_weights(name, weights), f"weights '{weights}'")
+    return model
+
+
+def read_weights(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file or a cached torchvision weights entry."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        path = _cached_torchvision_weights(name, str(weights))
+    return _read_state_dict_file(path)
+
+
+def _cached_torchvision_weights(name: str, weights: str) -> Path:
+    if name not in _TORCHVISION:
+        raise ModelError(f"weights file '{weights}' does not exist")
+    enum = torchvision().models.get_model_weights(name)
+    entry_name = weights.split(".")[-1]
+    available = [w.name for w in enum] + ["DEFAULT"]
+    if entry_name not in available:
+        raise ModelError(f"weights '{weights}' is neither an existing file nor a torchvision weights "
+                         f"name for {name} (available: {', '.join(available)})")
+    entry = enum[entry_name] if entry_name != "DEFAULT" else enum.DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    if not cached.is_file():
+        raise ModelError(f"weights {enum.__name__}.{entry.name} are not on this machine and prunelens "
+                         f"never downloads them: put the file from {entry.url} at {cached}, "
+                         "or give a local file path as weights")
+    return cached
+
+
+def _read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file or a pickle with objects: both are the user's to fix
+        raise ModelError(f"cannot read weights file {path}: {exc}. Give a safetensors file or a "
+                         "tensor-only .pth (pickled objects are refused)") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` with a message that names the mismatching keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+                parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+        raise ModelError(f"{what} do not fit {type(model).__name__}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,220 @@
+"""One spec per architecture family: every per-architecture fact lives here.
+
+A spec answers, for a model of its family: which parameters are prunable, which of them are the
+first layer and the classifier, the GradCAM target layer and how its activation becomes a
+(B, C, h, w) grid, the feature layer used by LOST, the attention modules, the feature stride and
+the input normalisation. Code elsewhere asks :func:`spec_for` and never tests architecture names.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from prunelens.errors import ModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ArchSpec:
+    """Base spec. Subclasses override what differs; the defaults suit plain CNN/MLP stacks."""
+
+    family = "generic"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    #: fnmatch patterns of parameter names that are never prunable in this family
+    never_prune: tuple[str, ...] = ()
+
+    # ---- pruning -----------------------------------------------------------------------------
+    def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Weights of every Conv/Linear layer and attention input projection, in module order.
+
+        ``nn.MultiheadAttention.in_proj_weight`` is included: the reference code built its list of
+        layers from Conv/Linear modules only and so never pruned it.
+        """
+        params = dict(model.named_parameters())
+        names: list[str] = []
+        for mod_name, module in model.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                names.append(prefix + "weight")
+            elif isinstance(module, nn.MultiheadAttention):
+                if module.in_proj_weight is not None:
+                    names.append(prefix + "in_proj_weight")
+                else:
+                    names += [prefix + f"{p}_proj_weight" for p in "qkv"]
+        return {n: params[n] for n in names
+                if n in params and not any(fnmatch.fnmatchcase(n, p) for p in self.never_prune)}
+
+    def first_layer(self, model: nn.Module) -> str:
+        """Name of the first prunable weight (the layer that sees the pixels)."""
+        return next(iter(self.prunable(model)))
+
+    def classifier(self, model: nn.Module) -> str:
+        """Name of the output layer's weight."""
+        return list(self.prunable(model))[-1]
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map images in [0, 1], (B, C, H, W), to the model's input space.
+
+        Single-channel inputs use the mean of the per-channel statistics.
+        """
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        if x.shape[1] != mean.numel():
+            mean, std = mean.mean().expand(x.shape[1]), std.mean().expand(x.shape[1])
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        if x.shape[1] != mean.numel():
+            mean, std = mean.mean().expand(x.shape[1]), std.mean().expand(x.shape[1])
+        return x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+
+    # ---- spatial features (GradCAM, LOST) ----------------------------------------------------
+    has_spatial_features = False
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        raise ModelError(f"{type(model).__name__} has no spatial feature map for GradCAM")
+
+    def to_grid(self, activation: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        """Turn the GradCAM/feature layer's output into a (B, C, h, w) grid."""
+        return activation
+
+    def feature_layer(self, model: nn.Module) -> nn.Module:
+        """The layer whose output LOST uses as patch features (see discovery.lost)."""
+        return self.gradcam_layer(model)
+
+    def stride(self, model: nn.Module) -> int:
+        """Pixels per cell of the feature grid."""
+        raise ModelError(f"{type(model).__name__} has no spatial feature map")
+
+
+class ResNetSpec(ArchSpec):
+    """torchvision ResNets and the built-in SmallResNet: stages named ``layer1`` … ``layerN``."""
+
+    family = "resnet"
+    has_spatial_features = True
+
+    @staticmethod
+    def _stages(model: nn.Module) -> list[nn.Sequential]:
+        return [m for n, m in model.named_children() if n.startswith("layer")]
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        return self._stages(model)[-1][-1]  # last block of the last stage
+
+    def feature_layer(self, model: nn.Module) -> nn.Module:
+        return self._stages(model)[-1]
+
+    def stride(self, model: nn.Module) -> int:
+        s = model.conv1.stride[0]
+        if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            s *= model.maxpool.stride if isinstance(model.maxpool.stride, int) else model.maxpool.stride[0]
+        for stage in self._stages(model):
+            downsample = stage[0].downsample
+            if downsample is not None:
+                s *= downsample[0].stride[0]
+        return s
+
+
+class ViTSpec(ArchSpec):
+    """torchvision VisionTransformer (vit_b_32 and the built-in small_vit)."""
+
+    family = "vit"
+    has_spatial_features = True
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        return model.encoder.layers[-1]
+
+    def to_grid(self, activation: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        tokens = activation[:, 1:]  # drop CLS
+        b, n, c = tokens.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ModelError(f"ViT has {n} patch tokens, not a square grid")
+        return tokens.transpose(1, 2).reshape(b, c, side, side)
+
+    def feature_layer(self, model: nn.Module) -> nn.Module:
+        return self.attention_modules(model)[-1]
+
+    def stride(self, model: nn.Module) -> int:
+        return int(model.patch_size)
+
+
+class SwinSpec(ArchSpec):
+    """torchvision SwinTransformer (v1 and v2); its stages output (B, h, w, C)."""
+
+    family = "swin"
+    has_spatial_features = True
+    # the continuous position-bias MLP of Swin v2 generates attention biases; it is not a weight
+    # layer of the network's function, so it is left dense
+    never_prune = ("*cpb_mlp*",)
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        return model.features[-1]
+
+    def to_grid(self, activation: torch.Tensor, model: nn.Module) -> torch.Tensor:
+        return activation.permute(0, 3, 1, 2)
+
+    def feature_layer(self, model: nn.Module) -> nn.Module:
+        return model.features[-1]
+
+    def stride(self, model: nn.Module) -> int:
+        patch = model.features[0][0].stride[0]
+        merges = sum(1 for m in model.features if type(m).__name__.startswith("PatchMerging"))
+        return patch * 2 ** merges
+
+
+class FCNSpec(ArchSpec):
+    """The fully connected net: the first layer's rows reshape to the input's (C, H, W)."""
+
+    family = "fcn"
+
+    def input_shape(self, model: nn.Module) -> tuple[int, ...]:
+        return model.input_shape
+
+
+class LeNetSpec(ArchSpec):
+    family = "lenet"
+    has_spatial_features = True
+
+    def gradcam_layer(self, model: nn.Module) -> nn.Module:
+        return model.features.conv2
+
+    def stride(self, model: nn.Module) -> int:
+        return 2
+
+
+def _family_table() -> list[tuple[type, Callable[[], ArchSpec]]]:
+    from prunelens._compat import torchvision
+    from prunelens.models import builtins
+
+    tvm = torchvision().models
+    return [
+        (tvm.ResNet, ResNetSpec),
+        (builtins.SmallResNet, ResNetSpec),
+        (tvm.VisionTransformer, ViTSpec),
+        (tvm.SwinTransformer, SwinSpec),
+        (builtins.FCN, FCNSpec),
+        (builtins.LeNet5, LeNetSpec),
+    ]
+
+
+def spec_for(model: nn.Module) -> ArchSpec:
+    """The spec of a model's architecture family (DDP/compiled wrappers are looked through)."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
+    for cls, spec in _family_table():
+        if isinstance(inner, cls):
+            return spec()
+    raise ModelError(f"prunelens has no architecture spec for {type(inner).__name__}; "
+                     "add one in prunelens/models/spec.py")

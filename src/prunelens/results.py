@@ -1,0 +1,160 @@
+"""The results store: tidy records of every (suite, level), one table per run.
+
+A suite yields :class:`Record` rows; the evaluate driver writes each (suite, level) to
+``RUN_DIR/results/<suite>/level_XX.csv`` (atomically, with a JSON sidecar holding its sha256 and
+the options it was computed with). Re-evaluating a level replaces its file, so rows are never
+duplicated. :func:`load_results` reads one or several runs into one DataFrame with the columns
+``run, model, level, sparsity, suite, metric, method, dataset, condition, item, value``;
+:func:`summarize` gives per-level summaries (mean, 95 % bootstrap CI, n, n_nan).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prunelens.errors import PoolError
+from prunelens.io import atomic_write_bytes, sha256_file
+
+RECORD_COLUMNS = ("suite", "metric", "method", "dataset", "condition", "item", "value")
+KEY_COLUMNS = ("run", "model", "level", "sparsity", "suite", "metric", "method", "dataset", "condition")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One measured number.
+
+    ``item`` names what the value is about when it is one of many (an image id, a neuron, a
+    trial); it is empty for a value that already summarises the level (e.g. a locality score).
+    ``method`` (attribution method, pooling …), ``dataset`` and ``condition`` are empty when
+    they do not apply. A NaN value is kept: summaries count it as ``n_nan``.
+    """
+
+    suite: str
+    metric: str
+    value: float
+    method: str = ""
+    dataset: str = ""
+    condition: str = ""
+    item: str = ""
+
+
+def results_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "results"
+
+
+def level_file(run_dir: str | Path, suite: str, level: int) -> Path:
+    return results_dir(run_dir) / suite / f"level_{level:02d}.csv"
+
+
+def records_frame(records: Iterable[Record]) -> pd.DataFrame:
+    rows = [asdict(r) for r in records]
+    frame = pd.DataFrame(rows, columns=[f.name for f in fields(Record)])
+    frame = frame[list(RECORD_COLUMNS)]
+    frame["value"] = frame["value"].astype(float)
+    return frame
+
+
+def write_level(run_dir: str | Path, suite: str, level: int, records: Iterable[Record],
+                meta: dict) -> Path:
+    """Write (replacing) the records of one (suite, level), with a sidecar of ``meta`` + sha256."""
+    path = level_file(run_dir, suite, level)
+    frame = records_frame(records)
+    bad = frame.loc[frame["suite"] != suite, "suite"].unique()
+    if len(bad):
+        raise ValueError(f"suite {suite} yielded records of suite(s) {list(bad)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, frame.to_csv(index=False).encode())
+    sidecar = dict(meta, suite=suite, level=level, rows=len(frame), sha256=sha256_file(path))
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(sidecar, indent=1, sort_keys=True).encode())
+    return path
+
+
+def read_sidecar(run_dir: str | Path, suite: str, level: int) -> dict | None:
+    """The sidecar of a complete, intact (suite, level) result, or None."""
+    path = level_file(run_dir, suite, level)
+    side = path.with_suffix(".json")
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta if meta.get("sha256") == sha256_file(path) else None
+
+
+def _read_level_csv(path: Path) -> pd.DataFrame:
+    side = path.with_suffix(".json")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise PoolError(f"results file {path} has no readable sidecar {side.name}; delete both and "
+                        "re-run `prunelens evaluate` for that suite") from None
+    if meta.get("sha256") != sha256_file(path):
+        raise PoolError(f"results file {path} does not match its recorded sha256 (corrupt or edited); "
+                        "delete it and re-run `prunelens evaluate` for that suite")
+    frame = pd.read_csv(path, dtype={c: str for c in RECORD_COLUMNS if c != "value"},
+                        keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
+    frame["value"] = frame["value"].astype(float)
+    frame["level"] = int(meta["level"])
+    return frame
+
+
+def load_results(run_dirs: str | Path | Sequence[str | Path], suite: str | Sequence[str] | None = None
+                 ) -> pd.DataFrame:
+    """All records of one or several runs as one tidy DataFrame (see module docstring)."""
+    from prunelens.pool import Pool
+
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    suites = [suite] if isinstance(suite, str) else suite
+    frames = []
+    for run_dir in run_dirs:
+        pool = Pool(run_dir)
+        sparsity = {lv.index: lv.sparsity for lv in pool.levels}
+        for path in sorted(results_dir(run_dir).glob("*/level_*.csv")):
+            if suites is not None and path.parent.name not in suites:
+                continue
+            frame = _read_level_csv(path)
+            if frame["level"].iloc[0] not in sparsity if len(frame) else False:
+                continue  # results of a level the pool no longer has
+            frame["run"] = pool.name
+            frame["model"] = pool.config.model.name
+            frame["sparsity"] = frame["level"].map(sparsity)
+            frames.append(frame)
+    columns = ["run", "model", "level", "sparsity", *RECORD_COLUMNS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, confidence: float = 0.95,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (NaNs dropped); NaN if fewer than 2."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) < 2:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def summarize(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per (run, level, suite, metric, method, dataset, condition): mean, 95 % CI, n, n_nan."""
+    keys = [c for c in KEY_COLUMNS if c in frame.columns]
+    rows = []
+    for key, group in frame.groupby(keys, sort=True, dropna=False):
+        values = group["value"].to_numpy(dtype=float)
+        finite = values[~np.isnan(values)]
+        lo, hi = bootstrap_mean_ci(finite, n_boot=n_boot, seed=seed)
+        rows.append((*key, float(finite.mean()) if len(finite) else math.nan, lo, hi,
+                     int(len(finite)), int(np.isnan(values).sum())))
+    return pd.DataFrame(rows, columns=[*keys, "mean", "ci_low", "ci_high", "n", "n_nan"])
