@@ -1,0 +1,285 @@
+"""Connectivity and locality of pruned masks (Pellegrini & Biroli, ICML 2022, Secs. 3–4).
+
+A layer's mask is seen as one binary image per *unit* (hidden node, or conv filter): ``units`` is
+a bool tensor (U, C, H, W) — the rows of an FCN's first layer reshaped to the input's C×H×W, or a
+conv layer's kernels. On it:
+
+* connections per unit and per input pixel;
+* the pair-displacement histograms: for every unit, every ordered pair of distinct inputs it
+  connects to, their displacement d = (Δy, Δx) is counted, separately for pairs in the same
+  channel (S_sc(d)) and in different channels (S_dc(d)); ordered pairs make both maps symmetric,
+  S(d) = S(−d). They are sums of autocorrelations of the unit masks, computed for all units at once
+  with FFTs (no loop over units or pairs);
+* their expectation under a random mask with the same number of connections per unit
+  (:func:`random_baseline`) and a locality score: the fraction of pairs with 0 < |d| ≤ r, divided
+  by that fraction under the random mask (1 = no locality, > 1 = local);
+* translation structure: how similar two units' masks are at the best relative shift;
+* the second layer's effective mask M2·M1 (inputs reachable from a second-layer unit);
+* ablation of the most / least / randomly chosen connected units.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+# ---- masks as unit images ----------------------------------------------------------------------------
+def unit_masks(mask: torch.Tensor, input_shape: Iterable[int] | None = None) -> torch.Tensor:
+    """(U, C, H, W) bool view of a layer mask.
+
+    A Linear mask (U, N) needs ``input_shape`` = (C, H, W) with C·H·W = N (rows are flattened
+    images, channel-row-column order); a conv mask (U, C, kh, kw) is returned as is.
+    """
+    mask = mask.detach().bool()
+    if mask.ndim == 4:
+        return mask
+    if mask.ndim == 2 and input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or math.prod(shape) != mask.shape[1]:
+            raise ValueError(f"input shape {shape} does not match the {mask.shape[1]} inputs of the mask")
+        return mask.reshape(mask.shape[0], *shape)
+    raise ValueError(f"a mask of shape {tuple(mask.shape)} is neither a conv kernel mask nor a "
+                     "Linear mask with a known input shape")
+
+
+def connections_per_unit(units: torch.Tensor) -> torch.Tensor:
+    """Number of surviving incoming connections of every unit, (U,)."""
+    return units.flatten(1).sum(1)
+
+
+def connections_per_input(units: torch.Tensor) -> torch.Tensor:
+    """Number of units every input (channel, pixel) still feeds, (C, H, W)."""
+    return units.sum(0)
+
+
+def alive_units_fraction(mask: torch.Tensor) -> float:
+    """Fraction of units (rows / output channels, dim 0) with at least one incoming connection."""
+    mask = mask.detach().bool()
+    return float(mask.flatten(1).any(1).float().mean()) if mask.ndim > 1 else float(mask.any())
+
+
+def effective_mask(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Second layer's effective mask (U2, N): input i reaches unit j through some first-layer unit,
+    i.e. (M2 · M1)_ji > 0 (Pellegrini & Biroli 2022, Sec. 4.3)."""
+    return (second.float() @ first.float()) > 0
+
+
+# ---- pair-displacement histograms -----------------------------------------------------------------------
+def displacement_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Δy, Δx) of every cell of a displacement map, each (2H−1, 2W−1); the centre is d = 0."""
+    dy = torch.arange(-(height - 1), height, dtype=torch.float64)
+    dx = torch.arange(-(width - 1), width, dtype=torch.float64)
+    return torch.meshgrid(dy, dx, indexing="ij")
+
+
+_CHUNK_BYTES = 64 << 20  # spectra of this many bytes are computed at once
+
+
+def _chunk_size(units: torch.Tensor, chunk: int | None) -> int:
+    if chunk is not None:
+        return max(1, int(chunk))
+    _, c, h, w = units.shape
+    per_unit = (c + 2) * (2 * h) * (w + 1) * 16  # complex128 spectra of the channels and sums
+    return max(1, _CHUNK_BYTES // per_unit)
+
+
+def _autocorrelations(units: torch.Tensor, chunk: int | None
+                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per-unit same-/different-channel pair counts, (n, 2H−1, 2W−1) each, ``chunk`` units at a time.
+
+    Σ_p A(p)·B(p + d) for all d is a cross-correlation; with zero padding to 2H×2W the FFT's
+    circular correlation equals the linear one. Same-channel: Σ_c |F(A_c)|² (minus the pairs of a
+    pixel with itself at d = 0); all pairs: |Σ_c F(A_c)|²; different-channel: their difference.
+    """
+    u, c, h, w = units.shape
+    chunk = _chunk_size(units, chunk)
+    for start in range(0, u, chunk):
+        block = units[start:start + chunk].to(torch.float64)
+        spectrum = torch.fft.rfft2(block, s=(2 * h, 2 * w))
+        same = spectrum.abs().square().sum(1)
+        every = spectrum.sum(1).abs().square()
+        maps = torch.fft.irfft2(torch.stack([same, every - same]), s=(2 * h, 2 * w))
+        maps = torch.fft.fftshift(maps, dim=(-2, -1))[..., 1:, 1:].round()
+        sc, dc = maps[0], maps[1]
+        sc[:, h - 1, w - 1] -= block.flatten(1).sum(1)  # a pixel paired with itself is no pair
+        yield start, sc, dc
+
+
+def pair_histograms(units: torch.Tensor, per_unit: bool = False, chunk: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """S_sc(d), S_dc(d): ordered pairs of connected inputs at displacement d, summed over units.
+
+    Maps are float64 (2H−1, 2W−1) indexed [Δy + H − 1, Δx + W − 1]; ``per_unit`` keeps the unit
+    axis, (U, 2H−1, 2W−1). Each unordered pair counts at d and at −d.
+    """
+    parts = list(_autocorrelations(units.cpu(), chunk))
+    sc = torch.cat([p[1] for p in parts])
+    dc = torch.cat([p[2] for p in parts])
+    return (sc, dc) if per_unit else (sc.sum(0), dc.sum(0))
+
+
+def grid_pair_counts(shape: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ordered pairs of distinct inputs of a full C×H×W grid at each displacement (same channel,
+    different channels): C·(H−|Δy|)(W−|Δx|) (0 at d = 0) and C(C−1)·(H−|Δy|)(W−|Δx|)."""
+    c, h, w = (int(s) for s in shape)
+    dy, dx = displacement_grid(h, w)
+    overlap = (h - dy.abs()) * (w - dx.abs())
+    same = c * overlap
+    same[h - 1, w - 1] = 0
+    return same, c * (c - 1) * overlap
+
+
+def random_baseline(counts: torch.Tensor, shape: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[S_sc(d)], E[S_dc(d)] for masks whose unit u has ``counts[u]`` connections placed uniformly
+    at random: each ordered pair of distinct inputs is kept with probability k(k−1)/(N(N−1))."""
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    k = counts.to(torch.float64)
+    scale = float((k * (k - 1)).sum()) / (n * (n - 1)) if n > 1 else 0.0
+    same, diff = grid_pair_counts(shape)
+    return scale * same, scale * diff
+
+
+def random_masks_like(units: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Masks with each unit's number of connections, placed uniformly at random."""
+    counts = connections_per_unit(units)
+    scores = torch.rand(units.shape[0], units[0].numel(), generator=generator, dtype=torch.float64)
+    # keep the k_u smallest scores of row u: those up to the row's k_u-th smallest value
+    kth = scores.sort(1).values.gather(1, (counts - 1).clamp(min=0).unsqueeze(1))
+    return ((scores <= kth) & (counts > 0).unsqueeze(1)).reshape(units.shape)
+
+
+@dataclass
+class Locality:
+    """Locality of a layer's masks at radius r (pixels).
+
+    ``unit_fraction[u]``: fraction of unit u's same-channel pairs with 0 < |d| ≤ r (NaN when it has
+    none); ``baseline_fraction``: the same fraction expected under a random mask (it does not
+    depend on the number of connections); ``unit_score = unit_fraction / baseline_fraction``.
+    ``pooled_*``: pairs of all units pooled. ``dc_*``: different-channel pairs, |d| ≤ r (d = 0
+    included: a unit reading one pixel in several colours); NaN with a single channel.
+    """
+
+    radius: float
+    unit_fraction: torch.Tensor
+    unit_score: torch.Tensor
+    baseline_fraction: float
+    pooled_fraction: float
+    pooled_score: float
+    dc_fraction: float
+    dc_baseline_fraction: float
+    dc_score: float
+    s_sc: torch.Tensor
+    s_dc: torch.Tensor
+    expected_sc: torch.Tensor
+    expected_dc: torch.Tensor
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def locality(units: torch.Tensor, radius: float = 2.0, chunk: int | None = None) -> Locality:
+    """Pair histograms, random baseline and locality scores of ``units`` (U, C, H, W)."""
+    units = units.cpu()
+    _, c, h, w = units.shape
+    dy, dx = displacement_grid(h, w)
+    near = (dy.square() + dx.square()) <= radius * radius
+    near_sc = near.clone()
+    near_sc[h - 1, w - 1] = False
+    local, pairs, s_sc, s_dc = [], [], 0.0, 0.0
+    for _, sc, dc in _autocorrelations(units, chunk):
+        local.append(sc[:, near_sc].sum(1))
+        pairs.append(sc.flatten(1).sum(1))
+        s_sc, s_dc = s_sc + sc.sum(0), s_dc + dc.sum(0)
+    local, pairs = torch.cat(local), torch.cat(pairs)
+    counts = connections_per_unit(units)
+    e_sc, e_dc = random_baseline(counts, (c, h, w))
+    same_grid, diff_grid = grid_pair_counts((c, h, w))
+    base = _ratio(float(same_grid[near_sc].sum()), float(same_grid.sum()))
+    unit_fraction = torch.where(pairs > 0, local / pairs.clamp(min=1), torch.full_like(local, math.nan))
+    pooled = _ratio(float(local.sum()), float(pairs.sum()))
+    dc_fraction = _ratio(float(s_dc[near].sum()), float(s_dc.sum())) if c > 1 else math.nan
+    dc_base = _ratio(float(diff_grid[near].sum()), float(diff_grid.sum())) if c > 1 else math.nan
+    return Locality(radius=float(radius), unit_fraction=unit_fraction,
+                    unit_score=unit_fraction / base if base > 0 else unit_fraction * math.nan,
+                    baseline_fraction=base, pooled_fraction=pooled, pooled_score=_ratio(pooled, base),
+                    dc_fraction=dc_fraction, dc_baseline_fraction=dc_base,
+                    dc_score=_ratio(dc_fraction, dc_base), s_sc=s_sc, s_dc=s_dc,
+                    expected_sc=e_sc, expected_dc=e_dc)
+
+
+# ---- translation structure -------------------------------------------------------------------------------
+def shift_similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlap of unit masks a[i] and b[i] (P, C, H, W) at the best spatial shift, and unshifted.
+
+    sim(s) = Σ_c Σ_p a_c(p)·b_c(p + s) / √(k_a·k_b) (cosine similarity of the shifted masks, the
+    shift moving all channels together); returns (max_s sim(s), sim(0)), NaN for empty masks.
+    """
+    _, _, h, w = a.shape
+    fa = torch.fft.rfft2(a.to(torch.float64), s=(2 * h, 2 * w))
+    fb = torch.fft.rfft2(b.to(torch.float64), s=(2 * h, 2 * w))
+    corr = torch.fft.irfft2((fa.conj() * fb).sum(1), s=(2 * h, 2 * w)).round()
+    norm = (a.flatten(1).sum(1) * b.flatten(1).sum(1)).to(torch.float64).sqrt()
+    norm = torch.where(norm > 0, norm, torch.full_like(norm, math.nan))
+    return corr.flatten(1).max(1).values / norm, corr[:, 0, 0] / norm
+
+
+def sample_unit_pairs(alive: torch.Tensor, n_pairs: int, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+    """Up to ``n_pairs`` distinct unordered pairs (i < j) of the ``alive`` unit indices, (P, 2)."""
+    m = len(alive)
+    if m < 2:
+        return torch.zeros(0, 2, dtype=torch.long)
+    total = m * (m - 1) // 2
+    if total <= n_pairs:
+        pick = torch.arange(total)
+    else:
+        pick = torch.randperm(total, generator=generator)[:n_pairs].sort().values
+    upper = torch.triu_indices(m, m, offset=1)  # (2, total), row-major over i < j
+    return alive[upper[:, pick]].T.contiguous()
+
+
+# ---- ablation ----------------------------------------------------------------------------------------------
+def choose_units(counts: torch.Tensor, fraction: float, generator: torch.Generator | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """The ``fraction`` of connected units with most / least connections, and a random draw of them."""
+    alive = torch.nonzero(counts > 0).flatten()
+    k = max(1, int(round(fraction * len(alive)))) if len(alive) else 0
+    order = alive[torch.argsort(counts[alive], descending=True, stable=True)]
+    return {"most": order[:k], "least": order[len(order) - k:],
+            "random": alive[torch.randperm(len(alive), generator=generator)[:k]]}
+
+
+def _zero_units_hook(units: torch.Tensor, dim: int) -> Callable:
+    def hook(module, inputs, output):
+        index = [slice(None)] * output.ndim
+        index[dim] = units.to(output.device)
+        output = output.clone()
+        output[tuple(index)] = 0
+        return output
+    return hook
+
+
+@torch.no_grad()
+def ablation_correct(model: nn.Module, module: nn.Module, units: torch.Tensor,
+                     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
+    """Per-image correctness (bool) with the outputs of ``units`` of ``module`` set to 0.
+
+    Zeroing a unit's output removes it from the network (as if all its incoming weights and bias
+    were pruned). Units are output channels (dim 1) of a conv, the last dim of a Linear.
+    """
+    dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+    handle = module.register_forward_hook(_zero_units_hook(units, dim)) if len(units) else None
+    device = next(model.parameters()).device
+    try:
+        correct = [model(transform(x.to(device))).argmax(1).cpu() == y for x, y in batches]
+    finally:
+        if handle is not None:
+            handle.remove()
+    return torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)

@@ -1,0 +1,358 @@
+"""The ``connectivity``, ``psp`` and ``sharpness`` suites of ``prunelens evaluate``.
+
+Records follow the shared contract: ``method`` is the layer (module name, or the parameter name
+when it is not a module's ``weight``), ``item`` the unit / neuron / draw / image, ``dataset`` and
+``condition`` empty except for the ablation (``condition`` = which units were removed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+
+from prunelens.analysis import connectivity as conn
+from prunelens.analysis import figures
+from prunelens.analysis.psp_entropy import psp_entropy
+from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
+from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.io import atomic_write_json
+from prunelens.results import Record, level_file, read_sidecar
+
+
+# ---- helpers shared by the suites ---------------------------------------------------------------------
+def layer_name(param: str) -> str:
+    """``layers.fc1.weight`` → ``layers.fc1``; other parameter names are kept whole."""
+    return param.removesuffix(".weight")
+
+
+def level_mask(masks: dict[str, torch.Tensor], name: str, weight: torch.Tensor) -> torch.Tensor:
+    """The level's mask of a parameter; where the pool has none, its non-zero weights."""
+    mask = masks.get(name) if masks else None
+    return (mask if mask is not None else weight != 0).detach().bool().cpu()
+
+
+def first_images(ctx: RunContext, split: str, n: int) -> torch.utils.data.Dataset:
+    dataset = ctx.data.split(split)
+    return torch.utils.data.Subset(dataset, range(min(n, len(dataset)))) if n < len(dataset) else dataset
+
+
+def item_ids(dataset) -> list[str]:
+    base = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    ids = getattr(base, "item_ids", None)
+    if isinstance(dataset, torch.utils.data.Subset):
+        index = list(dataset.indices)
+        return [ids[i] for i in index] if ids is not None else [str(i) for i in index]
+    return list(ids) if ids is not None else [str(i) for i in range(len(dataset))]
+
+
+def loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def stacked(dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*[(x, torch.as_tensor(y)) for x, y in loader(dataset, batch_size)])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def finite(value: float) -> float:
+    return float(value) if value is not None else math.nan
+
+
+def read_level_results(ctx: RunContext, suite: str) -> pd.DataFrame:
+    """This run's intact results of ``suite``, with each level's sparsity (for plots across levels)."""
+    frames = []
+    for level in getattr(ctx.pool, "levels", []):
+        if read_sidecar(ctx.run_dir, suite, level.index) is None:
+            continue
+        frame = pd.read_csv(level_file(ctx.run_dir, suite, level.index), keep_default_na=False,
+                            dtype={c: str for c in ("method", "dataset", "condition", "item")},
+                            na_values={"value": ["", "nan", "NaN"]})
+        frame["sparsity"] = float(level.sparsity)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# ---- connectivity ------------------------------------------------------------------------------------------
+class ConnectivityOptions(SuiteOptions):
+    radius: float = Field(2.0, gt=0, description="pairs with |d| <= radius (pixels) are local")
+    min_kernel: int = Field(5, ge=2, description="smaller conv kernels get counts only, no locality")
+    second_layer: bool = Field(True, description="FCN: also the second layer's effective mask M2·M1")
+    n_shift_pairs: int = Field(256, ge=0, description="unit pairs for the translation analysis")
+    ablation_fraction: float = Field(0.1, gt=0, le=1, description="fraction of connected units removed")
+    n_images: int = Field(256, ge=0, description="test images for the ablation (0: no ablation)")
+    split: str = "test"
+    gallery_units: int = Field(8, ge=0)
+    figures: bool = True
+    seed: int = 0
+
+
+@dataclass
+class LayerView:
+    """A layer's masks as unit images (U, C, H, W), with masked weights and the module for ablation."""
+
+    name: str
+    units: torch.Tensor
+    weights: torch.Tensor
+    module: nn.Module | None
+    spatial: bool
+
+
+def layer_views(model: nn.Module, spec, masks: dict[str, torch.Tensor],
+                options: ConnectivityOptions) -> tuple[list[LayerView], str | None]:
+    """The first layer (FCN rows as C×H×W, or conv kernels) and, for an FCN, the second layer's
+    effective mask. Returns the views and why none could be made (None when there are some)."""
+    prunable = spec.prunable(model)
+    names = list(prunable)
+    first = names[0]
+    w1 = prunable[first].detach().cpu()
+    m1 = level_mask(masks, first, w1)
+    module = model.get_submodule(first.rsplit(".", 1)[0]) if first.endswith(".weight") else None
+    if w1.ndim == 2 and hasattr(spec, "input_shape"):
+        shape = tuple(spec.input_shape(model))
+        view = LayerView(layer_name(first), conn.unit_masks(m1, shape),
+                         (w1 * m1).reshape(w1.shape[0], *shape), module, True)
+    elif w1.ndim == 4:
+        view = LayerView(layer_name(first), m1, w1 * m1, module,
+                         min(w1.shape[-2:]) >= options.min_kernel)
+    else:
+        return [], (f"first prunable layer {first} has shape {tuple(w1.shape)}: neither conv kernels "
+                    "nor an FCN layer whose input shape the architecture spec knows")
+    views = [view]
+    if options.second_layer and view.units.ndim == 4 and w1.ndim == 2 and len(names) > 1:
+        w2 = prunable[names[1]].detach().cpu()
+        if w2.ndim == 2 and w2.shape[1] == w1.shape[0]:
+            m2 = level_mask(masks, names[1], w2)
+            shape = view.units.shape[1:]
+            eff = conn.effective_mask(m1.flatten(1), m2).reshape(w2.shape[0], *shape)
+            eff_w = ((w2 * m2) @ (w1 * m1)).reshape(w2.shape[0], *shape)
+            views.append(LayerView(f"{layer_name(names[1])} (effective)", eff, eff_w, None, True))
+    return views, None
+
+
+@register_suite
+class ConnectivitySuite(Suite):
+    """Connections per unit / input, locality vs a random mask, translation structure, second-layer
+    effective masks and unit ablation (Pellegrini & Biroli 2022)."""
+
+    name = "connectivity"
+    Options = ConnectivityOptions
+
+    def skip_reason(self, ctx: RunContext) -> str | None:
+        if hasattr(ctx.spec, "input_shape") or ctx.spec.has_spatial_features:
+            return None
+        return (f"architecture family '{ctx.spec.family}' has neither a known FCN input shape nor "
+                "convolutional first layer to read as images")
+
+    def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
+        opts: ConnectivityOptions = ctx.options
+        for param, weight in ctx.spec.prunable(ctx.model).items():
+            mask = level_mask(ctx.masks, param, weight)
+            yield Record(self.name, "alive_units_fraction", conn.alive_units_fraction(mask),
+                         method=layer_name(param))
+        views, reason = layer_views(ctx.model, ctx.spec, ctx.masks, opts)
+        if reason:
+            warnings.warn(f"connectivity: {reason}", stacklevel=2)
+        generator = torch.Generator().manual_seed(opts.seed)
+        for view in views:
+            yield from self._layer(ctx, view, generator)
+        if views and views[0].module is not None and opts.n_images > 0:
+            yield from self._ablation(ctx, views[0], generator)
+
+    def _layer(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
+               ) -> Iterator[Record]:
+        opts: ConnectivityOptions = ctx.options
+        counts = conn.connections_per_unit(view.units)
+        per_input = conn.connections_per_input(view.units)
+        method = view.name
+        for u, k in enumerate(counts.tolist()):
+            yield Record(self.name, "connections_per_unit", float(k), method=method, item=str(u))
+        yield Record(self.name, "inputs_connected_fraction", float((per_input > 0).float().mean()),
+                     method=method)
+        art = ctx.level_artifacts
+        slug = view.name.replace(" ", "_").replace("(", "").replace(")", "")
+        if opts.figures and art is not None:
+            figures.save(figures.connectivity_overview(method, counts, per_input),
+                         art / f"connections_{slug}.png")
+            if opts.gallery_units:
+                figures.save(figures.mask_gallery(method, view.units, view.weights, counts,
+                                                  opts.gallery_units), art / f"gallery_{slug}.png")
+        if not view.spatial:
+            return
+        loc = conn.locality(view.units, opts.radius)
+        for u, score in enumerate(loc.unit_score.tolist()):
+            yield Record(self.name, "locality_score", score, method=method, item=str(u))
+        for metric, value in (("locality_score_pooled", loc.pooled_score),
+                              ("local_pair_fraction", loc.pooled_fraction),
+                              ("locality_baseline", loc.baseline_fraction),
+                              ("locality_score_dc", loc.dc_score)):
+            yield Record(self.name, metric, finite(value), method=method)
+        if opts.figures and art is not None:
+            figures.save(figures.displacement_maps(method, (loc.s_sc, loc.s_dc),
+                                                   (loc.expected_sc, loc.expected_dc), opts.radius),
+                         art / f"pairs_{slug}.png")
+        alive = torch.nonzero(counts > 0).flatten()
+        pairs = conn.sample_unit_pairs(alive, opts.n_shift_pairs, generator)
+        if len(pairs):
+            used, where = torch.unique(pairs, return_inverse=True)  # shuffle only the units in pairs
+            shuffled = conn.random_masks_like(view.units[used], generator)
+            best, _ = conn.shift_similarity(view.units[pairs[:, 0]], view.units[pairs[:, 1]])
+            base, _ = conn.shift_similarity(shuffled[where[:, 0]], shuffled[where[:, 1]])
+            for (i, j), s, b in zip(pairs.tolist(), best.tolist(), base.tolist()):
+                yield Record(self.name, "shift_similarity", s, method=method, item=f"{i}-{j}")
+                yield Record(self.name, "shift_similarity_random", b, method=method, item=f"{i}-{j}")
+
+    def _ablation(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
+                  ) -> Iterator[Record]:
+        opts: ConnectivityOptions = ctx.options
+        data = first_images(ctx, opts.split, opts.n_images)
+        ids = item_ids(data)
+        batches = list(loader(data, ctx.batch_size))
+        chosen = {"none": torch.zeros(0, dtype=torch.long),
+                  **conn.choose_units(conn.connections_per_unit(view.units), opts.ablation_fraction,
+                                      generator)}
+        accuracy = {}
+        for condition, units in chosen.items():
+            correct = conn.ablation_correct(ctx.model, view.module, units, batches, ctx.spec.normalize)
+            accuracy[condition] = float(correct.float().mean()) if len(correct) else math.nan
+            for item, c in zip(ids, correct.tolist()):
+                yield Record(self.name, "ablation_accuracy", float(c), method=view.name,
+                             condition=condition, item=item)
+        for condition in ("most", "least", "random"):
+            yield Record(self.name, "accuracy_drop", accuracy["none"] - accuracy[condition],
+                         method=view.name, condition=condition)
+
+    def after_levels(self, ctx: RunContext) -> None:
+        if not ctx.options.figures:
+            return
+        frame = read_level_results(ctx, self.name)
+        if frame.empty:
+            return
+        for metric, ylabel in (("locality_score", "locality score (1 = random mask)"),
+                               ("alive_units_fraction", "fraction of units with inputs"),
+                               ("connections_per_unit", "connections per unit")):
+            sub = frame[frame["metric"] == metric]
+            if not sub.empty:
+                figures.save(figures.metric_vs_sparsity(sub, metric.replace("_", " "), ylabel),
+                             ctx.artifacts / f"{metric}_vs_sparsity.png")
+
+
+# ---- PSP-entropy ---------------------------------------------------------------------------------------------
+class PSPOptions(SuiteOptions):
+    split: str = Field("train", description="data whose class-conditional neuron states are measured")
+    n_images: int = Field(1000, ge=1)
+    conv_neurons: Literal["channel", "element"] = "channel"
+    figures: bool = True
+
+
+@register_suite
+class PSPSuite(Suite):
+    """PSP-entropy of every Conv/Linear neuron (Tartaglione et al. 2020), one pass over the data."""
+
+    name = "psp"
+    Options = PSPOptions
+
+    def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
+        opts: PSPOptions = ctx.options
+        data = first_images(ctx, opts.split, opts.n_images)
+        base = data.dataset if isinstance(data, torch.utils.data.Subset) else data
+        num_classes = int(getattr(base, "num_classes", None) or ctx.data.num_classes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # missing classes are reported in the summary below
+            result = psp_entropy(ctx.model, loader(data, ctx.batch_size), num_classes,
+                                 transform=ctx.spec.normalize, conv_neurons=opts.conv_neurons)
+        for layer, values in result.per_neuron.items():
+            for i, h in enumerate(values.tolist()):
+                yield Record(self.name, "psp_entropy", h, method=layer, item=str(i))
+        if ctx.level_artifacts is not None:
+            names = list(getattr(base, "class_names", []) or [])
+            atomic_write_json(ctx.level_artifacts / "psp_summary.json", {
+                "layer_mean": result.layer_mean,
+                "classes_present": result.classes,
+                "missing_classes": [names[k] if k < len(names) else k for k in result.missing_classes],
+                "layers_never_called": result.silent_layers,
+                "images": len(data), "split": opts.split, "conv_neurons": opts.conv_neurons})
+        if result.missing_classes:
+            warnings.warn(f"psp: {len(result.missing_classes)} classes have no image among the "
+                          f"{len(data)} of split '{opts.split}' and are left out of the sum: "
+                          f"{result.missing_classes[:10]}{' …' if len(result.missing_classes) > 10 else ''}"
+                          "; raise evaluate.psp.n_images", stacklevel=2)
+
+    def after_levels(self, ctx: RunContext) -> None:
+        if not ctx.options.figures:
+            return
+        frame = read_level_results(ctx, self.name)
+        if frame.empty:
+            return
+        figures.save(figures.metric_vs_sparsity(frame, "PSP-entropy per layer", "mean PSP-entropy (bits)"),
+                     ctx.artifacts / "psp_entropy_vs_sparsity.png")
+
+
+# ---- sharpness -------------------------------------------------------------------------------------------------
+class SharpnessOptions(SuiteOptions):
+    split: str = "train"
+    n_images: int = Field(64, ge=1, description="images of the fixed loss batch")
+    sigmas: list[float] = Field(default_factory=lambda: [0.02, 0.05])
+    n_draws: int = Field(5, ge=1)
+    hessian: bool = True
+    hessian_images: int = Field(32, ge=1)
+    hessian_iters: int = Field(10, ge=1)
+    hessian_tol: float = Field(1e-2, gt=0)
+    seed: int = 0
+    figures: bool = True
+
+
+@register_suite
+class SharpnessSuite(Suite):
+    """Loss increase under relative weight noise and the top Hessian eigenvalue (Tartaglione et
+    al. 2020). The same seed at every level gives the same noise draws: levels compare paired."""
+
+    name = "sharpness"
+    Options = SharpnessOptions
+
+    def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
+        opts: SharpnessOptions = ctx.options
+        x, y = stacked(first_images(ctx, opts.split, max(opts.n_images, opts.hessian_images)),
+                       ctx.batch_size)
+        params = list(ctx.spec.prunable(ctx.model))
+        masks = {n: ctx.masks[n] for n in params if ctx.masks and n in ctx.masks}
+        batches = [(x[i:i + ctx.batch_size], y[i:i + ctx.batch_size])
+                   for i in range(0, min(len(y), opts.n_images), ctx.batch_size)]
+        base = math.nan
+        for sigma in opts.sigmas:
+            base, increases = loss_increase(ctx.model, batches, sigma, opts.n_draws, masks=masks,
+                                            params=params, transform=ctx.spec.normalize,
+                                            seed=opts.seed)
+            for draw, value in enumerate(increases.tolist()):
+                yield Record(self.name, "loss_increase", value, method=f"sigma={sigma:g}", item=str(draw))
+        yield Record(self.name, "loss", base)
+        if opts.hessian:
+            top = hessian_top_eigenvalue(ctx.model, (x[:opts.hessian_images], y[:opts.hessian_images]),
+                                         masks=masks, params=params, transform=ctx.spec.normalize,
+                                         max_iter=opts.hessian_iters, tol=opts.hessian_tol,
+                                         seed=opts.seed)
+            yield Record(self.name, "hessian_top_eigenvalue", top.eigenvalue)
+            if ctx.level_artifacts is not None:
+                atomic_write_json(ctx.level_artifacts / "hessian.json",
+                                  {"eigenvalue": top.eigenvalue, "iterations": top.iterations,
+                                   "converged": top.converged, "images": opts.hessian_images})
+
+    def after_levels(self, ctx: RunContext) -> None:
+        if not ctx.options.figures:
+            return
+        frame = read_level_results(ctx, self.name)
+        if frame.empty:
+            return
+        for metric, ylabel in (("loss_increase", "loss increase"),
+                               ("hessian_top_eigenvalue", "top Hessian eigenvalue")):
+            sub = frame[frame["metric"] == metric]
+            if not sub.empty:
+                figures.save(figures.metric_vs_sparsity(sub, metric.replace("_", " "), ylabel),
+                             ctx.artifacts / f"{metric}_vs_sparsity.png")
