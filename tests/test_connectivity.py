@@ -55,17 +55,35 @@ def test_same_pixel_in_two_channels_is_a_different_channel_pair_at_zero_displace
     assert dc[2, 2] == 2 and dc.sum() == 2
 
 
-def test_histograms_match_brute_force_on_random_masks():
+@pytest.mark.parametrize("method", ["fft", "direct", "auto"])
+def test_histograms_match_brute_force_on_random_masks(method):
     g = torch.Generator().manual_seed(0)
-    for shape, density in (((3, 6, 5), 0.3), ((1, 7, 7), 0.5), ((2, 4, 9), 0.9)):
+    for shape, density in (((3, 6, 5), 0.3), ((1, 7, 7), 0.5), ((2, 4, 9), 0.9), ((3, 5, 5), 0.02)):
         units = torch.rand(9, *shape, generator=g) < density
-        sc, dc = conn.pair_histograms(units, chunk=4)  # several chunks
+        units[4] = False  # an empty unit
+        sc, dc = conn.pair_histograms(units, chunk=4, method=method)  # several chunks
         ref_sc, ref_dc = brute_force_histograms(units)
         np.testing.assert_array_equal(sc.numpy(), ref_sc)
         np.testing.assert_array_equal(dc.numpy(), ref_dc)
-        per_sc, _ = conn.pair_histograms(units, per_unit=True)
+        per_sc, _ = conn.pair_histograms(units, per_unit=True, method=method)
         np.testing.assert_array_equal(per_sc[3].numpy(), brute_force_histograms(units[3:4])[0])
         assert torch.equal(sc, sc.flip(0).flip(1))  # S(d) = S(-d)
+
+
+def test_direct_method_splits_many_pairs_into_chunks(monkeypatch):
+    monkeypatch.setattr(conn, "_PAIR_BUDGET", 50)  # forces one or two units per chunk
+    g = torch.Generator().manual_seed(7)
+    units = torch.rand(12, 2, 4, 4, generator=g) < 0.4
+    sc, dc = conn.pair_histograms(units, method="direct")
+    ref_sc, ref_dc = brute_force_histograms(units)
+    np.testing.assert_array_equal(sc.numpy(), ref_sc)
+    np.testing.assert_array_equal(dc.numpy(), ref_dc)
+
+
+def test_auto_picks_pairs_for_sparse_and_fft_for_dense_masks():
+    g = torch.Generator().manual_seed(8)
+    assert conn._use_direct(torch.rand(64, 3, 32, 32, generator=g) < 0.01)
+    assert not conn._use_direct(torch.rand(64, 3, 32, 32, generator=g) < 0.5)
 
 
 def test_total_pairs_are_k_times_k_minus_one():
