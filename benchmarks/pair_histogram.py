@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -63,12 +64,12 @@ def main() -> None:
         print(f"sparsity={sparsity:g}: {args.units} units x {tuple(args.shape)} inputs, "
               f"{int(k.sum())} connections, {int((k * (k - 1)).sum())} ordered pairs; "
               f"prunelens picks '{method}'")
-        t_auto, (sc, dc) = best_time(lambda: pair_histograms(units), args.repeat)
-        t_loop, (ref_sc, ref_dc) = best_time(lambda: per_unit_loop(units.numpy()), args.repeat)
+        t_auto, (sc, dc) = best_time(partial(pair_histograms, units), args.repeat)
+        t_loop, (ref_sc, ref_dc) = best_time(partial(per_unit_loop, units.numpy()), args.repeat)
         assert np.array_equal(sc.numpy().astype(np.int64), ref_sc), "S_sc differs from the loop"
         assert np.array_equal(dc.numpy().astype(np.int64), ref_dc), "S_dc differs from the loop"
-        t_other, _ = best_time(lambda: pair_histograms(
-            units, method="fft" if method == "direct" else "direct"), args.repeat)
+        other = "fft" if method == "direct" else "direct"
+        t_other, _ = best_time(partial(pair_histograms, units, method=other), args.repeat)
         print(f"  prunelens_s={t_auto:.4f} per_unit_loop_s={t_loop:.4f} "
               f"(prunelens with the other method: {t_other:.4f} s)")
         print(f"  sparsity={sparsity:g} ratio_vs_per_unit_loop={t_loop / t_auto:.1f}")

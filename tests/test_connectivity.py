@@ -37,7 +37,7 @@ def single_unit(shape, points) -> torch.Tensor:
     return units
 
 
-# ---- hand-made masks ---------------------------------------------------------------------------------
+# ---- hand-made masks -----------------------------------------------------------------------------
 def test_two_pixels_same_channel_give_one_pair_each_way():
     units = single_unit((1, 3, 3), [(0, 0, 0), (0, 0, 2)])
     sc, dc = conn.pair_histograms(units)
@@ -132,7 +132,7 @@ def test_compact_receptive_fields_score_far_above_random_ones():
     assert shuffled.pooled_score == pytest.approx(1.0, abs=0.25)
 
 
-# ---- the random baseline ---------------------------------------------------------------------------------
+# ---- the random baseline -------------------------------------------------------------------------
 def test_random_masks_keep_each_units_count():
     g = torch.Generator().manual_seed(3)
     units = torch.rand(50, 3, 5, 5, generator=g) < torch.rand(50, 1, 1, 1, generator=g)
@@ -158,7 +158,7 @@ def test_random_baseline_is_the_expectation_of_random_masks():
     assert float((mean_sc - e_sc).abs().sum() / e_sc.sum()) < 0.03
 
 
-# ---- unit images, counts, second layer -----------------------------------------------------------------
+# ---- unit images, counts, second layer -----------------------------------------------------------
 def test_linear_rows_reshape_like_flattened_images():
     image = torch.zeros(1, 3, 4, 5)
     image[0, 1, 2, 3] = 1.0
@@ -186,7 +186,7 @@ def test_effective_mask_is_the_reachable_inputs():
     assert eff.tolist() == [[True, True, True, False], [False] * 4, [True, False, False, False]]
 
 
-# ---- translation structure ------------------------------------------------------------------------------
+# ---- translation structure -----------------------------------------------------------------------
 def test_shifted_copy_has_similarity_one_at_its_shift():
     g = torch.Generator().manual_seed(5)
     a = torch.zeros(1, 3, 10, 10, dtype=torch.bool)
@@ -220,7 +220,7 @@ def test_sample_unit_pairs_are_distinct_alive_pairs():
     assert len(conn.sample_unit_pairs(alive[:1], 3)) == 0
 
 
-# ---- ablation ------------------------------------------------------------------------------------------------
+# ---- ablation ------------------------------------------------------------------------------------
 def test_choose_units_most_least_random():
     counts = torch.tensor([5, 0, 9, 1, 3, 7, 0, 2, 8, 4])  # 8 connected units
     chosen = conn.choose_units(counts, 0.25, torch.Generator().manual_seed(0))
@@ -255,7 +255,8 @@ def test_ablating_the_only_informative_unit_breaks_a_hand_made_classifier():
     assert conn.ablation_correct(model, model[1], torch.tensor([], dtype=torch.long), [(x, y)]).all()
     assert conn.ablation_correct(model, model[1], torch.tensor([1]), [(x, y)]).all()
     # without unit 0 all logits tie at 0 and argmax picks class 0: right only for class-0 images
-    assert conn.ablation_correct(model, model[1], torch.tensor([0]), [(x, y)]).tolist() == [True, False, True]
+    without_0 = conn.ablation_correct(model, model[1], torch.tensor([0]), [(x, y)])
+    assert without_0.tolist() == [True, False, True]
 
 
 def test_conv_ablation_zeroes_output_channels():
@@ -270,7 +271,7 @@ def test_conv_ablation_zeroes_output_channels():
     assert torch.equal(got, expected)
 
 
-# ---- the suite ------------------------------------------------------------------------------------------------
+# ---- the suite -----------------------------------------------------------------------------------
 def make_context(tmp_path, model, masks, options):
     from prunelens.config import DataConfig
     from prunelens.data.provider import RunData
@@ -372,3 +373,43 @@ def test_connectivity_suite_reads_conv_kernels(tmp_path):
     small = suite.Options(n_images=0, figures=False, min_kernel=9)  # 8x8 < 9: counts only
     records = list(suite().evaluate_level(make_context(tmp_path, model, masks, small)))
     assert not any(r.metric.startswith("locality") for r in records)
+
+
+def test_skip_reason_only_for_architectures_without_images_in_the_first_layer(tmp_path):
+    from types import SimpleNamespace
+
+    from prunelens.evaluate import get_suite
+    from prunelens.models.spec import ArchSpec, FCNSpec, ResNetSpec
+
+    suite = get_suite("connectivity")()
+    assert suite.skip_reason(SimpleNamespace(spec=FCNSpec())) is None
+    assert suite.skip_reason(SimpleNamespace(spec=ResNetSpec())) is None
+    assert "generic" in suite.skip_reason(SimpleNamespace(spec=ArchSpec()))
+
+
+def test_locality_figure_across_levels(tmp_path):
+    from types import SimpleNamespace
+
+    from prunelens.evaluate import RunContext, get_suite
+    from prunelens.results import write_level
+
+    model, masks = pruned_fcn()
+    suite = get_suite("connectivity")
+    opts = suite.Options(n_images=0, figures=False)
+    levels = [SimpleNamespace(index=0, sparsity=0.0), SimpleNamespace(index=1, sparsity=0.9)]
+    dense = {n: torch.ones_like(m) for n, m in masks.items()}
+    for level, level_masks in zip(levels, (dense, masks)):
+        records = list(suite().evaluate_level(make_context(tmp_path, model, level_masks, opts)))
+        write_level(tmp_path, "connectivity", level.index, records, meta={})
+    ctx = RunContext(run_dir=tmp_path, pool=SimpleNamespace(levels=levels), config=None,
+                     options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
+                     artifacts=tmp_path / "results" / "connectivity")
+    suite().after_levels(ctx)
+    assert {p.name for p in ctx.artifacts.glob("*.png")} == {
+        "locality_score_vs_sparsity.png", "alive_units_fraction_vs_sparsity.png",
+        "connections_per_unit_vs_sparsity.png"}
+    from prunelens.analysis.suites import read_level_results
+    frame = read_level_results(ctx, "connectivity")
+    dense_scores = frame[(frame.metric == "locality_score") & (frame.sparsity == 0.0)
+                         & (frame.method == "layers.fc1")]["value"]
+    assert np.allclose(dense_scores, 1.0)  # a dense layer is exactly as local as a random one

@@ -100,7 +100,8 @@ def test_data_ratio_keeps_a_seeded_fraction_of_each_batch(tmp_path):
     assert torch.equal(half.labels, again.labels) and not torch.equal(half.labels, other.labels)
     assert set(half.labels.tolist()) <= set(full.labels.tolist())
     # per batch: 5 of the first 10, 5 of the second 10, 5 of the 10 left in the last
-    assert [int(((half.labels >= a) & (half.labels < b)).sum()) for a, b in ((0, 10), (10, 20), (20, 30))] == [5, 5, 5]
+    per_batch = [int(((half.labels >= a) & (half.labels < a + 10)).sum()) for a in (0, 10, 20)]
+    assert per_batch == [5, 5, 5]
     assert len(build(tmp_path, "val", val_size=4, data_ratio=0.5)) == 4  # val untouched
 
 
@@ -122,10 +123,11 @@ def test_config_and_run_data(tmp_path):
     data = RunData(DataConfig(name="imagenet32", root=str(tmp_path), val_size=2), seed=0)
     assert len(data.split("train")) == 18 and data.num_classes == 1000
     assert len(data.entry.build(data.options, "train", 0, n=4)) == 4
+    both = {"modulo": 10, "file": "x"}
     with pytest.raises(ConfigError, match="superclasses"):
-        DataConfig(name="imagenet32", root=str(tmp_path), superclasses={"modulo": 10, "file": "x"}).options
+        _ = DataConfig(name="imagenet32", root=str(tmp_path), superclasses=both).options
     with pytest.raises(ConfigError, match="unknown key 'data.val_sise'"):
-        DataConfig(name="imagenet32", root=str(tmp_path), val_sise=3).options
+        _ = DataConfig(name="imagenet32", root=str(tmp_path), val_sise=3).options
 
 
 def test_missing_files_are_named(tmp_path):
@@ -139,7 +141,7 @@ def test_missing_files_are_named(tmp_path):
         build(tmp_path / "small", "train")
 
 
-# ---- the safe unpickler ----------------------------------------------------------------------------
+# ---- the safe unpickler --------------------------------------------------------------------------
 class Exploit:
     def __init__(self, marker):
         self.marker = marker

@@ -91,7 +91,8 @@ def test_one_pass_matches_per_layer_recomputation_on_a_cnn():
     for name in out.per_neuron:
         layer = dict(model.named_modules())[name]
         stored = []
-        handle = layer.register_forward_hook(lambda m, i, o: stored.append(o.detach().flatten(1)))
+        handle = layer.register_forward_hook(
+            lambda m, i, o, stored=stored: stored.append(o.detach().flatten(1)))
         with torch.no_grad():
             model(x)
         handle.remove()
@@ -143,8 +144,9 @@ def test_psp_suite_records_every_neuron(tmp_path):
                        artifacts=tmp_path / "psp", batch_size=8, level=None, model=model, masks={},
                        level_artifacts=tmp_path / "psp" / "level_00")
     records = list(suite().evaluate_level(ctx))
-    direct = psp_entropy(model, [(torch.stack([data.split("train")[i][0] for i in range(24)]),
-                                  data.split("train").labels[:24])], 4, transform=spec_for(model).normalize)
+    train = data.split("train")
+    images = torch.stack([train[i][0] for i in range(24)])
+    direct = psp_entropy(model, [(images, train.labels[:24])], 4, transform=spec_for(model).normalize)
     assert {r.method for r in records} == set(direct.per_neuron)
     for layer, values in direct.per_neuron.items():
         got = [r.value for r in records if r.method == layer]
@@ -152,3 +154,27 @@ def test_psp_suite_records_every_neuron(tmp_path):
     assert all(r.metric == "psp_entropy" and r.item for r in records)
     summary = json.loads((ctx.level_artifacts / "psp_summary.json").read_text())
     assert summary["layer_mean"] == pytest.approx(direct.layer_mean)
+
+
+def test_psp_figure_across_levels(tmp_path):
+    from types import SimpleNamespace
+
+    from prunelens.evaluate import RunContext, get_suite
+    from prunelens.results import Record, write_level
+
+    suite = get_suite("psp")
+    levels = [SimpleNamespace(index=i, sparsity=s) for i, s in enumerate((0.0, 0.5, 0.8))]
+    for level in levels[:2]:  # level 2 not evaluated yet: skipped
+        rows = [Record("psp", "psp_entropy", 1.0 + level.sparsity + 0.1 * i, method="conv1", item=str(i))
+                for i in range(4)]
+        write_level(tmp_path, "psp", level.index, rows, meta={})
+    ctx = RunContext(run_dir=tmp_path, pool=SimpleNamespace(levels=levels), config=None,
+                     options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
+                     artifacts=tmp_path / "results" / "psp")
+    from prunelens.analysis.suites import read_level_results
+    frame = read_level_results(ctx, "psp")
+    assert sorted(frame["sparsity"].unique()) == [0.0, 0.5]
+    assert frame.groupby("sparsity")["value"].mean().tolist() == pytest.approx([1.15, 1.65])
+    suite().after_levels(ctx)
+    png = ctx.artifacts / "psp_entropy_vs_sparsity.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 
-# ---- masks as unit images ----------------------------------------------------------------------------
+# ---- masks as unit images ------------------------------------------------------------------------
 def unit_masks(mask: torch.Tensor, input_shape: Iterable[int] | None = None) -> torch.Tensor:
     """(U, C, H, W) bool view of a layer mask.
 
@@ -40,7 +40,8 @@ def unit_masks(mask: torch.Tensor, input_shape: Iterable[int] | None = None) -> 
     if mask.ndim == 2 and input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or math.prod(shape) != mask.shape[1]:
-            raise ValueError(f"input shape {shape} does not match the {mask.shape[1]} inputs of the mask")
+            raise ValueError(f"input shape {shape} does not match the {mask.shape[1]} inputs of "
+                             "the mask")
         return mask.reshape(mask.shape[0], *shape)
     raise ValueError(f"a mask of shape {tuple(mask.shape)} is neither a conv kernel mask nor a "
                      "Linear mask with a known input shape")
@@ -68,7 +69,7 @@ def effective_mask(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     return (second.float() @ first.float()) > 0
 
 
-# ---- pair-displacement histograms -----------------------------------------------------------------------
+# ---- pair-displacement histograms ----------------------------------------------------------------
 def displacement_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Δy, Δx) of every cell of a displacement map, each (2H−1, 2W−1); the centre is d = 0."""
     dy = torch.arange(-(height - 1), height, dtype=torch.float64)
@@ -284,7 +285,7 @@ def locality(units: torch.Tensor, radius: float = 2.0, chunk: int | None = None,
                     expected_sc=e_sc, expected_dc=e_dc)
 
 
-# ---- translation structure -------------------------------------------------------------------------------
+# ---- translation structure -----------------------------------------------------------------------
 def shift_similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Overlap of unit masks a[i] and b[i] (P, C, H, W) at the best spatial shift, and unshifted.
 
@@ -315,7 +316,7 @@ def sample_unit_pairs(alive: torch.Tensor, n_pairs: int, generator: torch.Genera
     return alive[upper[:, pick]].T.contiguous()
 
 
-# ---- ablation ----------------------------------------------------------------------------------------------
+# ---- ablation ------------------------------------------------------------------------------------
 def choose_units(counts: torch.Tensor, fraction: float, generator: torch.Generator | None = None
                  ) -> dict[str, torch.Tensor]:
     """The ``fraction`` of connected units with most / least connections, and a random draw of them."""

@@ -40,7 +40,7 @@ def _signed_rgb(weights: torch.Tensor) -> np.ndarray:
 def connectivity_overview(name: str, counts: torch.Tensor, per_input: torch.Tensor) -> Figure:
     """Histogram of connections per unit, and connections per input pixel (one map per channel)."""
     channels = per_input.shape[0]
-    fig = Figure(figsize=(3.2 * (1 + min(channels, 3)), 3.0))
+    fig = Figure(figsize=(3.2 * (1 + min(channels, 3)), 3.0), layout="constrained")
     ax = fig.add_subplot(1, 1 + min(channels, 3), 1)
     ax.hist(counts.cpu().numpy(), bins=min(50, max(5, int(counts.max()) + 1)), color="#4477aa")
     ax.set_xlabel("connections per unit")
@@ -62,8 +62,7 @@ def displacement_maps(name: str, observed: Sequence[torch.Tensor], expected: Seq
     """S_sc / S_dc: observed pair counts, random-mask expectation and their ratio."""
     labels = ("same channel (S_sc)", "different channels (S_dc)")
     rows = [(lab, o, e) for lab, o, e in zip(labels, observed, expected) if float(e.sum()) > 0]
-    fig = Figure(figsize=(12, 3.2 * max(1, len(rows))))
-    fig.subplots_adjust(wspace=0.5, hspace=0.45)
+    fig = Figure(figsize=(12, 3.2 * max(1, len(rows))), layout="constrained")
     for r, (label, obs, exp) in enumerate(rows):
         h, w = obs.shape
         extent = (-(w // 2) - 0.5, w // 2 + 0.5, h // 2 + 0.5, -(h // 2) - 0.5)
@@ -105,7 +104,7 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
     order = alive[torch.argsort(counts[alive], descending=True, stable=True)]
     picks = [("most", order[:n]), ("least", order[max(0, len(order) - n):])]
     picks = [(label, index) for label, index in picks if len(index)]
-    fig = Figure(figsize=(max(4.0, 1.1 * n), 1.4 * max(1, 2 * len(picks))))
+    fig = Figure(figsize=(max(4.0, 1.1 * n), 1.4 * max(1, 2 * len(picks))), layout="constrained")
     for block, (label, index) in enumerate(picks):
         rows = (("mask", [_as_rgb(units[u].float()) for u in index.tolist()]),
                 ("mask × weight", [_signed_rgb(weights[u]) for u in index.tolist()]))
@@ -126,7 +125,7 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
 
 def metric_vs_sparsity(frame: pd.DataFrame, title: str, ylabel: str, by: str = "method") -> Figure:
     """Mean (± 95 % normal CI of the mean) of ``value`` per sparsity, one line per ``by`` group."""
-    fig = Figure(figsize=(6, 3.8))
+    fig = Figure(figsize=(6, 3.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for key, group in frame.groupby(by, sort=True):
         stats = group.groupby("sparsity")["value"].agg(["mean", "std", "count"]).reset_index()

@@ -6,7 +6,6 @@ when it is not a module's ``weight``), ``item`` the unit / neuron / draw / image
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from prunelens.io import atomic_write_json
 from prunelens.results import Record, level_file, read_sidecar
 
 
-# ---- helpers shared by the suites ---------------------------------------------------------------------
+# ---- helpers shared by the suites ----------------------------------------------------------------
 def layer_name(param: str) -> str:
     """``layers.fc1.weight`` → ``layers.fc1``; other parameter names are kept whole."""
     return param.removesuffix(".weight")
@@ -80,7 +79,7 @@ def read_level_results(ctx: RunContext, suite: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-# ---- connectivity ------------------------------------------------------------------------------------------
+# ---- connectivity --------------------------------------------------------------------------------
 class ConnectivityOptions(SuiteOptions):
     radius: float = Field(2.0, gt=0, description="pairs with |d| <= radius (pixels) are local")
     min_kernel: int = Field(5, ge=2, description="smaller conv kernels get counts only, no locality")
@@ -244,10 +243,10 @@ class ConnectivitySuite(Suite):
                              ctx.artifacts / f"{metric}_vs_sparsity.png")
 
 
-# ---- PSP-entropy ---------------------------------------------------------------------------------------------
+# ---- PSP-entropy ---------------------------------------------------------------------------------
 class PSPOptions(SuiteOptions):
     split: str = Field("train", description="data whose class-conditional neuron states are measured")
-    n_images: int = Field(1000, ge=1)
+    n_images: int = Field(500, ge=1)
     conv_neurons: Literal["channel", "element"] = "channel"
     figures: bool = True
 
@@ -280,10 +279,11 @@ class PSPSuite(Suite):
                 "layers_never_called": result.silent_layers,
                 "images": len(data), "split": opts.split, "conv_neurons": opts.conv_neurons})
         if result.missing_classes:
+            more = " …" if len(result.missing_classes) > 10 else ""
             warnings.warn(f"psp: {len(result.missing_classes)} classes have no image among the "
                           f"{len(data)} of split '{opts.split}' and are left out of the sum: "
-                          f"{result.missing_classes[:10]}{' …' if len(result.missing_classes) > 10 else ''}"
-                          "; raise evaluate.psp.n_images", stacklevel=2)
+                          f"{result.missing_classes[:10]}{more}; raise evaluate.psp.n_images",
+                          stacklevel=2)
 
     def after_levels(self, ctx: RunContext) -> None:
         if not ctx.options.figures:
@@ -291,11 +291,11 @@ class PSPSuite(Suite):
         frame = read_level_results(ctx, self.name)
         if frame.empty:
             return
-        figures.save(figures.metric_vs_sparsity(frame, "PSP-entropy per layer", "mean PSP-entropy (bits)"),
-                     ctx.artifacts / "psp_entropy_vs_sparsity.png")
+        fig = figures.metric_vs_sparsity(frame, "PSP-entropy per layer", "mean PSP-entropy (bits)")
+        figures.save(fig, ctx.artifacts / "psp_entropy_vs_sparsity.png")
 
 
-# ---- sharpness -------------------------------------------------------------------------------------------------
+# ---- sharpness -----------------------------------------------------------------------------------
 class SharpnessOptions(SuiteOptions):
     split: str = "train"
     n_images: int = Field(64, ge=1, description="images of the fixed loss batch")
@@ -331,7 +331,8 @@ class SharpnessSuite(Suite):
                                             params=params, transform=ctx.spec.normalize,
                                             seed=opts.seed)
             for draw, value in enumerate(increases.tolist()):
-                yield Record(self.name, "loss_increase", value, method=f"sigma={sigma:g}", item=str(draw))
+                yield Record(self.name, "loss_increase", value, method=f"sigma={sigma:g}",
+                             item=str(draw))
         yield Record(self.name, "loss", base)
         if opts.hessian:
             top = hessian_top_eigenvalue(ctx.model, (x[:opts.hessian_images], y[:opts.hessian_images]),

@@ -141,7 +141,7 @@ def labels_tensor(path: Path, labels, num_classes: int, offset: int = 0) -> torc
     return out
 
 
-# ---- the dataset -----------------------------------------------------------------------------------
+# ---- the dataset ---------------------------------------------------------------------------------
 class ArrayImages(torch.utils.data.Dataset):
     """A split held in memory: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,).
 
@@ -175,7 +175,7 @@ class ArrayImages(torch.utils.data.Dataset):
         return ArrayImages(self.images[index], self.labels[index], self.class_names, ids, self.scale)
 
 
-# ---- task variants ---------------------------------------------------------------------------------
+# ---- task variants -------------------------------------------------------------------------------
 class Superclasses(BaseModel):
     """``{modulo: K}``: class c → c mod K; ``{file: path}``: one superclass id per original class
     (integers separated by commas and/or whitespace, e.g. the sifting paper's ``classes.dat``)."""
