@@ -61,6 +61,15 @@ class ArchSpec:
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
+    def attention_parameters(self, model: nn.Module) -> list[str]:
+        """Prunable weights of the attention projections (q/k/v and output)."""
+        prunable = self.prunable(model)
+        names = []
+        for mod_name, module in model.named_modules():
+            if isinstance(module, nn.MultiheadAttention):
+                names += [n for n in prunable if n.startswith(f"{mod_name}.")]
+        return names
+
     # ---- inputs ------------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map images in [0, 1], (B, C, H, W), to the model's input space.
@@ -164,6 +173,17 @@ class SwinSpec(ArchSpec):
 
     def to_grid(self, activation: torch.Tensor, model: nn.Module) -> torch.Tensor:
         return activation.permute(0, 3, 1, 2)
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if type(m).__name__.startswith("ShiftedWindowAttention")]
+
+    def attention_parameters(self, model: nn.Module) -> list[str]:
+        prunable = self.prunable(model)
+        names = []
+        for mod_name, module in model.named_modules():
+            if type(module).__name__.startswith("ShiftedWindowAttention"):
+                names += [f"{mod_name}.{p}.weight" for p in ("qkv", "proj")]
+        return [n for n in names if n in prunable]
 
     def feature_layer(self, model: nn.Module) -> nn.Module:
         return model.features[-1]
