@@ -72,7 +72,7 @@ def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Pa
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
     try:
         figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, n_boot, confidence, seed)
-        not_evaluated += [("", f"figure '{name}'", why) for name, why in skipped]
+        not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
         files = {
             "per-level summary (CSV)": _write_csv(tmp / "summary.csv",
                                                   group_summary(frame, groups, n_boot, confidence, seed)),

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
-from prunelens.report.sweet_spots import ACCURACY, KEY, group_summary
+from prunelens.report.sweet_spots import ACCURACY, KEY, group_summary, run_groups
 
 SUITE_SECTION = {"accuracy": "pool", "interpretability": "rq1", "discovery": "rq2",
                  "alignment": "rq3", "connectivity": "connectivity", "psp": "minima",
@@ -134,14 +134,14 @@ def _label(values: tuple, columns: tuple[str, ...], show_group: bool) -> str:
 
 def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, str] | None = None,
                  spots: pd.DataFrame | None = None, n_boot: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[list[Figure], list[tuple[str, str]]]:
+                 seed: int = 0) -> tuple[list[Figure], list[tuple[str, str, str]]]:
     """Draw every figure the results allow into ``out_dir`` (PNG + SVG).
 
-    Returns the figures and the skipped ones as ``(name, reason)``.
+    Returns the figures and the skipped ones as ``(suite, name, reason)``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    group_of = frame["run"].astype(str).map(dict(groups or {})).fillna(frame["run"].astype(str))
+    group_of = run_groups(frame, groups)
     group_order = sorted(group_of.unique())
     accuracy = _accuracy_summary(frame, groups, n_boot, confidence, seed)
     figures, skipped = [], []
@@ -151,7 +151,7 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
             continue
         if rows.empty:
             wanted = ", ".join(spec.metrics) if spec.metrics else "any metric"
-            skipped.append((spec.name, f"no results of suite '{spec.suite}' ({wanted})"))
+            skipped.append((spec.suite, spec.name, f"no results of suite '{spec.suite}' ({wanted})"))
             continue
         rows, exact = _at_resolution(rows, spec)
         summary = group_summary(rows, groups, n_boot, confidence, seed)
@@ -180,7 +180,7 @@ def _caption(spec: FigureSpec, summary: pd.DataFrame, confidence: float) -> str:
     text = (f"Mean per pruning level; band: {confidence:.0%} CI ({how}; none where a level has a "
             "single value).")
     if spec.accuracy_axis and spec.suite != "accuracy":
-        text += " Dashed grey (right axis): test accuracy of the same run."
+        text += " Dashed grey (right axis, in panels showing one run): its test accuracy."
     return text + " ★ confirmed, ○ naive sweet spot (rule in the sweet-spot section)."
 
 

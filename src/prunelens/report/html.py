@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,7 +56,7 @@ h1{margin-bottom:.1em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin
 .muted{color:#666;font-size:.9em}nav a{margin-right:1em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right}
-th{background:#f4f4f4}td.t,th.t{text-align:left}
+th{background:#f4f4f4}td.t,th.t{text-align:left}td{white-space:nowrap}td.t{white-space:normal}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444}
 .confirmed{background:#e3f5e1}.naive{background:#fff7dd}
@@ -192,10 +193,15 @@ def _section(c: ReportContent, section: Section, suites: tuple[str, ...]) -> str
 
 
 def _rule() -> str:
-    text = SWEET_SPOT_RULE.split("\n\n", 1)[1]
+    """The rule as stated in :mod:`prunelens.report.sweet_spots` (its docstring, reST markup off)."""
+    paragraphs = []
+    for block in SWEET_SPOT_RULE.split("\n\n")[1:]:
+        text = esc(re.sub(r":\w+:`~?([^`]*)`", r"\1", block.strip()).replace("``", "").replace("::", ":"))
+        text = re.sub(r"\*\*(\w+)\*\*", r"<b>\1</b>", text).replace("*", "")
+        paragraphs.append(f"<pre>{text}</pre>" if block.startswith("    ") else f"<p>{text}</p>")
     directions = [(esc(m), esc(d.better or "— (not a criterion)"), esc(d.reason))
                   for m, d in sorted(DIRECTIONS.items())]
-    return (f"<pre>{esc(text.strip())}</pre><details><summary>Direction of each metric</summary>"
+    return ("".join(paragraphs) + "<details><summary>Direction of each metric</summary>"
             + _table(("metric", "better", "why"), directions, text_cols=3) + "</details>")
 
 

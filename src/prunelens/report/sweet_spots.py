@@ -5,11 +5,12 @@ above the dense model's; they read it off single runs. prunelens applies this ru
 
 For a metric ``m`` of a run (or of a *seed group*: runs whose configs differ only by ``seed``) and
 a level ``L > 0``, with ``s = +1`` when higher ``m`` is better and ``s = -1`` when lower is better
-(:data:`DIRECTIONS`)::
+(the direction table :data:`DIRECTIONS`)::
 
     Δm   = s · (mean_L(m) − mean_0(m))        Δacc = mean_L(acc) − mean_0(acc)
 
-``acc`` is the accuracy suite's per-image test accuracy. ``L`` is a **naive** sweet spot for ``m``
+``acc`` is the accuracy suite's per-image test accuracy (``level.json`` test accuracy, one value per
+level, for a run without it). ``L`` is a **naive** sweet spot for ``m``
 when ``Δm > 0`` and ``Δacc > 0``. Each Δ gets a percentile-bootstrap CI (95 % by default) paired over
 items: the per-item difference ``s·(m_L(i) − m_0(i))`` of the same image / neuron at both levels is
 resampled; with several seeds, seeds are resampled first and the items within each drawn seed next
@@ -125,9 +126,10 @@ def mean_ci(samples: Sequence[np.ndarray], n_boot: int = 1000, confidence: float
 
 
 # ---- per-level summaries and comparisons with the dense level -----------------------------------
-def _groups(frame: pd.DataFrame, groups: Mapping[str, str] | None) -> pd.Series:
+def run_groups(frame: pd.DataFrame, groups: Mapping[str, str] | None) -> pd.Series:
+    """The group label of every row (its run's name where ``groups`` does not name the run)."""
     runs = frame["run"].astype(str)
-    return runs.map(dict(groups)).fillna(runs) if groups else runs
+    return runs.map(lambda run: groups.get(run, run)) if groups else runs
 
 
 def group_summary(frame: pd.DataFrame, groups: Mapping[str, str] | None = None, n_boot: int = 1000,
@@ -139,7 +141,7 @@ def group_summary(frame: pd.DataFrame, groups: Mapping[str, str] | None = None, 
     n_nan, n_seeds``.
     """
     rng = np.random.default_rng(seed)
-    frame = frame.assign(group=_groups(frame, groups))
+    frame = frame.assign(group=run_groups(frame, groups))
     rows = []
     for key, part in frame.groupby(["group", *KEY, "level"], sort=True):
         samples = [g["value"].to_numpy(dtype=float) for _, g in part.groupby("run", sort=True)]
@@ -172,7 +174,7 @@ def compare_to_dense(frame: pd.DataFrame, groups: Mapping[str, str] | None = Non
     better, delta, ci_low, ci_high, n_items, n_seeds``. See the module docstring for the rule.
     """
     rng = np.random.default_rng(seed)
-    frame = frame.assign(group=_groups(frame, groups))
+    frame = frame.assign(group=run_groups(frame, groups))
     known = frame["metric"].map(lambda m: getattr(direction_of(m), "better", None)).notna()
     rows = []
     for key, part in frame[known].groupby(["group", *KEY], sort=True):
