@@ -24,7 +24,8 @@ from PIL import Image
 from prunelens.errors import PoolError, PrunelensError
 from prunelens.io import atomic_save_tensors, atomic_write_json, sha256_file
 from prunelens.report import build_report, write_report
-from prunelens.report.figures import FIGURES, _at_resolution, _draw, _rows, draw_figures
+from prunelens.report.figures import (FIGURES, MAX_LINES, _at_resolution, _draw, _fit_lines, _rows,
+                                      draw_figures)
 from prunelens.report.runs import pool_table, read_run
 from prunelens.report.sweet_spots import compare_to_dense, group_summary, sweet_spots
 from prunelens.results import Record, write_level
@@ -182,6 +183,17 @@ def test_interpretability_figure_curves_bands_and_markers(report):
     assert sum(len(s.get_xdata()) for s in stars) == 2 * (N_LEVELS - 1)  # both methods
     twin = [a for a in fig.axes if a.get_ylabel() == "test accuracy"]
     assert twin, "accuracy on a twin axis"
+
+
+def test_busy_figures_split_into_panels():
+    """30 layers do not go into one panel: the layer column moves to the panels."""
+    frame = pd.DataFrame({"run": "r", "model": "m", "level": 0, "sparsity": 0.0, "suite": "psp",
+                          "metric": "psp_entropy", "method": [f"layer{i}" for i in range(30)],
+                          "dataset": "", "condition": "", "item": "0", "value": 1.0})
+    spec = next(s for s in FIGURES if s.name == "psp_entropy")
+    fitted = _fit_lines(spec, group_summary(frame, n_boot=10))
+    assert (fitted.panels, fitted.lines) == (("metric", "method"), ("group",))
+    assert _fit_lines(spec, group_summary(frame[:MAX_LINES], n_boot=10)) == spec
 
 
 # ---- the HTML folder ------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ A metric or suite no spec names gets a generic figure, so nothing measured goes 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
+from tqdm.auto import tqdm
 
 from prunelens.report.sweet_spots import ACCURACY, KEY, group_summary, run_groups
 
@@ -27,6 +29,7 @@ SUITE_SECTION = {"accuracy": "pool", "interpretability": "rq1", "discovery": "rq
                  "alignment": "rq3", "connectivity": "connectivity", "psp": "minima",
                  "sharpness": "minima"}
 _LINESTYLES = ("-", "--", ":", "-.")
+MAX_LINES = 8
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,25 @@ def _at_resolution(rows: pd.DataFrame, spec: FigureSpec) -> tuple[pd.DataFrame, 
     return (rows.assign(**{c: "" for c in pooled}), not pooled)
 
 
+def _fit_lines(spec: FigureSpec, summary: pd.DataFrame) -> FigureSpec:
+    """Move the busiest line column (e.g. one line per layer of a deep network) into the panels
+    until no panel holds more than :data:`MAX_LINES` curves."""
+    while True:
+        per_panel = summary.groupby(list(spec.panels))[list(spec.lines)].apply(
+            lambda p: len(p.drop_duplicates())).max()
+        movable = [c for c in spec.lines if c != "group"]
+        if per_panel <= MAX_LINES or not movable:
+            return spec
+        busiest = max(movable, key=lambda c: summary[c].nunique())
+        spec = replace(spec, panels=(*spec.panels, busiest),
+                       lines=tuple(c for c in spec.lines if c != busiest))
+
+
+def _natural(key: tuple) -> list:
+    """Sort key that puts layer2 before layer10."""
+    return [tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(v))) for v in key]
+
+
 def _label(values: tuple, columns: tuple[str, ...], show_group: bool) -> str:
     parts = [str(v) for v, c in zip(values, columns) if str(v) and (c != "group" or show_group)]
     return " · ".join(parts)
@@ -145,7 +167,7 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
     group_order = sorted(group_of.unique())
     accuracy = _accuracy_summary(frame, groups, n_boot, confidence, seed)
     figures, skipped = [], []
-    for spec in resolve_specs(frame):
+    for spec in tqdm(resolve_specs(frame), desc="figures", disable=None, leave=False):
         rows = _rows(frame, spec)
         if spec.multi_group_only and group_of[rows.index].nunique() < 2:
             continue
@@ -155,6 +177,7 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
             continue
         rows, exact = _at_resolution(rows, spec)
         summary = group_summary(rows, groups, n_boot, confidence, seed)
+        spec = _fit_lines(spec, summary)
         fig = _draw(spec, summary, accuracy, spots if exact else None, group_order)
         stem = out_dir / spec.name
         with matplotlib.rc_context({"svg.hashsalt": "prunelens", "svg.fonttype": "none"}):
@@ -186,7 +209,7 @@ def _caption(spec: FigureSpec, summary: pd.DataFrame, confidence: float) -> str:
 
 def _draw(spec: FigureSpec, summary: pd.DataFrame, accuracy: pd.DataFrame, spots: pd.DataFrame | None,
           group_order: list[str]) -> MplFigure:
-    panels = list(summary.groupby(list(spec.panels), sort=True))
+    panels = sorted(summary.groupby(list(spec.panels)), key=lambda p: _natural(p[0]))
     inner = summary[spec.panels[-1]].nunique()  # the last panel column varies fastest: one per column
     ncols = min(len(panels), inner if 1 < inner <= 4 else (3 if len(panels) <= 9 else 4))
     nrows = math.ceil(len(panels) / ncols)
@@ -206,7 +229,8 @@ def _draw_panel(ax, spec: FigureSpec, pdata: pd.DataFrame, accuracy: pd.DataFram
                 spots: pd.DataFrame | None, group_order: list[str], show_group: bool) -> None:
     handles = []
     marked = set()
-    for i, (lkey, line) in enumerate(pdata.groupby(list(spec.lines), sort=True)):
+    lines = sorted(pdata.groupby(list(spec.lines)), key=lambda p: _natural(p[0]))
+    for i, (lkey, line) in enumerate(lines):
         line = line.sort_values("level")
         style = _LINESTYLES[group_order.index(line["group"].iloc[0]) % len(_LINESTYLES)]
         x = line["sparsity"].to_numpy()
@@ -229,8 +253,7 @@ def _draw_panel(ax, spec: FigureSpec, pdata: pd.DataFrame, accuracy: pd.DataFram
             handles.append(Line2D([], [], ls="", marker=marker, color="k", markersize=8,
                                   markerfacecolor="k" if status == "confirmed" else "none",
                                   label=f"{status} sweet spot"))
-    ax.legend(handles=handles, fontsize=6 if len(handles) > 6 else 7, loc="best",
-              ncols=2 if len(handles) > 8 else 1)
+    ax.legend(handles=handles, fontsize=6 if len(handles) > 6 else 7, loc="best")
 
 
 def _mark_spots(ax, line: pd.DataFrame, spots: pd.DataFrame, color: str) -> set[str]:

@@ -98,11 +98,12 @@ def bootstrap_means(samples: Sequence[np.ndarray], n_boot: int, rng: np.random.G
     """
     if len(samples) == 1:
         return _item_means(samples[0], n_boot, rng)
-    s = len(samples)
-    # every (draw, slot) that picks sample j gets its own independent item resample of j
-    per_sample = np.stack([_item_means(v, n_boot * s, rng).reshape(n_boot, s) for v in samples])
-    pick = rng.integers(0, s, size=(n_boot, s))
-    return per_sample[pick, np.arange(n_boot)[:, None], np.arange(s)[None, :]].mean(axis=1)
+    pick = rng.integers(0, len(samples), size=(n_boot, len(samples)))
+    means = np.empty(pick.shape)
+    for j, values in enumerate(samples):  # each slot that drew sample j: a fresh resample of its items
+        slots = pick == j
+        means[slots] = _item_means(values, int(slots.sum()), rng)
+    return means.mean(axis=1)
 
 
 def mean_ci(samples: Sequence[np.ndarray], n_boot: int = 1000, confidence: float = 0.95,
