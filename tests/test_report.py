@@ -93,7 +93,7 @@ def make_run(root: Path, name: str, seed: int = 0, evaluated_levels: int = N_LEV
         "name": name, "config": config, "config_hash": f"hash-{name}", "levels": entries,
         "complete": True, "versions": {"python": "3.11", "torch": torch.__version__,
                                        "torchvision": "0.28", "prunelens": "0.1.0"}})
-    return run_dir, pd.concat(frames, ignore_index=True)
+    return run_dir, pd.concat(frames, ignore_index=True) if frames else None
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,8 @@ def test_figures_drawn_from_results_as_png_and_svg(report):
     assert names == {"accuracy", "interpretability", "interpretability_overlay", "discovery",
                      "alignment_ood", "shape_bias", "consistency", "connectivity", "psp_entropy"}
     for name in names:
-        assert Image.open(figures / f"{name}.png").size[0] > 300
+        with Image.open(figures / f"{name}.png") as png:
+            assert png.size[0] > 300
         assert ET.parse(figures / f"{name}.svg").getroot().tag.endswith("svg")
 
 
@@ -236,6 +237,21 @@ def test_html_lists_what_was_not_evaluated(report):
     assert "suite &#x27;sharpness&#x27; on cnn: needs the training loss (no train split)" in text
     assert "suite &#x27;interpretability&#x27; on vit, levels 2, 3: no results for these levels" in text
     assert "figure &#x27;sharpness&#x27;: no results of suite &#x27;sharpness&#x27;" in text
+
+
+def test_report_of_a_run_without_results(tmp_path):
+    """Only the pool: level.json accuracy is drawn, every suite is listed as not evaluated."""
+    run_dir, none = make_run(tmp_path, "r", evaluated_levels=0)
+    assert none is None
+    empty = pd.DataFrame(columns=["run", "model", "level", "sparsity", "suite", "metric", "method",
+                                  "dataset", "condition", "item", "value"])
+    text = write_report([read_run(run_dir)], empty, tmp_path / "out", n_boot=100).read_text()
+    for suite in ("interpretability", "discovery", "alignment", "connectivity", "psp", "sharpness"):
+        assert f"suite &#x27;{suite}&#x27; on r: no results in" in text
+    assert "per-image accuracy on r: the accuracy suite has no results; level.json" in text
+    assert (tmp_path / "out" / "figures" / "accuracy.png").is_file()
+    spots = pd.read_csv(tmp_path / "out" / "sweet_spots.csv")
+    assert spots.empty
 
 
 def test_sweet_spot_tables_written(report):

@@ -24,8 +24,8 @@ from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
 from prunelens.report.runs import (RunInfo, pool_accuracy_rows, pool_table, read_run, seed_groups,
                                    skip_reasons, suite_pngs)
-from prunelens.report.sweet_spots import (ACCURACY, DIRECTIONS, compare_to_dense, group_summary,
-                                          sweet_spots)
+from prunelens.report.sweet_spots import (ACCURACY, DIRECTIONS, accuracy_rows, compare_to_dense,
+                                          group_summary, sweet_spots)
 
 __all__ = ["build_report", "write_report", "read_run", "seed_groups", "compare_to_dense",
            "sweet_spots", "group_summary", "draw_figures"]
@@ -71,11 +71,12 @@ def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Pa
     _check_out_dir(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
     try:
-        figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, n_boot, confidence, seed)
+        summary = group_summary(frame, groups, n_boot, confidence, seed)
+        figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
+                                        confidence, seed)
         not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
         files = {
-            "per-level summary (CSV)": _write_csv(tmp / "summary.csv",
-                                                  group_summary(frame, groups, n_boot, confidence, seed)),
+            "per-level summary (CSV)": _write_csv(tmp / "summary.csv", summary),
             "every level vs dense (CSV)": _write_csv(tmp / "level_vs_dense.csv", comparisons),
             "sweet spots (CSV)": _write_csv(tmp / "sweet_spots.csv", spots),
         }
@@ -96,8 +97,7 @@ def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Pa
 # ---- inputs the results do not hold --------------------------------------------------------------
 def _with_pool_accuracy(frame: pd.DataFrame, runs: Sequence[RunInfo]) -> pd.DataFrame:
     """Add ``level.json`` test accuracy for runs without accuracy-suite results."""
-    is_acc = (frame["suite"] == ACCURACY["suite"]) & (frame["metric"] == ACCURACY["metric"])
-    have = set(frame.loc[is_acc, "run"])
+    have = set(accuracy_rows(frame)["run"])
     extra = [pool_accuracy_rows(r) for r in runs if r.name not in have and r.levels]
     return pd.concat([frame, *extra], ignore_index=True) if extra else frame
 
@@ -135,7 +135,7 @@ def _not_evaluated(runs: Sequence[RunInfo], frame: pd.DataFrame, comparisons: pd
     for suite, metric in unknown.itertuples(index=False):
         out.append((suite, f"sweet spots of metric '{metric}' ('{suite}')", "prunelens knows no "
                     "direction (higher or lower is better) for it: add one to DIRECTIONS"))
-    if not (comparisons["suite"] == ACCURACY["suite"]).any():
+    if accuracy_rows(comparisons).empty:
         out.append(("", "sweet spots", "no accuracy of a pruned level to compare with the dense "
                     "level 0 (both are needed)"))
     return out

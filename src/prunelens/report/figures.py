@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 from tqdm.auto import tqdm
 
-from prunelens.report.sweet_spots import ACCURACY, KEY, group_summary, run_groups
+from prunelens.report.sweet_spots import KEY, accuracy_rows, group_summary, run_groups
 
 SUITE_SECTION = {"accuracy": "pool", "interpretability": "rq1", "discovery": "rq2",
                  "alignment": "rq3", "connectivity": "connectivity", "psp": "minima",
@@ -155,17 +155,22 @@ def _label(values: tuple, columns: tuple[str, ...], show_group: bool) -> str:
 
 
 def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, str] | None = None,
-                 spots: pd.DataFrame | None = None, n_boot: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[list[Figure], list[tuple[str, str, str]]]:
+                 spots: pd.DataFrame | None = None, summary: pd.DataFrame | None = None,
+                 n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+                 ) -> tuple[list[Figure], list[tuple[str, str, str]]]:
     """Draw every figure the results allow into ``out_dir`` (PNG + SVG).
 
-    Returns the figures and the skipped ones as ``(suite, name, reason)``.
+    ``summary`` is :func:`group_summary` of ``frame`` (computed when not given); figures that pool
+    key columns summarise their own rows. Returns the figures and the skipped ones as
+    ``(suite, name, reason)``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     group_of = run_groups(frame, groups)
     group_order = sorted(group_of.unique())
-    accuracy = _accuracy_summary(frame, groups, n_boot, confidence, seed)
+    if summary is None:
+        summary = group_summary(frame, groups, n_boot, confidence, seed)
+    accuracy = accuracy_rows(summary)
     figures, skipped = [], []
     for spec in tqdm(resolve_specs(frame), desc="figures", disable=None, leave=False):
         rows = _rows(frame, spec)
@@ -176,25 +181,20 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
             skipped.append((spec.suite, spec.name, f"no results of suite '{spec.suite}' ({wanted})"))
             continue
         rows, exact = _at_resolution(rows, spec)
-        summary = group_summary(rows, groups, n_boot, confidence, seed)
-        spec = _fit_lines(spec, summary)
-        fig = _draw(spec, summary, accuracy, spots if exact else None, group_order)
+        if exact:
+            curves = summary[(summary["suite"] == spec.suite) & summary["metric"].isin(rows["metric"])]
+        else:
+            curves = group_summary(rows, groups, n_boot, confidence, seed)
+        spec = _fit_lines(spec, curves)
+        fig = _draw(spec, curves, accuracy, spots if exact else None, group_order)
         stem = out_dir / spec.name
         with matplotlib.rc_context({"svg.hashsalt": "prunelens", "svg.fonttype": "none"}):
             fig.savefig(stem.with_suffix(".png"), dpi=110)
             fig.savefig(stem.with_suffix(".svg"), metadata={"Date": None})
-        figures.append(Figure(spec.name, spec.section, spec.title, _caption(spec, summary, confidence),
+        figures.append(Figure(spec.name, spec.section, spec.title, _caption(spec, curves, confidence),
                               Path(out_dir.name) / f"{spec.name}.png",
                               Path(out_dir.name) / f"{spec.name}.svg"))
     return figures, skipped
-
-
-def _accuracy_summary(frame: pd.DataFrame, groups, n_boot: int, confidence: float, seed: int
-                      ) -> pd.DataFrame:
-    acc = frame[(frame["suite"] == ACCURACY["suite"]) & (frame["metric"] == ACCURACY["metric"])]
-    if (acc["dataset"] == "test").any():
-        acc = acc[acc["dataset"] == "test"]
-    return group_summary(acc, groups, n_boot, confidence, seed)
 
 
 def _caption(spec: FigureSpec, summary: pd.DataFrame, confidence: float) -> str:
@@ -204,7 +204,9 @@ def _caption(spec: FigureSpec, summary: pd.DataFrame, confidence: float) -> str:
             "single value).")
     if spec.accuracy_axis and spec.suite != "accuracy":
         text += " Dashed grey (right axis, in panels showing one run): its test accuracy."
-    return text + " ★ confirmed, ○ naive sweet spot (rule in the sweet-spot section)."
+    return text + (" ★ confirmed, ○ naive sweet spot (rule in the sweet-spot section); these come "
+                   "from paired per-item differences with the dense level, so a star can sit where "
+                   "the bands overlap.")
 
 
 def _draw(spec: FigureSpec, summary: pd.DataFrame, accuracy: pd.DataFrame, spots: pd.DataFrame | None,

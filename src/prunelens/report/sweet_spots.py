@@ -196,13 +196,12 @@ def compare_to_dense(frame: pd.DataFrame, groups: Mapping[str, str] | None = Non
     return pd.DataFrame(rows, columns=columns)
 
 
-def reference_accuracy(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The accuracy comparisons that every metric's sweet spots are judged against (test split)."""
-    acc = comparisons[(comparisons["suite"] == ACCURACY["suite"])
-                      & (comparisons["metric"] == ACCURACY["metric"])]
+def accuracy_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``table`` (records, summaries or comparisons) holding the reference accuracy:
+    the accuracy suite's, on the test split where it has one."""
+    acc = table[(table["suite"] == ACCURACY["suite"]) & (table["metric"] == ACCURACY["metric"])]
     preferred = acc[acc["dataset"] == "test"]
-    acc = preferred if len(preferred) else acc
-    return acc.drop_duplicates(["group", "level"])[["group", "level", "delta", "ci_low", "ci_high"]]
+    return preferred if len(preferred) else acc
 
 
 def sweet_spots(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -211,7 +210,8 @@ def sweet_spots(comparisons: pd.DataFrame) -> pd.DataFrame:
     Columns: ``group, *KEY, level, sparsity, better, delta, ci_low, ci_high, n_items, n_seeds,
     acc_delta, acc_ci_low, acc_ci_high, status`` (``confirmed`` or ``naive``).
     """
-    acc = reference_accuracy(comparisons).rename(
+    acc = accuracy_rows(comparisons).drop_duplicates(["group", "level"])
+    acc = acc[["group", "level", "delta", "ci_low", "ci_high"]].rename(
         columns={"delta": "acc_delta", "ci_low": "acc_ci_low", "ci_high": "acc_ci_high"})
     is_acc = (comparisons["suite"] == ACCURACY["suite"]) & (comparisons["metric"] == ACCURACY["metric"])
     spots = comparisons[~is_acc].merge(acc, on=["group", "level"], how="inner")
