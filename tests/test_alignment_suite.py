@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from prunelens.alignment import DecisionMapping, human_benchmark, read_human_trials, read_trials
+from prunelens.alignment import (DecisionMapping, human_benchmark, human_reference, read_human_trials,
+                                 read_trials)
 from prunelens.alignment.suite import AlignmentOptions, AlignmentSuite
 from prunelens.config import RunConfig, validate_section
 from prunelens.data import distortions as D
@@ -223,6 +224,12 @@ def test_model_vs_human_datasets_are_compared_with_the_human_trials(tmp_path):
     with torch.no_grad():
         decided = [mapping.categories[k] for k in mapping(model(ArchSpec().normalize(x))).tolist()]
     assert decided == [trials.loc[p.name, "object_response"] for p in some]
+    # after all levels: the humans' own values, for the report's reference line
+    AlignmentSuite().after_levels(ctx)
+    ref = pd.read_csv(ctx.artifacts / "human_reference.csv")
+    assert set(ref["dataset"]) == {"colour", "edge"}
+    pd.testing.assert_frame_equal(ref[ref.dataset == "edge"].reset_index(drop=True),
+                                  human_reference(read_human_trials("edge")))
 
 
 def test_model_vs_human_needs_a_model_with_the_16_categories(tmp_path, model):
@@ -242,3 +249,36 @@ def test_options_are_validated_with_the_key_named():
         validate_section(AlignmentOptions, {"mvh_datasets": ["imagenet-c"]}, "evaluate.alignment")
     with pytest.raises(ConfigError, match="n_image"):
         validate_section(AlignmentOptions, {"n_image": 3}, "evaluate.alignment")
+
+
+class _ClassSortedSplit(torch.utils.data.Dataset):
+    """A test split ordered by class, as an ImageFolder is: 10 images of each of 3 classes."""
+
+    class_names = ["ant", "bee", "cow"]
+
+    def __len__(self):
+        return 30
+
+    def __getitem__(self, i):
+        return torch.full((3, 16, 16), i / 30), i // 10
+
+
+def test_any_labelled_dataset_becomes_an_ood_benchmark(tmp_path):
+    data = SimpleNamespace(entry=SimpleNamespace(build=lambda options, split, seed: None),
+                           split=lambda name, **kw: _ClassSortedSplit())
+    model = nn.Sequential(nn.Flatten(), nn.Linear(768, 3))
+    ctx = LevelContext(
+        run_dir=tmp_path, pool=None,
+        config=SimpleNamespace(data=SimpleNamespace(name="folder"), model=SimpleNamespace(name="mlp")),
+        options=validate_section(AlignmentOptions, {"n_images": 6}), device=torch.device("cpu"),
+        data=data, spec=ArchSpec(), artifacts=tmp_path, batch_size=4,
+        level=SimpleNamespace(index=0), model=model.eval(), level_artifacts=tmp_path / "level_00")
+    frame = records_frame(AlignmentSuite().evaluate_level(ctx))
+    assert set(frame["dataset"]) == {f"folder-{d}" for d in D.DISTORTIONS}  # no variants here
+    colour = _accuracy(frame, "folder-colour", "cr")
+    # six images spread over the class-sorted split, so every class is seen
+    assert list(colour.index) == [f"test-{i:05d}" for i in (0, 6, 12, 17, 23, 29)]
+    (csv,) = (ctx.level_artifacts / "folder-colour").glob("*.csv")
+    trials = read_trials(csv)
+    assert trials["category"].tolist() == ["ant", "ant", "bee", "bee", "cow", "cow"] * 2
+    assert (trials["subj"] == "mlp-level-00").all()

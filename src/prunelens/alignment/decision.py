@@ -59,7 +59,7 @@ class DecisionMapping:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] != self.num_outputs:
             raise ConfigError(f"the decision mapping expects {self.num_outputs} model outputs, the model "
-                              f"gives {logits.shape[-1]}; set evaluate.alignment.decision_mapping")
+                              f"gives {logits.shape[-1]}; give a decision mapping that fits the model")
         probs = torch.softmax(logits.float(), dim=-1)
         return probs @ self.weights.to(probs.device).T
 

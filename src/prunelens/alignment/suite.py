@@ -29,13 +29,15 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from prunelens.alignment.decision import DecisionMapping
-from prunelens.alignment.metrics import HUMAN_METRICS, correct, human_benchmark, ood_accuracy, shape_bias
+from prunelens.alignment.metrics import (HUMAN_METRICS, correct, human_benchmark, human_reference,
+                                         ood_accuracy, shape_bias)
 from prunelens.alignment.trials import read_human_trials, write_trials
 from prunelens.data.distortions import DISTORTIONS, REFERENCE_SIZE, distort
 from prunelens.data.model_vs_human import (CATEGORIES, DATASETS, ModelVsHumanDataset, find_datasets,
                                            image_id)
 from prunelens.errors import ConfigError
-from prunelens.evaluate import LevelContext, Suite, SuiteOptions, register_suite
+from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.io import atomic_write_bytes
 from prunelens.results import Record
 
 SUITE = "alignment"
@@ -289,6 +291,17 @@ class AlignmentSuite(Suite):
             _save(ctx, trials, subj)
             records += level_records(trials, read_human_trials(trials["dataset"].iloc[0]))
         return records
+
+    def after_levels(self, ctx: RunContext) -> None:
+        """With ``mvh_root``: the humans' own values of the metrics (``human_reference.csv``), the
+        reference line for the report."""
+        opts: AlignmentOptions = ctx.options
+        if opts.mvh_root is None:
+            return
+        present, _ = find_datasets(opts.mvh_root, opts.mvh_datasets)
+        if present:
+            ref = pd.concat([human_reference(read_human_trials(d)) for d in present], ignore_index=True)
+            atomic_write_bytes(ctx.artifacts / "human_reference.csv", ref.to_csv(index=False).encode())
 
 
 def _save(ctx: LevelContext, trials: pd.DataFrame, subj: str) -> None:

@@ -111,22 +111,21 @@ def phase_noise(x: torch.Tensor, width: float, generator: torch.Generator, clip:
     every channel.
     """
     b, _, h, w = x.shape
-    theta = _odd_phase_field(b, h, w, math.radians(width), generator).to(x.device)
-    spectrum = torch.fft.fft2(x.double())
-    y = torch.fft.ifft2(spectrum * torch.polar(torch.ones_like(theta), theta)).real.to(x.dtype)
+    theta = _odd_phase_field(b, h, w, math.radians(width), generator).to(x)
+    y = torch.fft.ifft2(torch.fft.fft2(x) * torch.polar(torch.ones_like(theta), theta)).real
     return y.clamp(0, 1) if clip else y
 
 
 def mean_amplitude_spectrum(x: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of |FFT2| per channel: (C, H, W)."""
-    return torch.fft.fft2(x.double()).abs().mean(0)
+    return torch.fft.fft2(x).abs().mean(0)
 
 
 def power_equalise(x: torch.Tensor, amplitude: torch.Tensor, clip: bool = True) -> torch.Tensor:
     """Power equalisation: amplitude spectrum set to ``amplitude`` (C, H, W), phases kept."""
-    spectrum = torch.fft.fft2(x.double())
-    target = amplitude.to(device=x.device, dtype=torch.float64).expand_as(spectrum.real)
-    y = torch.fft.ifft2(torch.polar(target, spectrum.angle())).real.to(x.dtype)
+    spectrum = torch.fft.fft2(x)
+    target = amplitude.to(x).expand_as(spectrum.real)
+    y = torch.fft.ifft2(torch.polar(target, spectrum.angle())).real
     return y.clamp(0, 1) if clip else y
 
 
