@@ -166,7 +166,7 @@ def offline_trials(ctx: LevelContext, subj: str) -> list[pd.DataFrame]:
     observer = Observer(ctx, mapping, subj, "decision_mapping")
     to_category = mapping.class_to_category()  # images of classes in no category are not trials
     names = mapping.categories
-    prefix = ctx.config.data.name
+    prefix = ctx.config.data.name.replace("_", "-")  # trial files split their names at "_"
     scale = images.shape[-1] / REFERENCE_SIZE if opts.scale_filters else 1.0
 
     keep = to_category[labels] >= 0
