@@ -107,6 +107,9 @@ def test_read_trials_from_file_or_folder_and_write_round_trip(tmp_path):
         read_trials(tmp_path / "bad_x.csv")
     with pytest.raises(DataError, match="does not exist"):
         read_trials(tmp_path / "nothing.csv")
+    (tmp_path / "empty_x.csv").write_text("")
+    with pytest.raises(DataError, match="cannot read trials file"):
+        read_trials(tmp_path / "empty_x.csv")
 
 
 def test_error_consistency_hand_worked_case():

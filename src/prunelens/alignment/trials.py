@@ -41,7 +41,7 @@ def _parse(handle, name: str, dataset: str | None) -> pd.DataFrame:
     try:
         frame = pd.read_csv(handle, dtype=str, keep_default_na=False,
                             compression="gzip" if name.endswith(".gz") else None)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError) as exc:
         raise DataError(f"cannot read trials file {name}: {exc}") from None
     frame.columns = [c.strip().lower() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
