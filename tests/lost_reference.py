@@ -22,9 +22,14 @@ def order_like_reference(degree: np.ndarray) -> np.ndarray:
 def lost_one_image(feats: np.ndarray, grid_hw, stride, image_hw, k_patches=100,
                    order=order_stable):
     """(box [xmin, ymin, xmax, ymax] in pixels, seed index) of one image's features (N, D)."""
+    return lost_from_affinity(feats @ feats.T, grid_hw, stride, image_hw, k_patches, order)
+
+
+def lost_from_affinity(affinity: np.ndarray, grid_hw, stride, image_hw, k_patches=100,
+                       order=order_stable):
+    """The steps of :func:`lost_one_image` after the patch similarity (N, N)."""
     h, w = grid_hw
     sy, sx = (stride, stride) if np.isscalar(stride) else stride
-    affinity = feats @ feats.T
     positive = affinity > 0
     np.fill_diagonal(positive, False)
     degree = positive.sum(axis=1)

@@ -166,7 +166,15 @@ def lost(features: torch.Tensor, grid_hw: tuple[int, int], stride, image_hw,
     """
     if features.ndim != 3:
         raise ModelError(f"LOST: features must be (batch, patches, dim), got shape {tuple(features.shape)}")
-    b, n, _ = features.shape
+    return lost_from_similarity(similarity(features.float()), grid_hw, stride, image_hw, k_patches,
+                                tie_break=tie_break, on_background=on_background)
+
+
+def lost_from_similarity(A: torch.Tensor, grid_hw: tuple[int, int], stride, image_hw,
+                         k_patches: int = 100, *, tie_break: TieBreak = "reference",
+                         on_background: Literal["raise", "nan"] = "raise") -> LostResult:
+    """:func:`lost` from a precomputed patch similarity A = F Fᵀ, (B, N, N)."""
+    b, n = A.shape[:2]
     h, w = (int(s) for s in grid_hw)
     if h * w != n:
         raise ModelError(f"LOST: features have {n} patches but grid_hw={tuple(grid_hw)} has {h * w}")
@@ -174,7 +182,6 @@ def lost(features: torch.Tensor, grid_hw: tuple[int, int], stride, image_hw,
         raise ModelError(f"LOST: k_patches must be >= 1, got {k_patches}")
     if on_background not in ("raise", "nan"):
         raise ValueError(f"on_background must be 'raise' or 'nan', got {on_background!r}")
-    A = similarity(features.float())
     order = rank_patches(degree(A), tie_break)
     seeds = order[:, 0]
     foreground = (seed_expansion_map(A, order, k_patches) > 0).view(b, h, w)
@@ -182,8 +189,8 @@ def lost(features: torch.Tensor, grid_hw: tuple[int, int], stride, image_hw,
     found = component.flatten(1).any(1)
     if not bool(found.all()) and on_background == "raise":
         raise SeedInBackgroundError(torch.nonzero(~found).flatten().tolist())
-    scale = _pairs(stride, b, features.device, "stride")
-    size = _pairs(image_hw, b, features.device, "image_hw")
+    scale = _pairs(stride, b, A.device, "stride")
+    size = _pairs(image_hw, b, A.device, "image_hw")
     grid_box = component_box(component).to(torch.float64)
     boxes = grid_box * scale[:, [1, 0, 1, 0]]
     boxes[:, 2] = torch.minimum(boxes[:, 2], size[:, 1])

@@ -241,7 +241,7 @@ def boxes_figure(dataset: BoxDataset, levels: list[tuple[dict, pd.DataFrame]], n
             if bool(r["found"]) and not math.isnan(r["xmin"]):
                 ax.add_patch(Rectangle((r["xmin"], r["ymin"]), r["xmax"] - r["xmin"],
                                        r["ymax"] - r["ymin"], fill=False, edgecolor="red",
-                                       linewidth=1.5, linestyle="--"))
+                                       linewidth=1.5, linestyle="--", clip_on=False))
                 ax.add_patch(Rectangle((r["seed_col"] * r["stride_x"], r["seed_row"] * r["stride_y"]),
                                        r["stride_x"], r["stride_y"], color="yellow", alpha=0.6))
             ax.set_xticks([])
