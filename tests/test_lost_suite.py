@@ -121,8 +121,9 @@ def test_seed_in_background_is_an_error_or_a_miss(tmp_path, data):
     with torch.no_grad():
         for p in dead.parameters():
             p.zero_()      # every feature is 0: the seed's expansion set is empty
-    with pytest.raises(SeedInBackgroundError, match="seed_in_background='miss'"):
+    with pytest.raises(SeedInBackgroundError, match="seed_in_background='miss'") as err:
         DiscoverySuite().evaluate_level(level_ctx(tmp_path, dead, data, n_images=3))
+    assert err.value.images == data.split("test").item_ids[:3]
     ctx = level_ctx(tmp_path, dead, data, n_images=3, seed_in_background="miss")
     records = DiscoverySuite().evaluate_level(ctx)
     assert [r.value for r in records] == [0.0] * 6

@@ -12,7 +12,10 @@
   concatenating the heads in order gives the key vector itself, so no split is needed.
 
 Images are normalised (``spec.normalize``) and then zero-padded at the bottom/right to a multiple
-of the stride, as the reference does (padding after normalisation = zeros in input space). ViTs run
+of the stride, as the reference does (padding after normalisation = zeros in input space; the
+reference pads to its ``--patch_size``, 16 by default, which is the stride of the ViT-S/16 and of
+the dilated ResNet50 it used; here it is always ``spec.stride``, so the grid is exactly the padded
+size / stride and a cell is ``stride`` pixels on both axes). ViTs run
 at any padded size: patch embedding, CLS and position embeddings are computed here, with the
 position embeddings interpolated to the grid (bicubic, ``align_corners=True``, the CLS entry kept:
 torchvision's ``interpolate_embeddings``, generalised to non-square grids), because torchvision's

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from prunelens.discovery.corloc import (BoxDataset, SyntheticBoxes, best_iou, corloc_hits,
                                         pad_boxes, summarize_corloc)
 from prunelens.discovery.features import LayerNormMode, patch_features
-from prunelens.discovery.lost import TieBreak, lost
+from prunelens.discovery.lost import SeedInBackgroundError, TieBreak, lost
 from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
 from prunelens.io import atomic_write_bytes, atomic_write_json
 from prunelens.results import Record
@@ -105,18 +105,27 @@ def _discover_batch(model, spec, dataset, images, batch, device, k_patches, laye
         x[j, :, :sizes[j, 0], :sizes[j, 1]] = images[i]
     feats = patch_features(model, x.to(device), spec=spec, layernorm=layernorm,
                            image_hw=sizes.to(device))
-    result = lost(feats.features, feats.grid_hw, feats.stride, sizes.to(device), k_patches,
-                  tie_break=tie_break, on_background="raise" if seed_in_background == "error" else "nan")
-    boxes, seeds = result.boxes.cpu(), result.seeds.cpu()
+    try:
+        result = lost(feats.features, feats.grid_hw, feats.stride, sizes.to(device), k_patches,
+                      tie_break=tie_break,
+                      on_background="raise" if seed_in_background == "error" else "nan")
+    except SeedInBackgroundError as err:
+        raise SeedInBackgroundError([dataset.item_ids[batch[j]] for j in err.images]) from None
+    boxes, seeds = result.boxes.cpu(), result.seeds.cpu().tolist()
     gt, valid = pad_boxes([dataset.boxes(i) for i in batch])
     ious = best_iou(boxes, gt, valid)
     hits = corloc_hits(ious)
-    w = feats.grid_hw[1]
-    return {i: dict(zip(BOX_COLUMNS, [
-        dataset.item_ids[i], *boxes[j].tolist(), int(seeds[j]), int(seeds[j]) // w, int(seeds[j]) % w,
-        *feats.grid_hw, *feats.stride, *sizes[j].tolist(), int(valid[j].sum()),
-        bool(torch.isfinite(boxes[j]).all()), float(ious[j]), float(hits[j])]))
-        for j, i in enumerate(batch)}
+    (grid_h, grid_w), (stride_y, stride_x) = feats.grid_hw, feats.stride
+    rows = {}
+    for j, i in enumerate(batch):
+        xmin, ymin, xmax, ymax = boxes[j].tolist()
+        rows[i] = dict(item=dataset.item_ids[i], xmin=xmin, ymin=ymin, xmax=xmax, ymax=ymax,
+                       seed=seeds[j], seed_row=seeds[j] // grid_w, seed_col=seeds[j] % grid_w,
+                       grid_h=grid_h, grid_w=grid_w, stride_y=stride_y, stride_x=stride_x,
+                       image_h=int(sizes[j, 0]), image_w=int(sizes[j, 1]), n_gt=int(valid[j].sum()),
+                       found=bool(torch.isfinite(boxes[j]).all()), iou=float(ious[j]),
+                       corloc=float(hits[j]))
+    return rows
 
 
 @register_suite
@@ -189,13 +198,21 @@ class DiscoverySuite(Suite):
     # ---- across levels -----------------------------------------------------------------------
     def after_levels(self, ctx: RunContext) -> None:
         opts: DiscoveryOptions = ctx.options
-        levels = _saved_levels(Path(ctx.artifacts))
-        if opts.figure_images == 0 or not levels:
+        if opts.figure_images == 0:
+            return
+        dataset = self.dataset(ctx)
+        pool_levels = getattr(ctx.pool, "levels", None)
+        indices = None if pool_levels is None else {lv.index for lv in pool_levels}
+        # only levels measured on this data and still in the pool
+        levels = [(summary, boxes) for summary, boxes in _saved_levels(Path(ctx.artifacts))
+                  if summary.get("dataset") == dataset.name
+                  and summary.get("condition") == self.condition(opts)
+                  and (indices is None or summary.get("level") in indices)]
+        if not levels:
             return
         if len(levels) > opts.figure_levels:
             keep = np.unique(np.linspace(0, len(levels) - 1, opts.figure_levels).round().astype(int))
             levels = [levels[i] for i in keep]
-        dataset = self.dataset(ctx)
         png = boxes_figure(dataset, levels, opts.figure_images)
         atomic_write_bytes(Path(ctx.artifacts) / "boxes_across_levels.png", png)
 
