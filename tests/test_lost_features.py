@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from prunelens._compat import torchvision
-from prunelens.discovery.features import interpolate_pos_embedding, patch_features
+from prunelens.discovery.features import patch_features
+from prunelens.models.spec import interpolate_pos_embedding
 from prunelens.errors import ModelError
 from prunelens.models import create_model, spec_for
 

@@ -1,12 +1,10 @@
 """The pool end to end: levels, strict loading, retraining modes, resume after kill -9, locks."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 

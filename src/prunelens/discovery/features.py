@@ -23,7 +23,6 @@ torchvision's ``interpolate_embeddings``, generalised to non-square grids), beca
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,11 +33,6 @@ from torch import nn
 from prunelens.errors import ModelError
 
 LayerNormMode = Literal["auto", "map", "channels", "none"]
-
-# Per-family facts that belong in the architecture spec (see the report): which LayerNorm LOST
-# applies by default, and how to run a token model up to its feature layer at any input size.
-LOST_DEFAULT_LAYERNORM = {"vit": "none", "swin": "none"}  # every other family: "map"
-
 
 @dataclass
 class PatchFeatures:
@@ -81,38 +75,6 @@ def _run_until(module: nn.Module, run, *, pre: bool) -> torch.Tensor:
     raise ModelError(f"the feature layer {type(module).__name__} was not called in the forward pass")
 
 
-def interpolate_pos_embedding(pos_embedding: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Position embeddings (1, 1 + s², D) of a square s×s grid resized to (1, 1 + h·w, D).
-
-    The first (CLS) entry is kept; the grid part is resized bicubically with ``align_corners=True``
-    as torchvision's ``interpolate_embeddings`` does, here to any (h, w).
-    """
-    cls_pos, grid_pos = pos_embedding[:, :1], pos_embedding[:, 1:]
-    n, dim = grid_pos.shape[1:]
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ModelError(f"ViT position embeddings cover {n} patches, not a square grid")
-    h, w = grid_hw
-    if (h, w) == (side, side):
-        return pos_embedding
-    grid = grid_pos.transpose(1, 2).reshape(1, dim, side, side)
-    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=True)
-    return torch.cat([cls_pos, grid.reshape(1, dim, h * w).transpose(1, 2)], 1)
-
-
-def _vit_run_encoder(model: nn.Module, x: torch.Tensor) -> None:
-    """torchvision ViT forward at any size multiple of the patch: embed, CLS, pos. embeddings, blocks."""
-    patches = model.conv_proj(x)                      # (B, D, h, w)
-    grid_hw = tuple(patches.shape[-2:])
-    tokens = patches.flatten(2).transpose(1, 2)
-    tokens = torch.cat([model.class_token.expand(len(x), -1, -1), tokens], 1)
-    tokens = tokens + interpolate_pos_embedding(model.encoder.pos_embedding, grid_hw)
-    model.encoder.layers(model.encoder.dropout(tokens))
-
-
-TOKEN_ENCODERS = {"vit": _vit_run_encoder}
-
-
 def attention_keys(attention: nn.MultiheadAttention, query_input: torch.Tensor) -> torch.Tensor:
     """Keys (B, T, E) of self-attention ``attention`` for its input (B, T, E), heads concatenated."""
     if not attention.batch_first:
@@ -137,7 +99,7 @@ def _layer_norm(feats: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def resolve_layernorm(spec, layernorm: LayerNormMode) -> str:
-    return LOST_DEFAULT_LAYERNORM.get(spec.family, "map") if layernorm == "auto" else layernorm
+    return spec.lost_layernorm if layernorm == "auto" else layernorm
 
 
 def normalize_and_pad(images: torch.Tensor, spec, stride: int,
@@ -177,15 +139,11 @@ def patch_features(model: nn.Module, images: torch.Tensor, spec=None,
     x = normalize_and_pad(images, spec, stride, image_hw)
     layer = spec.feature_layer(model)
     if isinstance(layer, nn.MultiheadAttention):
-        encoder = TOKEN_ENCODERS.get(spec.family)
-        if encoder is None:
-            raise ModelError(f"prunelens cannot run a '{spec.family}' model up to its attention "
-                             "feature layer; add an entry to discovery.features.TOKEN_ENCODERS")
-        query_input = _run_until(layer, lambda: encoder(model, x), pre=True)
+        query_input = _run_until(layer, lambda: spec.forward(model, x), pre=True)
         feats = attention_keys(layer, query_input)[:, 1:]     # drop CLS
         grid_hw = (x.shape[-2] // stride, x.shape[-1] // stride)
     else:
-        grid = spec.to_grid(_run_until(layer, lambda: model(x), pre=False), model)
+        grid = spec.to_grid(_run_until(layer, lambda: spec.forward(model, x), pre=False), model)
         grid_hw = tuple(grid.shape[-2:])
         feats = grid.flatten(2).transpose(1, 2)
     if feats.shape[1] != grid_hw[0] * grid_hw[1]:

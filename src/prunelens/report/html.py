@@ -19,7 +19,7 @@ import yaml
 
 from prunelens.report.figures import Figure
 from prunelens.report.runs import RunInfo
-from prunelens.report.sweet_spots import DIRECTIONS, KEY
+from prunelens.report.sweet_spots import DIRECTIONS
 from prunelens.report.sweet_spots import __doc__ as SWEET_SPOT_RULE
 
 
