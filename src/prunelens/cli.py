@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an evaluation option, e.g. --set evaluate.interpretability.n_images=32")
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: evaluate.device of the config)")
+    p.add_argument("--voc-root", metavar="PATH", help="PASCAL VOC folder (VOCdevkit or VOC2012/VOC2007) "
+                   "for the interpretability and discovery suites")
+    p.add_argument("--mvh-root", metavar="PATH", help="model-vs-human datasets folder for the alignment suite")
     p.add_argument("--force", action="store_true", help="recompute results that are already complete")
     p.set_defaults(func=cmd_evaluate)
 
@@ -128,6 +131,11 @@ def cmd_evaluate(args) -> int:
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"evaluate.device={args.device}")
+    if args.voc_root:
+        overrides += [f"evaluate.{s}.voc_root={args.voc_root}" for s in ("interpretability", "discovery")
+                      if args.suites is None or s in args.suites]
+    if args.mvh_root:
+        overrides.append(f"evaluate.alignment.mvh_root={args.mvh_root}")
     evaluate_run(args.run_dir, suites=args.suites, levels=args.levels, overrides=overrides,
                  force=args.force)
     return 0
