@@ -126,7 +126,7 @@ def get_suite(name: str) -> type[Suite]:
 
 # ---- the built-in accuracy suite ---------------------------------------------------------------------
 class AccuracyOptions(SuiteOptions):
-    split: str = "test"
+    split: str | None = None  # default: the dataset's test split (ImageNet: val)
 
 
 @register_suite
@@ -139,12 +139,13 @@ class AccuracySuite(Suite):
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         from prunelens.pruning.train import evaluate_model
 
-        dataset = ctx.data.split(ctx.options.split)
+        split = ctx.options.split or ctx.data.eval_split
+        dataset = ctx.data.split(split)
         loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.batch_size)
         correct = evaluate_model(ctx.model, loader, ctx.spec, ctx.device)["correct"]
         ids = getattr(dataset, "item_ids", None) or [str(i) for i in range(len(dataset))]
         for item, c in zip(ids, correct.tolist()):
-            yield Record("accuracy", "accuracy", float(c), dataset=ctx.options.split, item=item)
+            yield Record("accuracy", "accuracy", float(c), dataset=split, item=item)
 
 
 # ---- the driver ----------------------------------------------------------------------------------------
