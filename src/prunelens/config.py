@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
 
@@ -106,6 +106,15 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     n_boot: int = Field(1000, ge=100)
 
+    @field_validator("suites")
+    @classmethod
+    def _known_suites(cls, suites: list[str] | None) -> list[str] | None:
+        from prunelens.evaluate import available_suites
+        unknown = [s for s in suites or [] if s not in available_suites()]
+        if unknown:
+            raise ValueError(f"unknown suite(s) {unknown}; available: {', '.join(available_suites())}")
+        return suites
+
     def suite_options(self, suite: str):
         from prunelens.evaluate import get_suite
         return validate_section(get_suite(suite).Options, (self.model_extra or {}).get(suite) or {},
@@ -166,7 +175,7 @@ def _describe(err: dict, prefix: str, model: type[BaseModel]) -> str:
         more = f" (did you mean '{hint[0]}'?)" if hint else (f"; known keys: {', '.join(choices)}" if choices else "")
         return f"unknown key '{where}'{more}"
     got = err.get("input")
-    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    got_s = "" if isinstance(got, dict) or repr(got) in err["msg"] else f" (got {got!r})"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got_s}"
 
 

@@ -122,3 +122,137 @@ def get_suite(name: str) -> type[Suite]:
                 raise
             raise ConfigError(f"suite '{name}' is not available in this version of prunelens") from None
     return _REGISTRY[name]
+
+
+# ---- the built-in accuracy suite ---------------------------------------------------------------------
+class AccuracyOptions(SuiteOptions):
+    split: str | None = None  # default: the dataset's test split (ImageNet: val)
+
+
+@register_suite
+class AccuracySuite(Suite):
+    """Top-1 accuracy on a split of the run's dataset, one 0/1 record per image."""
+
+    name = "accuracy"
+    Options = AccuracyOptions
+
+    def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
+        from prunelens.pruning.train import evaluate_model
+
+        split = ctx.options.split or ctx.data.eval_split
+        dataset = ctx.data.split(split)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.batch_size)
+        correct = evaluate_model(ctx.model, loader, ctx.spec, ctx.device)["correct"]
+        ids = getattr(dataset, "item_ids", None) or [str(i) for i in range(len(dataset))]
+        for item, c in zip(ids, correct.tolist()):
+            yield Record("accuracy", "accuracy", float(c), dataset=split, item=item)
+
+
+# ---- the driver ----------------------------------------------------------------------------------------
+def _options_hash(options: SuiteOptions) -> str:
+    import hashlib
+    import json
+    blob = json.dumps(options.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_suites() -> list[str]:
+    return available_suites()
+
+
+def _resolve_suites(config, suites: list[str] | None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Suites to run and (suite, reason) of those unavailable when the defaults were asked for."""
+    explicit = suites is not None or config.evaluate.suites is not None
+    names = suites if suites is not None else (config.evaluate.suites or default_suites())
+    runnable, unavailable = [], []
+    for name in names:
+        try:
+            get_suite(name)
+        except ConfigError as exc:
+            if explicit:
+                raise
+            unavailable.append((name, str(exc)))
+            continue
+        runnable.append(name)
+    return runnable, unavailable
+
+
+def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: list[int] | None = None,
+                 overrides: list[str] | None = None, force: bool = False, log=print) -> None:
+    """Evaluate the levels of a pool with the given suites (default: every suite that applies).
+
+    ``overrides`` are ``--set`` style ``evaluate.<…>=value`` strings applied to the run's config.
+    A (suite, level) whose results are intact and were made with the same options from the same
+    level files is skipped unless ``force``.
+    """
+    import json
+    import time
+
+    from prunelens.config import apply_overrides, validate_section
+    from prunelens.data.provider import RunData
+    from prunelens.io import atomic_write_json
+    from prunelens.models import spec_for
+    from prunelens.pool import Pool, RunLock
+    from prunelens.pruning.train import resolve_device
+    from prunelens.results import level_file, read_sidecar, results_dir, write_level
+
+    pool = Pool(run_dir)
+    run_dir = Path(run_dir)
+    config = pool.config
+    if overrides:
+        bad = [o for o in overrides if not o.startswith("evaluate.")]
+        if bad:
+            raise ConfigError(f"evaluate takes only evaluate.* overrides (the pool is fixed), got {bad}")
+        config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
+    names, unavailable = _resolve_suites(config, suites)
+    for name, reason in unavailable:
+        log(f"{pool.name}: suite {name} skipped: {reason}")
+    wanted = pool.levels if levels is None else [pool.level(i) for i in levels]
+    device = resolve_device(config.evaluate.device)
+    data = RunData(config.data, config.seed)
+    with RunLock(run_dir):
+        spec = spec_for(wanted[0].load_model("cpu")) if wanted else None
+        for name in names:
+            suite = get_suite(name)()
+            options = config.evaluate.suite_options(name)
+            artifacts = results_dir(run_dir) / name
+            run_ctx = RunContext(run_dir, pool, config, options, device, data, spec, artifacts,
+                                 config.evaluate.batch_size)
+            skipped = artifacts / "skipped.json"
+            reason = suite.skip_reason(run_ctx)
+            if reason is not None:
+                atomic_write_json(skipped, {"suite": name, "reason": reason})
+                log(f"{pool.name}: suite {name} does not apply: {reason}")
+                continue
+            skipped.unlink(missing_ok=True)
+            opt_hash = _options_hash(options)
+            for level in wanted:
+                level_sha = level.info["files"]["model.safetensors"]
+                meta = read_sidecar(run_dir, name, level.index)
+                if (not force and meta is not None and meta.get("options_hash") == opt_hash
+                        and meta.get("level_sha256") == level_sha):
+                    continue
+                t0 = time.perf_counter()
+                model = level.load_model(device)
+                ctx = LevelContext(run_dir, pool, config, options, device, data, spec, artifacts,
+                                   config.evaluate.batch_size, level=level, model=model,
+                                   masks=level.load_masks(),
+                                   level_artifacts=level_file(run_dir, name, level.index).with_suffix(""))
+                records = list(suite.evaluate_level(ctx))
+                seconds = time.perf_counter() - t0
+                write_level(run_dir, name, level.index, records, {
+                    "options_hash": opt_hash, "options": json.loads(options.model_dump_json()),
+                    "level_sha256": level_sha, "wall_time_s": seconds})
+                log(f"{pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
+            suite.after_levels(run_ctx)
+        write_summary(run_dir, config.evaluate.n_boot)
+
+
+def write_summary(run_dir: str | Path, n_boot: int = 1000) -> Path:
+    """``RUN_DIR/results/summary.csv``: per-level mean, 95 % bootstrap CI, n, n_nan."""
+    from prunelens.io import atomic_write_bytes
+    from prunelens.results import load_results, results_dir, summarize
+
+    path = results_dir(run_dir) / "summary.csv"
+    atomic_write_bytes(path, summarize(load_results(run_dir), n_boot=n_boot).to_csv(index=False).encode())
+    return path

@@ -43,6 +43,11 @@ class RunData:
                                            persistent_workers=num_workers > 0)
 
     @property
+    def eval_split(self) -> str:
+        """The split suites evaluate on: ``test`` where the dataset has one, else its last split."""
+        return "test" if "test" in self.entry.splits else self.entry.splits[-1]
+
+    @property
     def num_classes(self) -> int:
         return int(self.split(self.entry.splits[-1]).num_classes)
 

@@ -24,6 +24,8 @@ DATASET_MODULES = {
     "cifar10": "prunelens.data.cifar",
     "cifar100": "prunelens.data.cifar",
     "digits": "prunelens.data.digits",
+    "mnist": "prunelens.data.mnist",
+    "fashion_mnist": "prunelens.data.mnist",
 }
 
 

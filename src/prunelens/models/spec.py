@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunelens.errors import ModelError
@@ -61,6 +62,15 @@ class ArchSpec:
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
+    def attention_parameters(self, model: nn.Module) -> list[str]:
+        """Prunable weights of the attention projections (q/k/v and output)."""
+        prunable = self.prunable(model)
+        names = []
+        for mod_name, module in model.named_modules():
+            if isinstance(module, nn.MultiheadAttention):
+                names += [n for n in prunable if n.startswith(f"{mod_name}.")]
+        return names
+
     # ---- inputs ------------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map images in [0, 1], (B, C, H, W), to the model's input space.
@@ -80,8 +90,15 @@ class ArchSpec:
             mean, std = mean.mean().expand(x.shape[1]), std.mean().expand(x.shape[1])
         return x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
 
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits for inputs of any size the architecture allows (ViTs: not only their own)."""
+        return model(x)
+
     # ---- spatial features (GradCAM, LOST) ----------------------------------------------------
     has_spatial_features = False
+    #: LayerNorm LOST applies to CNN feature maps by default: over the whole map, as the
+    #: reference code; token models use their features as they are
+    lost_layernorm = "map"
 
     def gradcam_layer(self, model: nn.Module) -> nn.Module:
         raise ModelError(f"{type(model).__name__} has no spatial feature map for GradCAM")
@@ -126,11 +143,42 @@ class ResNetSpec(ArchSpec):
         return s
 
 
+def interpolate_pos_embedding(pos_embedding: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Position embeddings (1, 1 + s², D) of a square s×s grid resized to (1, 1 + h·w, D).
+
+    The CLS entry is kept; the grid part is resized bicubically with ``align_corners=True`` as
+    torchvision's ``interpolate_embeddings`` does, here to any (h, w).
+    """
+    cls_pos, grid_pos = pos_embedding[:, :1], pos_embedding[:, 1:]
+    n, dim = grid_pos.shape[1:]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ModelError(f"ViT position embeddings cover {n} patches, not a square grid")
+    h, w = grid_hw
+    if (h, w) == (side, side):
+        return pos_embedding
+    grid = grid_pos.transpose(1, 2).reshape(1, dim, side, side)
+    grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=True)
+    return torch.cat([cls_pos, grid.reshape(1, dim, h * w).transpose(1, 2)], 1)
+
+
 class ViTSpec(ArchSpec):
     """torchvision VisionTransformer (vit_b_32 and the built-in small_vit)."""
 
     family = "vit"
     has_spatial_features = True
+    lost_layernorm = "none"
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """torchvision's forward at any size multiple of the patch (interpolated positions)."""
+        if x.shape[-2:] == (model.image_size, model.image_size):
+            return model(x)
+        patches = model.conv_proj(x)                      # (B, D, h, w)
+        tokens = patches.flatten(2).transpose(1, 2)
+        tokens = torch.cat([model.class_token.expand(len(x), -1, -1), tokens], 1)
+        tokens = tokens + interpolate_pos_embedding(model.encoder.pos_embedding, tuple(patches.shape[-2:]))
+        tokens = model.encoder.ln(model.encoder.layers(model.encoder.dropout(tokens)))
+        return model.heads(tokens[:, 0])
 
     def gradcam_layer(self, model: nn.Module) -> nn.Module:
         return model.encoder.layers[-1]
@@ -155,6 +203,7 @@ class SwinSpec(ArchSpec):
 
     family = "swin"
     has_spatial_features = True
+    lost_layernorm = "none"
     # the continuous position-bias MLP of Swin v2 generates attention biases; it is not a weight
     # layer of the network's function, so it is left dense
     never_prune = ("*cpb_mlp*",)
@@ -164,6 +213,17 @@ class SwinSpec(ArchSpec):
 
     def to_grid(self, activation: torch.Tensor, model: nn.Module) -> torch.Tensor:
         return activation.permute(0, 3, 1, 2)
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in model.modules() if type(m).__name__.startswith("ShiftedWindowAttention")]
+
+    def attention_parameters(self, model: nn.Module) -> list[str]:
+        prunable = self.prunable(model)
+        names = []
+        for mod_name, module in model.named_modules():
+            if type(module).__name__.startswith("ShiftedWindowAttention"):
+                names += [f"{mod_name}.{p}.weight" for p in ("qkv", "proj")]
+        return [n for n in names if n in prunable]
 
     def feature_layer(self, model: nn.Module) -> nn.Module:
         return model.features[-1]

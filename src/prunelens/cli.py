@@ -1,0 +1,234 @@
+"""The ``prunelens`` command.
+
+Every error a user can cause is printed as one line, ``prunelens: error: …``, with exit code 2
+and no traceback; Ctrl-C leaves everything written so far in place (re-run to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prunelens.errors import PrunelensError
+
+
+def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
+    if optional:
+        p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
+    else:
+        p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set prune.rate=0.3 (repeatable)")
+    p.add_argument("--force", action="store_true",
+                   help="if a run folder was made by a different config, move it aside and start over")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunelens", description=(
+        "Prune vision models into a pool of checkpoints and measure what pruning does to them."))
+    parser.add_argument("--version", action="version", version=f"prunelens {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="prune → evaluate → report, on a config or the embedded demo")
+    _config_args(p, optional=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("prune", help="build (or resume) the pool of checkpoints of a config")
+    _config_args(p, optional=False)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("evaluate", help="measure every level of a pool with evaluation suites")
+    p.add_argument("run_dir")
+    p.add_argument("--suite", dest="suites", action="append", metavar="SUITE",
+                   help="suite to run (repeatable; default: every suite that applies): "
+                        + ", ".join(_suite_names()))
+    p.add_argument("--levels", type=_int_list, help="comma-separated level indices (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an evaluation option, e.g. --set evaluate.interpretability.n_images=32")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: evaluate.device of the config)")
+    p.add_argument("--voc-root", metavar="PATH", help="PASCAL VOC folder (VOCdevkit or VOC2012/VOC2007) "
+                   "for the interpretability and discovery suites")
+    p.add_argument("--mvh-root", metavar="PATH", help="model-vs-human datasets folder for the alignment suite")
+    p.add_argument("--force", action="store_true", help="recompute results that are already complete")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("results", help="print per-level summaries (mean, 95%% CI, n, n_nan)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--suite", dest="suites", action="append", metavar="SUITE")
+    p.add_argument("--metric", dest="metrics", action="append", metavar="METRIC")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("report", help="write the HTML report of one or several runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--out", help="output folder (default: RUN_DIR/report of the first run)")
+    p.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the run's evaluate.n_boot)")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("pool", help="inspect a pool")
+    pool_sub = p.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
+    show = pool_sub.add_parser("show", help="print the levels of a run folder")
+    show.add_argument("run_dir")
+    show.add_argument("--layers", action="store_true", help="also print per-layer sparsity")
+    show.set_defaults(func=cmd_pool_show)
+
+    p = sub.add_parser("config", help="print the resolved config (defaults filled in)")
+    p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def _suite_names() -> list[str]:
+    from prunelens.evaluate import available_suites
+    return available_suites()
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _version() -> str:
+    import prunelens
+    return prunelens.__version__
+
+
+def cmd_prune(args) -> int:
+    from prunelens.config import load_configs
+    from prunelens.pruning import prune_run
+
+    for cfg in load_configs(args.config, args.overrides):
+        pool = prune_run(cfg, force=args.force)
+        print(format_pool_table(pool))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from prunelens.config import load_configs
+    from prunelens.evaluate import evaluate_run
+    from prunelens.pruning import prune_run
+    from prunelens.report import build_report
+
+    configs = load_configs(args.config, args.overrides)
+    pools = [prune_run(cfg, force=args.force) for cfg in configs]
+    for pool in pools:
+        print(format_pool_table(pool))
+    for pool in pools:
+        evaluate_run(pool.run_dir)
+    out = None if len(pools) == 1 else Path(configs[0].output_dir) / "report"
+    path = build_report([p.run_dir for p in pools], out)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from prunelens.evaluate import evaluate_run
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"evaluate.device={args.device}")
+    if args.voc_root:
+        overrides += [f"evaluate.{s}.voc_root={args.voc_root}" for s in ("interpretability", "discovery")
+                      if args.suites is None or s in args.suites]
+    if args.mvh_root:
+        overrides.append(f"evaluate.alignment.mvh_root={args.mvh_root}")
+    evaluate_run(args.run_dir, suites=args.suites, levels=args.levels, overrides=overrides,
+                 force=args.force)
+    return 0
+
+
+def cmd_results(args) -> int:
+    import pandas as pd
+
+    from prunelens.results import load_results, summarize
+
+    frame = load_results(args.run_dirs, suite=args.suites)
+    if args.metrics:
+        frame = frame[frame["metric"].isin(args.metrics)]
+    if frame.empty:
+        print("no results yet: run `prunelens evaluate RUN_DIR`")
+        return 0
+    summary = summarize(frame)
+    if args.csv:
+        print(summary.to_csv(index=False), end="")
+        return 0
+    summary["95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" if lo == lo else "" for lo, hi in
+                         zip(summary["ci_low"], summary["ci_high"])]
+    summary["sparsity"] = summary["sparsity"].map(lambda s: f"{s:.1%}")
+    columns = ["run", "level", "sparsity", "suite", "metric", "method", "dataset", "condition",
+               "mean", "95% CI", "n", "n_nan"]
+    shown = summary[[c for c in columns if c in summary and (summary[c] != "").any()]]
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_columns", None):
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from prunelens.report import build_report
+
+    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_pool_show(args) -> int:
+    from prunelens.pool import Pool
+
+    pool = Pool(args.run_dir)
+    print(format_pool_table(pool))
+    if args.layers:
+        for level in pool.levels:
+            print(f"\nlevel {level.index}:")
+            for name, s in level.layer_sparsity.items():
+                print(f"  {name:<60} {s:7.2%}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+
+    from prunelens.config import load_configs
+
+    for cfg in load_configs(args.config, args.overrides):
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+        print(f"# run folder: {cfg.run_dir}   pool hash: {cfg.pool_hash()}\n---")
+    return 0
+
+
+def format_pool_table(pool) -> str:
+    def pct(v):
+        return "    -" if v is None or v != v else f"{v:6.1%}"
+    cfg = pool.config
+    head = (f"{pool.name}: {cfg.model.name} on {cfg.data.name}, {cfg.prune.scope} {cfg.prune.retrain}, "
+            f"{pool.run_dir}" + ("" if pool.complete else "  [incomplete]"))
+    lines = [head, f"{'level':>5} {'sparsity':>9} {'train':>7} {'val':>7} {'test':>7} {'epochs':>6} {'time':>7}"]
+    for lv in pool.levels:
+        m = lv.metrics
+        lines.append(f"{lv.index:>5} {pct(lv.sparsity):>9} {pct(m.get('train_acc')):>7} "
+                     f"{pct(m.get('val_acc')):>7} {pct(m.get('test_acc')):>7} {lv.info['epochs']:>6} "
+                     f"{lv.info['wall_time_s']:>6.0f}s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PrunelensError as exc:
+        print(f"prunelens: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:  # output piped into head & co.
+        return 0
+    except KeyboardInterrupt:
+        print("\nprunelens: interrupted; everything completed so far is kept — re-run the same "
+              "command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""Suite ``discovery`` (RQ2): LOST boxes from each level's features, scored by CorLoc and best IoU.
+
+Data: the run's synthetic split (one object per image, its mask's box; 64 images by default) or
+Pascal VOC07/VOC12 (``voc_root``; every image of ``image_set`` by default). Per level it yields, per
+image, ``corloc`` (0/1) and ``iou`` (best IoU with any ground-truth box), ``method="lost"``,
+``dataset`` = ``synthetic`` / ``voc07`` / ``voc12``, ``condition`` = the VOC image set (with
+``-no_hard``) or empty; writes the boxes (``boxes.csv``) and CorLoc with its 95 % bootstrap CI
+(``summary.json``) to the level's artifacts folder; after the last level, a figure of the boxes of
+sample images across levels (``boxes_across_levels.png``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from prunelens.discovery.corloc import (BoxDataset, SyntheticBoxes, best_iou, corloc_hits,
+                                        pad_boxes, summarize_corloc)
+from prunelens.discovery.features import LayerNormMode, patch_features
+from prunelens.discovery.lost import SeedInBackgroundError, TieBreak, lost
+from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.io import atomic_write_bytes, atomic_write_json
+from prunelens.results import Record
+
+SYNTHETIC_DEFAULT_IMAGES = 64
+BOX_COLUMNS = ["item", "xmin", "ymin", "xmax", "ymax", "seed", "seed_row", "seed_col", "grid_h",
+               "grid_w", "stride_y", "stride_x", "image_h", "image_w", "n_gt", "found", "iou", "corloc"]
+
+
+class DiscoveryOptions(SuiteOptions):
+    n_images: int | None = Field(None, ge=1, description=(
+        f"first n images; default {SYNTHETIC_DEFAULT_IMAGES} synthetic images, every VOC image"))
+    voc_root: str | None = Field(None, description="Pascal VOC folder (VOCdevkit/VOC2007 or a parent)")
+    voc_year: Literal[2007, 2012] | None = Field(None, description="default: from the folder name")
+    image_set: str = Field("trainval", description="VOC ImageSets/Main/<image_set>.txt")
+    no_hard: bool = Field(False, description="drop truncated/difficult VOC objects (LOST --no_hard)")
+    synthetic_split: Literal["train", "val", "test"] = "test"
+    k_patches: int = Field(100, ge=1, description="LOST: candidates for the seed expansion")
+    layernorm: Literal["auto", "map", "channels", "none"] = Field("auto", description=(
+        "auto: over the whole feature map for CNNs (as LOST's code), none for ViT keys / Swin tokens"))
+    tie_break: Literal["reference", "index"] = "reference"
+    seed_in_background: Literal["error", "miss"] = Field("error", description=(
+        "error (as the reference) or score the image as a miss (IoU 0)"))
+    figure_images: int = Field(6, ge=0, le=32)
+    figure_levels: int = Field(8, ge=2, le=32)
+
+
+def _padded_grid(image: torch.Tensor, stride: int) -> tuple[int, int]:
+    return (-(-image.shape[-2] // stride), -(-image.shape[-1] // stride))
+
+
+def _groups(images: dict[int, torch.Tensor], stride: int, batch_size: int) -> Iterable[list[int]]:
+    """Indices of images sharing a padded size, in batches of at most ``batch_size``."""
+    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, img in images.items():
+        by_size[_padded_grid(img, stride)].append(i)
+    for members in by_size.values():
+        for start in range(0, len(members), batch_size):
+            yield members[start:start + batch_size]
+
+
+def discover(model: nn.Module, dataset: BoxDataset, *, spec=None, n_images: int | None = None,
+             batch_size: int = 32, device: torch.device | str | None = None, k_patches: int = 100,
+             layernorm: LayerNormMode = "auto", tie_break: TieBreak = "reference",
+             seed_in_background: Literal["error", "miss"] = "error") -> pd.DataFrame:
+    """LOST boxes and their best IoU / CorLoc for the first ``n_images`` of ``dataset``.
+
+    Images of one padded size are batched together. Returns one row per image (``BOX_COLUMNS``).
+    """
+    from prunelens.models import spec_for
+
+    spec = spec if spec is not None else spec_for(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    stride = int(spec.stride(model))
+    n = len(dataset) if n_images is None else min(n_images, len(dataset))
+    rows: dict[int, dict] = {}
+    chunk = max(batch_size * 4, 1)
+    with tqdm(total=n, desc="LOST", unit="img", disable=None, leave=False) as bar:
+        for start in range(0, n, chunk):
+            images = {i: dataset.image(i) for i in range(start, min(n, start + chunk))}
+            for batch in _groups(images, stride, batch_size):
+                rows.update(_discover_batch(model, spec, dataset, images, batch, device, k_patches,
+                                            layernorm, tie_break, seed_in_background))
+                bar.update(len(batch))
+    return pd.DataFrame([rows[i] for i in range(n)], columns=BOX_COLUMNS)
+
+
+def _discover_batch(model, spec, dataset, images, batch, device, k_patches, layernorm, tie_break,
+                    seed_in_background) -> dict[int, dict]:
+    sizes = torch.tensor([list(images[i].shape[-2:]) for i in batch])
+    h_max, w_max = (int(v) for v in sizes.amax(0))
+    x = torch.zeros(len(batch), 3, h_max, w_max)
+    for j, i in enumerate(batch):
+        x[j, :, :sizes[j, 0], :sizes[j, 1]] = images[i]
+    feats = patch_features(model, x.to(device), spec=spec, layernorm=layernorm,
+                           image_hw=sizes.to(device))
+    try:
+        result = lost(feats.features, feats.grid_hw, feats.stride, sizes.to(device), k_patches,
+                      tie_break=tie_break,
+                      on_background="raise" if seed_in_background == "error" else "nan")
+    except SeedInBackgroundError as err:
+        raise SeedInBackgroundError([dataset.item_ids[batch[j]] for j in err.images]) from None
+    boxes, seeds = result.boxes.cpu(), result.seeds.cpu().tolist()
+    gt, valid = pad_boxes([dataset.boxes(i) for i in batch])
+    ious = best_iou(boxes, gt, valid)
+    hits = corloc_hits(ious)
+    (grid_h, grid_w), (stride_y, stride_x) = feats.grid_hw, feats.stride
+    rows = {}
+    for j, i in enumerate(batch):
+        xmin, ymin, xmax, ymax = boxes[j].tolist()
+        rows[i] = dict(item=dataset.item_ids[i], xmin=xmin, ymin=ymin, xmax=xmax, ymax=ymax,
+                       seed=seeds[j], seed_row=seeds[j] // grid_w, seed_col=seeds[j] % grid_w,
+                       grid_h=grid_h, grid_w=grid_w, stride_y=stride_y, stride_x=stride_x,
+                       image_h=int(sizes[j, 0]), image_w=int(sizes[j, 1]), n_gt=int(valid[j].sum()),
+                       found=bool(torch.isfinite(boxes[j]).all()), iou=float(ious[j]),
+                       corloc=float(hits[j]))
+    return rows
+
+
+@register_suite
+class DiscoverySuite(Suite):
+    name = "discovery"
+    Options = DiscoveryOptions
+
+    def __init__(self) -> None:
+        self._datasets: dict[tuple, BoxDataset] = {}
+
+    # ---- data --------------------------------------------------------------------------------
+    def dataset(self, ctx: RunContext) -> BoxDataset:
+        """The box dataset the options name (built once per suite instance)."""
+        opts: DiscoveryOptions = ctx.options
+        key = (opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard, opts.synthetic_split)
+        if key not in self._datasets:
+            if opts.voc_root is not None:
+                from prunelens.data.voc_annotations import VOCBoxes
+                self._datasets[key] = VOCBoxes(opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard)
+            else:
+                self._datasets[key] = SyntheticBoxes(ctx.data.split(opts.synthetic_split))
+        return self._datasets[key]
+
+    @staticmethod
+    def n_images(opts: DiscoveryOptions) -> int | None:
+        if opts.n_images is not None:
+            return opts.n_images
+        return None if opts.voc_root is not None else SYNTHETIC_DEFAULT_IMAGES
+
+    @staticmethod
+    def condition(opts: DiscoveryOptions) -> str:
+        if opts.voc_root is None:
+            return ""
+        return opts.image_set + ("-no_hard" if opts.no_hard else "")
+
+    def skip_reason(self, ctx: RunContext) -> str | None:
+        if not ctx.spec.has_spatial_features:
+            return f"LOST needs a spatial feature map; the '{ctx.spec.family}' architecture has none"
+        opts: DiscoveryOptions = ctx.options
+        if opts.voc_root is None and not hasattr(ctx.data.split(opts.synthetic_split), "boxes"):
+            return ("the run's dataset has no object boxes; give a Pascal VOC folder as "
+                    "evaluate.discovery.voc_root")
+        return None
+
+    # ---- per level ---------------------------------------------------------------------------
+    def evaluate_level(self, ctx: LevelContext) -> list[Record]:
+        opts: DiscoveryOptions = ctx.options
+        dataset = self.dataset(ctx)
+        frame = discover(ctx.model, dataset, spec=ctx.spec, n_images=self.n_images(opts),
+                         batch_size=ctx.batch_size, device=ctx.device, k_patches=opts.k_patches,
+                         layernorm=opts.layernorm, tie_break=opts.tie_break,
+                         seed_in_background=opts.seed_in_background)
+        n_boot = getattr(getattr(ctx.config, "evaluate", None), "n_boot", 1000)
+        summary = summarize_corloc(frame["corloc"], frame["iou"], dataset.n_skipped, n_boot=n_boot)
+        folder = Path(ctx.level_artifacts)
+        atomic_write_bytes(folder / "boxes.csv", frame.to_csv(index=False).encode())
+        atomic_write_json(folder / "summary.json", dict(
+            summary.as_dict(), level=getattr(ctx.level, "index", None),
+            sparsity=getattr(ctx.level, "sparsity", None), dataset=dataset.name,
+            condition=self.condition(opts), n_seed_in_background=int((~frame["found"]).sum()),
+            options=opts.model_dump(mode="json")))
+        common = dict(suite=self.name, method="lost", dataset=dataset.name,
+                      condition=self.condition(opts))
+        records = []
+        for item, hit, iou in zip(frame["item"], frame["corloc"], frame["iou"]):
+            records.append(Record(metric="corloc", value=float(hit), item=item, **common))
+            records.append(Record(metric="iou", value=float(iou), item=item, **common))
+        return records
+
+    # ---- across levels -----------------------------------------------------------------------
+    def after_levels(self, ctx: RunContext) -> None:
+        opts: DiscoveryOptions = ctx.options
+        if opts.figure_images == 0:
+            return
+        dataset = self.dataset(ctx)
+        pool_levels = getattr(ctx.pool, "levels", None)
+        indices = None if pool_levels is None else {lv.index for lv in pool_levels}
+        # only levels measured on this data and still in the pool
+        levels = [(summary, boxes) for summary, boxes in _saved_levels(Path(ctx.artifacts))
+                  if summary.get("dataset") == dataset.name
+                  and summary.get("condition") == self.condition(opts)
+                  and (indices is None or summary.get("level") in indices)]
+        if not levels:
+            return
+        if len(levels) > opts.figure_levels:
+            keep = np.unique(np.linspace(0, len(levels) - 1, opts.figure_levels).round().astype(int))
+            levels = [levels[i] for i in keep]
+        png = boxes_figure(dataset, levels, opts.figure_images)
+        atomic_write_bytes(Path(ctx.artifacts) / "boxes_across_levels.png", png)
+
+
+def _saved_levels(folder: Path) -> list[tuple[dict, pd.DataFrame]]:
+    """(summary, boxes) of every level evaluated under ``folder``, by level index."""
+    out = []
+    for summary_file in folder.glob("level_*/summary.json"):
+        boxes_file = summary_file.with_name("boxes.csv")
+        if boxes_file.is_file():
+            summary = json.loads(summary_file.read_text())
+            out.append((summary, pd.read_csv(boxes_file, dtype={"item": str})))
+    return sorted(out, key=lambda lv: (lv[0].get("level") is None, lv[0].get("level") or 0))
+
+
+def boxes_figure(dataset: BoxDataset, levels: list[tuple[dict, pd.DataFrame]], n_images: int) -> bytes:
+    """PNG: sample images (rows) × levels (columns); ground truth in green, LOST's box in red."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    position = {item: i for i, item in enumerate(dataset.item_ids)}
+    common = set.intersection(*(set(frame["item"]) for _, frame in levels))
+    items = [item for item in dataset.item_ids if item in common][:n_images]
+    fig = Figure(figsize=(2.0 * len(levels), 2.0 * max(len(items), 1) + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(max(len(items), 1), len(levels), squeeze=False)
+    for col, (summary, frame) in enumerate(levels):
+        rows = frame.set_index("item")
+        sparsity = summary.get("sparsity")
+        title = f"level {summary.get('level')}"
+        if sparsity is not None:
+            title += f" ({100 * sparsity:.0f}% pruned)"
+        axes[0, col].set_title(f"{title}\nCorLoc {summary['corloc']:.2f}", fontsize=8)
+        for row, item in enumerate(items):
+            ax = axes[row, col]
+            i = position[item]
+            ax.imshow(dataset.image(i).permute(1, 2, 0).numpy())
+            for gt in dataset.boxes(i).tolist():
+                ax.add_patch(Rectangle((gt[0], gt[1]), gt[2] - gt[0], gt[3] - gt[1], fill=False,
+                                       edgecolor="lime", linewidth=1.5))
+            r = rows.loc[item]
+            if bool(r["found"]) and not math.isnan(r["xmin"]):
+                ax.add_patch(Rectangle((r["xmin"], r["ymin"]), r["xmax"] - r["xmin"],
+                                       r["ymax"] - r["ymin"], fill=False, edgecolor="red",
+                                       linewidth=1.5, linestyle="--", clip_on=False))
+                ax.add_patch(Rectangle((r["seed_col"] * r["stride_x"], r["seed_row"] * r["stride_y"]),
+                                       r["stride_x"], r["stride_y"], color="yellow", alpha=0.6))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                ax.set_ylabel(item, fontsize=7)
+    fig.suptitle("LOST boxes (red, seed in yellow) vs ground truth (green)", fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

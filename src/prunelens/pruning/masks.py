@@ -1,0 +1,165 @@
+"""Magnitude pruning masks, kept exact through training.
+
+Selection: among the weights still alive, remove the ``k`` of smallest magnitude, where
+``k = round(amount × alive)`` — globally (one ranking over every prunable weight) or per layer.
+The candidate vector and ``torch.topk(..., largest=False)`` are the same as in
+``torch.nn.utils.prune.global_unstructured(..., pruning_method=L1Unstructured)``, so the masks
+are identical to PyTorch's, ties included.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from prunelens.models.spec import ArchSpec, spec_for
+
+
+def prunable_parameters(model: nn.Module, spec: ArchSpec | None = None, *,
+                        exclude_first_layer: bool = False, exclude_classifier: bool = False,
+                        exclude_attention: bool = False, exclude: Iterable[str] = ()
+                        ) -> dict[str, nn.Parameter]:
+    """The parameters a run prunes: the spec's prunable weights minus the configured exclusions."""
+    spec = spec or spec_for(model)
+    params = spec.prunable(model)
+    dropped = set()
+    if exclude_first_layer:
+        dropped.add(spec.first_layer(model))
+    if exclude_classifier:
+        dropped.add(spec.classifier(model))
+    if exclude_attention:
+        dropped.update(spec.attention_parameters(model))
+    patterns = list(exclude)
+    return {n: p for n, p in params.items()
+            if n not in dropped and not any(fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+
+
+def prunable_from_config(model: nn.Module, prune_cfg) -> dict[str, nn.Parameter]:
+    return prunable_parameters(
+        model, exclude_first_layer=prune_cfg.exclude_first_layer,
+        exclude_classifier=prune_cfg.exclude_classifier,
+        exclude_attention=prune_cfg.exclude_attention, exclude=prune_cfg.exclude)
+
+
+def dense_masks(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+
+
+def _n_to_prune(alive: int, amount: float | int) -> int:
+    # the rounding of torch.nn.utils.prune._compute_nparams_toprune
+    return int(amount) if isinstance(amount, int) else round(amount * alive)
+
+
+def _prune_smallest(scores: torch.Tensor, alive: torch.Tensor, k: int) -> torch.Tensor:
+    """New flat keep-mask: drop the k smallest |scores| among the alive entries."""
+    keep = alive.clone()
+    if k <= 0:
+        return keep
+    alive_idx = alive.nonzero().squeeze(1)
+    drop = torch.topk(scores[alive_idx].abs(), k=k, largest=False).indices
+    keep[alive_idx[drop]] = False
+    return keep
+
+
+def magnitude_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor],
+                    amount: float | int, scope: str = "global",
+                    min_alive: int | dict[str, int] = 0) -> dict[str, torch.Tensor]:
+    """Masks after one pruning step.
+
+    ``amount``: a float is the fraction of the *alive* weights to remove (per scope), an int the
+    number. ``min_alive`` caps the step so that at least that many weights stay alive (a number
+    for global scope, a number per layer for layerwise).
+    """
+    if scope == "global":
+        names = list(weights)
+        scores = torch.cat([weights[n].detach().reshape(-1) for n in names])
+        alive = torch.cat([masks[n].reshape(-1) for n in names])
+        n_alive = int(alive.sum())
+        k = min(_n_to_prune(n_alive, amount), max(0, n_alive - int(min_alive)))
+        keep = _prune_smallest(scores, alive, k)
+        out, start = {}, 0
+        for n in names:
+            size = weights[n].numel()
+            out[n] = keep[start:start + size].view_as(masks[n])
+            start += size
+        return out
+    if scope == "layerwise":
+        out = {}
+        for n, w in weights.items():
+            alive = masks[n].reshape(-1)
+            n_alive = int(alive.sum())
+            floor = min_alive[n] if isinstance(min_alive, dict) else int(min_alive)
+            k = min(_n_to_prune(n_alive, amount), max(0, n_alive - floor))
+            out[n] = _prune_smallest(w.detach().reshape(-1), alive, k).view_as(masks[n])
+        return out
+    raise ValueError(f"unknown pruning scope '{scope}'")
+
+
+class Masker:
+    """Keeps pruned weights exactly zero during training.
+
+    Before every optimiser step the gradients of pruned weights are zeroed (so momentum and Adam
+    moments stay zero there); after it the weights are multiplied by the mask (so weight decay or
+    any other update cannot revive them).
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor]) -> None:
+        self.names = list(params)
+        self.params = [params[n] for n in self.names]
+        self.masks = [masks[n].to(device=params[n].device, dtype=params[n].dtype) for n in self.names]
+        self._handles: list = []
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        if self.params:
+            torch._foreach_mul_([p.data for p in self.params], self.masks)
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        pairs = [(p.grad, m) for p, m in zip(self.params, self.masks) if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Masker:
+        self._handles.append(optimizer.register_step_pre_hook(lambda *_: self.mask_grads_()))
+        self._handles.append(optimizer.register_step_post_hook(lambda *_: self.apply_()))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def sparsity(model: nn.Module, params: dict[str, nn.Parameter] | None = None) -> float:
+    """Fraction of exactly-zero weights over the prunable parameters (the spec's, by default)."""
+    params = params if params is not None else spec_for(model).prunable(model)
+    total = sum(p.numel() for p in params.values())
+    zeros = sum(int((p == 0).sum()) for p in params.values())
+    return zeros / total if total else 0.0
+
+
+def layer_sparsity(model: nn.Module, params: dict[str, nn.Parameter] | None = None) -> list[dict]:
+    """Per-layer report: name, shape, number of weights, zeros, sparsity."""
+    params = params if params is not None else spec_for(model).prunable(model)
+    rows = []
+    for name, p in params.items():
+        zeros = int((p == 0).sum())
+        rows.append({"name": name, "shape": list(p.shape), "numel": p.numel(), "zeros": zeros,
+                     "sparsity": zeros / p.numel()})
+    return rows
+
+
+def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    """Overall and per-layer sparsity of a set of keep-masks."""
+    total = sum(m.numel() for m in masks.values())
+    alive = sum(int(m.sum()) for m in masks.values())
+    per_layer = {n: 1.0 - int(m.sum()) / m.numel() for n, m in masks.items()}
+    return (1.0 - alive / total if total else 0.0), per_layer
+
+
+def alive_unit_fraction(masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per layer: fraction of output units (rows / output channels) with any incoming connection."""
+    return {n: float(m.reshape(m.shape[0], -1).any(1).float().mean()) for n, m in masks.items()}

@@ -1,0 +1,184 @@
+"""Build a pool: train the dense model (level 0), then prune and retrain level after level.
+
+Retraining modes: ``lrr`` keeps the weights and replays the full learning-rate schedule (Renda
+et al. 2020); ``rewind`` resets the surviving weights to their values at step ``rewind_step`` of
+the dense training and replays the schedule from there (Frankle et al. 2020); ``finetune`` keeps
+the weights and trains at a small constant rate. Schedules: ``gradual`` prunes ``rate`` of the
+remaining weights per round; ``one_shot`` prunes to the final sparsity at once and retrains with
+the gradual schedule's total epoch budget.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from prunelens.data.provider import RunData
+from prunelens.errors import ConfigError
+from prunelens.io import atomic_save_tensors, load_tensors
+from prunelens.models import create_model, load_state_dict_strict, spec_for
+from prunelens.pool import Pool, PoolWriter
+from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
+                                     mask_sparsity, prunable_from_config)
+from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
+from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
+                                     resolve_device, train_level)
+
+REWIND_FILE = "rewind.safetensors"
+
+
+class _Loaders:
+    """The run's loaders; the training loader is re-seeded per (level, epoch)."""
+
+    def __init__(self, cfg, data: RunData) -> None:
+        self.cfg = cfg
+        self.train_set = data.split("train")
+        self.generator = torch.Generator()
+        drop_last = len(self.train_set) > cfg.train.batch_size
+        self.train = torch.utils.data.DataLoader(
+            self.train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=drop_last,
+            generator=self.generator, num_workers=cfg.train.num_workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=cfg.train.num_workers > 0)
+        self.steps_per_epoch = len(self.train)
+        if cfg.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves no training step "
+                              f"for {len(self.train_set)} training samples")
+        eval_kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.train.num_workers)
+        self.eval = {s: torch.utils.data.DataLoader(data.split(s), **eval_kw)
+                     for s in ("val", "test") if s in data.entry.splits}
+
+    def for_epoch(self, level: int) -> Callable[[int], object]:
+        def loader(epoch: int):
+            self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
+            return self.train
+        return loader
+
+
+def _level_plan(cfg, level: int, spe: int) -> TrainPlan:
+    t, p = cfg.train, cfg.prune
+    if level == 0:
+        return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer)
+    epochs = p.epochs if p.epochs is not None else t.epochs
+    if p.schedule == "one_shot":
+        epochs *= planned_rounds(p.rate, p.max_sparsity, p.rounds)
+    if p.retrain == "finetune":
+        return TrainPlan(epochs, lr_schedule(t, epochs, spe, base_lr=p.finetune_lr, kind="constant"),
+                         t.optimizer)
+    if p.retrain == "rewind":
+        return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer, start_step=p.rewind_step)
+    return TrainPlan(epochs, lr_schedule(t, epochs, spe), t.optimizer)
+
+
+def _next_masks(cfg, params, masks, level: int) -> dict[str, torch.Tensor]:
+    p = cfg.prune
+    weights = {n: prm.detach().cpu() for n, prm in params.items()}
+    if p.schedule == "one_shot":  # from dense straight to the target, per scope
+        target = one_shot_sparsity(p.rate, p.max_sparsity, p.rounds)
+        total = sum(m.numel() for m in masks.values())
+        amount = total - round((1 - target) * total) if p.scope == "global" else target
+        return magnitude_masks(weights, masks, amount, p.scope)
+    total = sum(m.numel() for m in masks.values())
+    if p.scope == "global":
+        floor = round((1 - p.max_sparsity) * total)
+    else:
+        floor = {n: round((1 - p.max_sparsity) * m.numel()) for n, m in masks.items()}
+    return magnitude_masks(weights, masks, p.rate, p.scope, min_alive=floor)
+
+
+def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
+    """Why no further level is built, or None to build it."""
+    p = cfg.prune
+    if p.schedule == "one_shot" and level > 1:
+        return "one-shot: pruned to the target in one step"
+    old_s, _ = mask_sparsity(old_masks)
+    new_s, _ = mask_sparsity(new_masks)
+    if level > 1 and p.rounds is not None and level > p.rounds:
+        return f"{p.rounds} rounds done"
+    if new_s <= old_s + 1e-12:
+        return f"max_sparsity {p.max_sparsity} reached"
+    if p.min_alive_units > 0:
+        alive = alive_unit_fraction(new_masks)
+        worst = min(alive, key=alive.get)
+        if alive[worst] < p.min_alive_units:
+            return (f"the next round would leave {alive[worst]:.0%} of the units of {worst} with an "
+                    f"incoming connection (< min_alive_units {p.min_alive_units:.0%})")
+    return None
+
+
+def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> Pool:
+    """Build (or resume) the pool of one run config; returns the finished :class:`Pool`."""
+    data = RunData(cfg.data, cfg.seed)
+    num_classes = cfg.model.num_classes or data.num_classes
+    device = resolve_device(cfg.train.device)
+    with PoolWriter(cfg.run_dir, cfg, num_classes).open(force=force) as writer:
+        torch.manual_seed(derived_seed(cfg.seed, "init"))
+        model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
+        spec = spec_for(model)
+        params = prunable_from_config(model, cfg.prune)
+        loaders = _Loaders(cfg, data)
+        done = writer.completed_levels()
+        masks = dense_masks(params)
+        if done:
+            load_state_dict_strict(model, done[-1].state_dict(), "the last level")
+            masks = {n: m.bool() for n, m in done[-1].load_masks().items()}
+            log(f"{cfg.name}: resuming after level {done[-1].index} ({len(done)} complete)")
+        model.to(device)
+        level = len(done)
+        while True:
+            if level > 0:
+                new_masks = _next_masks(cfg, params, masks, level)
+                reason = _stop_reason(cfg, level, masks, new_masks)
+                if reason is not None:
+                    writer.finish(reason)
+                    log(f"{cfg.name}: pool complete ({reason})")
+                    break
+                masks = new_masks
+                if cfg.prune.retrain == "rewind":
+                    rewind = load_tensors(writer.run_dir / "level_00" / REWIND_FILE)
+                    load_state_dict_strict(model, rewind, "the rewind checkpoint")
+                    model.to(device)
+            _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)
+            level += 1
+    return Pool(cfg.run_dir)
+
+
+def _build_level(cfg, writer: PoolWriter, model, spec, params, masks, loaders: _Loaders, level: int,
+                 device, log) -> None:
+    plan = _level_plan(cfg, level, loaders.steps_per_epoch)
+    partial = writer.partial_dir(level)
+    partial.mkdir(exist_ok=True)
+    masker = Masker(params, masks) if level > 0 else None
+    on_step = None
+    rewind_path = partial / REWIND_FILE
+    if level == 0 and cfg.prune.retrain == "rewind":
+        total = plan.epochs * loaders.steps_per_epoch
+        if cfg.prune.rewind_step >= max(total, 1):
+            raise ConfigError(f"prune.rewind_step {cfg.prune.rewind_step} is past the end of dense "
+                              f"training ({total} steps)")
+
+        def on_step(step, m):
+            if step == cfg.prune.rewind_step and not rewind_path.is_file():
+                atomic_save_tensors(rewind_path, m.state_dict())
+    stats = train_level(model, spec, loaders.for_epoch(level), plan, cfg.train, device,
+                        (cfg.seed, "level", level), Checkpoint(partial), masker, on_step,
+                        label=f"{cfg.name} level {level}")
+    if level == 0 and cfg.prune.retrain == "rewind" and not rewind_path.is_file():
+        atomic_save_tensors(rewind_path, model.state_dict())  # rewind_step 0 with 0 epochs
+    metrics = {"train_acc": stats.get("train_acc", math.nan), "train_loss": stats.get("train_loss", math.nan)}
+    t_eval = time.perf_counter()
+    for split, loader in loaders.eval.items():
+        result = evaluate_model(model, loader, spec, device, cfg.train.amp, cfg.train.channels_last)
+        metrics[f"{split}_acc"], metrics[f"{split}_loss"] = result["acc"], result["loss"]
+    overall, per_layer = mask_sparsity(masks)
+    info = {"sparsity": overall, "layer_sparsity": per_layer, "metrics": metrics,
+            "epochs": plan.epochs, "steps": plan.epochs * loaders.steps_per_epoch - plan.start_step,
+            "train_time_s": stats["elapsed_s"],
+            "wall_time_s": stats["elapsed_s"] + time.perf_counter() - t_eval}
+    extra = {REWIND_FILE: rewind_path} if rewind_path.is_file() else None
+    writer.write_level(level, model, masks, info, extra)
+    log(f"{cfg.name}: level {level:2d}  sparsity {overall:6.1%}  val acc {metrics.get('val_acc', math.nan):.3f}"
+        f"  test acc {metrics.get('test_acc', math.nan):.3f}  ({info['wall_time_s']:.0f} s)")

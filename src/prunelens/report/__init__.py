@@ -1,0 +1,181 @@
+"""The report: sweet spots with bootstrap CIs, figures across pruning levels, one HTML folder.
+
+``build_report(run_dirs, out_dir)`` reads one or several run folders (their pool manifests and the
+tidy results of :func:`prunelens.results.load_results`) and writes ``out_dir/index.html`` with
+``figures/`` (PNG + SVG), ``suites/`` (figures the suites drew themselves) and the tables it shows as
+CSV. Runs whose configs differ only by ``seed`` are pooled into one group (seeds become a level of
+the bootstrap). The folder is built aside and swapped in whole.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+import prunelens
+from prunelens.errors import PrunelensError
+from prunelens.evaluate import available_suites
+from prunelens.io import atomic_write_bytes
+from prunelens.report.figures import draw_figures
+from prunelens.report.html import ReportContent, render
+from prunelens.report.runs import (RunInfo, pool_accuracy_rows, pool_table, read_run, seed_groups,
+                                   skip_reasons, suite_pngs)
+from prunelens.report.sweet_spots import (ACCURACY, DIRECTIONS, accuracy_rows, compare_to_dense,
+                                          group_summary, sweet_spots)
+
+__all__ = ["build_report", "write_report", "read_run", "seed_groups", "compare_to_dense",
+           "sweet_spots", "group_summary", "draw_figures"]
+
+MARKER = ".prunelens-report"
+
+
+def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
+                 *, n_boot: int | None = None, confidence: float = 0.95, seed: int = 0) -> Path:
+    """Write the report of ``run_dirs`` into ``out_dir`` (default ``RUN_DIR/report`` of the first
+    run) and return the path of its ``index.html``. ``n_boot`` defaults to the first run's
+    ``evaluate.n_boot``."""
+    from prunelens.results import load_results
+
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    runs = [read_run(d) for d in run_dirs]
+    frame = load_results([r.run_dir for r in runs])
+    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Path | None = None,
+                 *, n_boot: int | None = None, confidence: float = 0.95, seed: int = 0) -> Path:
+    """:func:`build_report` on runs already read and their results frame (columns of
+    :func:`prunelens.results.load_results`)."""
+    if not runs:
+        raise PrunelensError("report: give at least one run folder")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise PrunelensError(f"report: runs must have different names, got {names}; rename one "
+                             "(the `name` key of its config) or report them separately")
+    out_dir = Path(out_dir) if out_dir is not None else runs[0].run_dir / "report"
+    if n_boot is None:
+        n_boot = int(runs[0].config.get("evaluate", {}).get("n_boot", 1000))
+    groups = seed_groups(runs)
+    frame = _with_pool_accuracy(frame, runs)
+
+    comparisons = compare_to_dense(frame, groups, n_boot, confidence, seed)
+    spots = sweet_spots(comparisons)
+    not_evaluated = _not_evaluated(runs, frame, comparisons)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
+    try:
+        summary = group_summary(frame, groups, n_boot, confidence, seed)
+        figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
+                                        confidence, seed)
+        not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
+        files = {
+            "per-level summary (CSV)": _write_csv(tmp / "summary.csv", summary),
+            "every level vs dense (CSV)": _write_csv(tmp / "level_vs_dense.csv", comparisons),
+            "sweet spots (CSV)": _write_csv(tmp / "sweet_spots.csv", spots),
+        }
+        content = ReportContent(
+            runs=runs, groups=groups, pools={r.name: pool_table(r) for r in runs}, figures=figures,
+            suite_images=_copy_suite_images(runs, tmp / "suites"), spots=spots,
+            not_evaluated=not_evaluated, files=files, confidence=confidence,
+            version=prunelens.__version__, evaluated_suites=set(frame["suite"]))
+        atomic_write_bytes(tmp / "index.html", render(content).encode())
+        atomic_write_bytes(tmp / MARKER, json.dumps({"prunelens": prunelens.__version__}).encode())
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "index.html"
+
+
+# ---- inputs the results do not hold --------------------------------------------------------------
+def _with_pool_accuracy(frame: pd.DataFrame, runs: Sequence[RunInfo]) -> pd.DataFrame:
+    """Add ``level.json`` test accuracy for runs without accuracy-suite results."""
+    have = set(accuracy_rows(frame)["run"])
+    extra = [pool_accuracy_rows(r) for r in runs if r.name not in have and r.levels]
+    return pd.concat([frame, *extra], ignore_index=True) if extra else frame
+
+
+def _not_evaluated(runs: Sequence[RunInfo], frame: pd.DataFrame, comparisons: pd.DataFrame
+                   ) -> list[tuple[str, str, str]]:
+    """(suite, what, why) for every suite, level and metric the report cannot show."""
+    out = []
+    for run in runs:
+        if not run.complete:
+            out.append(("", f"pool of {run.name}", "incomplete (pruning stopped or still running): "
+                        f"only levels {_levels([lv['index'] for lv in run.levels])} exist"))
+        rows = frame[frame["run"] == run.name]
+        reasons = skip_reasons(run)
+        pool_levels = {int(lv["index"]) for lv in run.levels}
+        for suite in available_suites():
+            measured = rows[rows["suite"] == suite]
+            if measured.empty:
+                out.append((suite, f"suite '{suite}' on {run.name}", reasons.get(
+                    suite, f"no results in {run.run_dir / 'results' / suite} — run `prunelens "
+                    f"evaluate {run.run_dir} --suite {suite}`")))
+            elif suite == ACCURACY["suite"] and (measured["item"] == "").all():
+                out.append((suite, f"per-image accuracy on {run.name}", "the accuracy suite has no "
+                            "results; level.json test accuracy is used, one value per level, so no "
+                            "sweet spot of this run can be confirmed"))
+            else:
+                missing = sorted(pool_levels - set(measured["level"].astype(int)))
+                if missing:
+                    out.append((suite, f"suite '{suite}' on {run.name}, levels {_levels(missing)}",
+                                "no results for these levels yet (run `prunelens evaluate`)"))
+                if 0 not in set(measured["level"].astype(int)):
+                    out.append((suite, f"sweet spots of suite '{suite}' on {run.name}",
+                                "the dense level 0 has no results to compare with"))
+    unknown = frame.loc[~frame["metric"].isin(DIRECTIONS), ["suite", "metric"]].drop_duplicates()
+    for suite, metric in unknown.itertuples(index=False):
+        out.append((suite, f"sweet spots of metric '{metric}' ('{suite}')", "prunelens knows no "
+                    "direction (higher or lower is better) for it: add one to DIRECTIONS"))
+    if accuracy_rows(comparisons).empty:
+        out.append(("", "sweet spots", "no accuracy of a pruned level to compare with the dense "
+                    "level 0 (both are needed)"))
+    return out
+
+
+def _levels(levels) -> str:
+    return ", ".join(str(int(lv)) for lv in sorted(levels)) or "none"
+
+
+# ---- files ---------------------------------------------------------------------------------------
+def _write_csv(path: Path, table: pd.DataFrame) -> Path:
+    atomic_write_bytes(path, table.to_csv(index=False).encode())
+    return Path(path.name)
+
+
+def _copy_suite_images(runs: Sequence[RunInfo], dest: Path) -> dict[str, list[tuple[str, Path]]]:
+    images: dict[str, list[tuple[str, Path]]] = {}
+    for run in runs:
+        for suite, paths in suite_pngs(run).items():
+            for path in paths:
+                target = dest / run.name / suite / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                images.setdefault(suite, []).append((run.name, target.relative_to(dest.parent)))
+    return images
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir())
+                                                       or (out_dir / MARKER).is_file())):
+        raise PrunelensError(f"report: {out_dir} exists and is not a prunelens report folder; "
+                             "choose another -o folder (the report replaces its folder whole)")
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``tmp`` (old report moved aside first, then deleted)."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        out_dir.rename(old / "report")
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

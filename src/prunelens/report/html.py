@@ -1,0 +1,239 @@
+"""The HTML page of a report: one self-contained file beside its figures, no script, no server.
+
+Every piece of text that comes from a run (config values, run names, metric/method names, suite
+messages) goes through :func:`html.escape`; images and downloads are relative links inside the
+report folder, so the page works offline from any location.
+"""
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from prunelens.report.figures import Figure
+from prunelens.report.runs import RunInfo
+from prunelens.report.sweet_spots import DIRECTIONS
+from prunelens.report.sweet_spots import __doc__ as SWEET_SPOT_RULE
+
+
+@dataclass(frozen=True)
+class Section:
+    id: str
+    title: str
+    suites: tuple[str, ...]
+    question: str
+
+
+SECTIONS = (
+    Section("pool", "Pool and accuracy", ("accuracy",),
+            "How does accuracy change as the network is pruned?"),
+    Section("rq1", "RQ1 — Interpretability", ("interpretability",),
+            "Do attributions of pruned models concentrate more on the object (Relevance Mass and Rank "
+            "Accuracy against object masks)?"),
+    Section("rq2", "RQ2 — Unsupervised object discovery", ("discovery",),
+            "Do the features of pruned models localise objects better without labels (LOST, CorLoc)?"),
+    Section("rq3", "RQ3 — Human alignment", ("alignment",),
+            "Do pruned models generalise out of distribution and err more like humans "
+            "(model-vs-human: OOD accuracy, shape bias, error consistency)?"),
+    Section("connectivity", "Connectivity and locality", ("connectivity",),
+            "Does local connectivity emerge in the surviving weights (Pellegrini & Biroli)?"),
+    Section("minima", "PSP-entropy and sharpness", ("psp", "sharpness"),
+            "Does pruning reach high-entropy, sharp minima (Tartaglione et al.)?"),
+    Section("other", "Other results", (), "Suites this version of the report has no section for."),
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;
+padding:1em 2em;color:#222;line-height:1.4}
+h1{margin-bottom:.1em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.muted{color:#666;font-size:.9em}nav a{margin-right:1em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.2em .5em;text-align:right}
+th{background:#f4f4f4}td.t,th.t{text-align:left}td{white-space:nowrap}td.t{white-space:normal}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85em;color:#444}
+.confirmed{background:#e3f5e1}.naive{background:#fff7dd}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
+details{margin:.4em 0}
+"""
+
+
+@dataclass
+class ReportContent:
+    """Everything the page shows (built by :func:`prunelens.report.write_report`)."""
+
+    runs: Sequence[RunInfo]
+    groups: dict[str, str]
+    pools: dict[str, pd.DataFrame]
+    figures: list[Figure]
+    suite_images: dict[str, list[tuple[str, Path]]]  # suite -> (run, path inside the report)
+    spots: pd.DataFrame
+    not_evaluated: list[tuple[str, str, str]]        # (suite or "", what, why)
+    files: dict[str, Path]                           # title -> path inside the report
+    confidence: float = 0.95
+    version: str = ""
+    evaluated_suites: set[str] = field(default_factory=set)
+
+
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence], text_cols: int = 1,
+           row_class: Sequence[str] | None = None) -> str:
+    def cell(tag, i, v):
+        cls = ' class="t"' if i < text_cols else ""
+        return f"<{tag}{cls}>{v}</{tag}>"
+    head = "".join(cell("th", i, esc(h)) for i, h in enumerate(header))
+    body = []
+    for r, row in enumerate(rows):
+        cls = f' class="{esc(row_class[r])}"' if row_class else ""
+        body.append(f"<tr{cls}>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _ci(delta, lo, hi) -> str:
+    return esc(f"{_fmt(delta)} [{_fmt(lo)}, {_fmt(hi)}]")
+
+
+def _link(path: Path, text: str) -> str:
+    return f'<a href="{esc(path.as_posix())}">{esc(text)}</a>'
+
+
+# ---- sections ------------------------------------------------------------------------------------
+def _provenance(c: ReportContent) -> str:
+    rows = [(esc(r.name), esc(r.model), esc(r.dataset), esc(r.seed), esc(c.groups.get(r.name, r.name)),
+             esc(r.config_hash), esc(len(r.levels)), "yes" if r.complete else "<b>no</b>",
+             esc(", ".join(f"{k} {v}" for k, v in sorted(r.versions.items()))), esc(r.run_dir))
+            for r in c.runs]
+    parts = [_table(("run", "model", "data", "seed", "group", "config hash", "levels", "complete",
+                     "versions", "folder"), rows, text_cols=10)]
+    for r in c.runs:
+        config = yaml.safe_dump(r.config, sort_keys=True, default_flow_style=False)
+        parts.append(f"<details><summary>Config of {esc(r.name)}</summary><pre>{esc(config)}</pre>"
+                     "</details>")
+    return "".join(parts)
+
+
+def _pool_tables(c: ReportContent) -> str:
+    parts = []
+    for r in c.runs:
+        table = c.pools[r.name]
+        rows = [(esc(int(t.level)), esc(f"{t.sparsity:.1%}"), _fmt(t.train_acc), _fmt(t.val_acc),
+                 _fmt(t.test_acc), _fmt(t.test_loss), esc(_fmt(t.epochs)), esc(_fmt(t.steps)),
+                 esc(_fmt(t.wall_time_s, 1)),
+                 f'<span title="{esc(t.model_sha256)}">{esc(str(t.model_sha256)[:12])}</span>',
+                 f'<span title="{esc(t.masks_sha256)}">{esc(str(t.masks_sha256)[:12])}</span>')
+                for t in table.itertuples()]
+        parts.append(f"<h3>Pool of {esc(r.name)}</h3>" + _table(
+            ("level", "sparsity", "train acc", "val acc", "test acc", "test loss", "epochs", "steps",
+             "wall time (s)", "model sha256", "masks sha256"), rows))
+    return "".join(parts)
+
+
+def _spot_table(spots: pd.DataFrame, confidence: float) -> str:
+    if spots.empty:
+        return "<p>No sweet spot: no level beats the dense model on both a metric and accuracy.</p>"
+    spots = spots.sort_values(["status", "group", "suite", "metric", "method", "dataset", "condition",
+                               "level"])
+    rows = [(esc(s.status), esc(s.group), esc(s.suite), esc(s.metric), esc(s.method), esc(s.dataset),
+             esc(s.condition), esc(int(s.level)), esc(f"{s.sparsity:.1%}"),
+             _ci(s.delta, s.ci_low, s.ci_high), _ci(s.acc_delta, s.acc_ci_low, s.acc_ci_high),
+             esc(f"{int(s.n_items)} / {int(s.n_seeds)}"))
+            for s in spots.itertuples()]
+    header = ("status", "group", "suite", "metric", "method", "dataset", "condition", "level",
+              "sparsity", f"Δ metric [{confidence:.0%} CI]", f"Δ accuracy [{confidence:.0%} CI]",
+              "items / seeds")
+    return _table(header, rows, text_cols=7, row_class=list(spots["status"]))
+
+
+def _figures(c: ReportContent, section: Section) -> str:
+    parts = []
+    for fig in c.figures:
+        if fig.section == section.id:
+            parts.append(f'<figure id="fig-{esc(fig.name)}"><img src="{esc(fig.png.as_posix())}" '
+                         f'alt="{esc(fig.title)}"><figcaption><b>{esc(fig.title)}.</b> '
+                         f"{esc(fig.caption)} {_link(fig.svg, 'SVG')}</figcaption></figure>")
+    for suite in section.suites:
+        for run, path in c.suite_images.get(suite, []):
+            parts.append(f'<figure><img src="{esc(path.as_posix())}" alt="{esc(path.stem)}">'
+                         f"<figcaption>{esc(path.stem)} — drawn by the {esc(suite)} suite of "
+                         f"{esc(run)}.</figcaption></figure>")
+    return "".join(parts)
+
+
+def _section(c: ReportContent, section: Section, suites: tuple[str, ...]) -> str:
+    body = (_pool_tables(c) if section.id == "pool" else "") + _figures(c, section)
+    spots = c.spots[c.spots["suite"].isin(suites)] if len(c.spots) else c.spots
+    if len(spots):
+        body += "<h3>Sweet spots</h3>" + _spot_table(spots, c.confidence)
+    missing = [(what, why) for suite, what, why in c.not_evaluated if suite in suites]
+    if missing:
+        body += "<h3>Not evaluated</h3><ul>" + "".join(
+            f"<li>{esc(what)}: {esc(why)}</li>" for what, why in missing) + "</ul>"
+    if not body:
+        body = "<p>Nothing measured for this question.</p>"
+    return (f'<section id="{esc(section.id)}"><h2>{esc(section.title)}</h2>'
+            f'<p class="muted">{esc(section.question)}</p>{body}</section>')
+
+
+def _rule() -> str:
+    """The rule as stated in :mod:`prunelens.report.sweet_spots` (its docstring, reST markup off)."""
+    paragraphs = []
+    for block in SWEET_SPOT_RULE.split("\n\n")[1:]:
+        text = esc(re.sub(r":\w+:`~?([^`]*)`", r"\1", block.strip()).replace("``", "").replace("::", ":"))
+        text = re.sub(r"\*\*(\w+)\*\*", r"<b>\1</b>", text).replace("*", "")
+        paragraphs.append(f"<pre>{text}</pre>" if block.startswith("    ") else f"<p>{text}</p>")
+    directions = [(esc(m), esc(d.better or "— (not a criterion)"), esc(d.reason))
+                  for m, d in sorted(DIRECTIONS.items())]
+    return ("".join(paragraphs) + "<details><summary>Direction of each metric</summary>"
+            + _table(("metric", "better", "why"), directions, text_cols=3) + "</details>")
+
+
+def render(c: ReportContent) -> str:
+    """The full page as a string."""
+    known = {s for sec in SECTIONS for s in sec.suites}
+    other = tuple(sorted(s for s in c.evaluated_suites if s not in known))
+    sections = [(sec, sec.suites or other) for sec in SECTIONS if sec.suites or other]
+    counts = c.spots["status"].value_counts() if len(c.spots) else pd.Series(dtype=int)
+    nav = "".join(f'<a href="#{esc(sec.id)}">{esc(sec.title)}</a>' for sec, _ in sections)
+    runs = ", ".join(esc(r.name) for r in c.runs)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    files = " · ".join(_link(path, title) for title, path in c.files.items())
+    not_eval = "".join(f"<li>{esc(what)}: {esc(why)}</li>" for _, what, why in c.not_evaluated)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>prunelens report — {runs}</title><style>{_CSS}</style></head>
+<body>
+<h1>prunelens report</h1>
+<p class="muted">Runs: {runs}. Generated {esc(stamp)} by prunelens {esc(c.version)}.</p>
+<p><b>{int(counts.get("confirmed", 0))}</b> confirmed and <b>{int(counts.get("naive", 0))}</b> naive
+sweet spots (<a href="#sweet-spots">rule and table</a>). Tables: {files}</p>
+<nav><a href="#provenance">Runs</a>{nav}<a href="#sweet-spots">Sweet spots</a>
+<a href="#not-evaluated">Not evaluated</a></nav>
+<section id="provenance"><h2>Runs: config and provenance</h2>{_provenance(c)}
+<p class="muted">Every level's model and mask sha256 is in its pool table (hover for the full hash).
+Results were read from <code>RUN_DIR/results/</code>, each file checked against its recorded sha256.
+</p></section>
+{"".join(_section(c, sec, suites) for sec, suites in sections)}
+<section id="sweet-spots"><h2>Sweet spots</h2>{_rule()}{_spot_table(c.spots, c.confidence)}</section>
+<section id="not-evaluated"><h2>Not evaluated, and why</h2>
+{f"<ul>{not_eval}</ul>" if not_eval else "<p>Everything was evaluated.</p>"}</section>
+</body></html>
+"""
