@@ -138,3 +138,26 @@ def metric_vs_sparsity(frame: pd.DataFrame, title: str, ylabel: str, by: str = "
     if frame[by].nunique() <= 12:
         ax.legend(fontsize=7)
     return fig
+
+
+def schedule_comparison(table: pd.DataFrame) -> Figure:
+    """Gradual vs one-shot bars (mean, 95 % CI) of the network-level rows of a comparison table:
+    accuracy, PSP-entropy of all layers, loss increase per σ, top Hessian eigenvalue."""
+    per_layer = (table["metric"] == "psp_entropy") & (table["method"] != "(all layers)")
+    rows = table[~per_layer].reset_index(drop=True)
+    fig = Figure(figsize=(2.4 * max(1, len(rows)), 3.2), layout="constrained")
+    for i, row in rows.iterrows():
+        ax = fig.add_subplot(1, max(1, len(rows)), i + 1)
+        means = [row["mean_gradual"], row["mean_one_shot"]]
+        errs = [[m - row[f"ci_low_{s}"] if np.isfinite(row[f"ci_low_{s}"]) else 0 for m, s in
+                 zip(means, ("gradual", "one_shot"))],
+                [row[f"ci_high_{s}"] - m if np.isfinite(row[f"ci_high_{s}"]) else 0 for m, s in
+                 zip(means, ("gradual", "one_shot"))]]
+        ax.bar([0, 1], means, yerr=errs, capsize=3, color=["#4477aa", "#ee6677"])
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels(["gradual", "one-shot"], fontsize=8)
+        label = row["metric"].replace("_", " ")
+        ax.set_title(f"{label}\n{row['method']}" if row["method"] else label, fontsize=8)
+    fig.suptitle(f"final level: gradual {rows['sparsity_gradual'].iloc[0]:.1%} vs one-shot "
+                 f"{rows['sparsity_one_shot'].iloc[0]:.1%} sparsity" if len(rows) else "", fontsize=9)
+    return fig

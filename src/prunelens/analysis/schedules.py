@@ -1,0 +1,158 @@
+"""One-shot vs gradual pruning, side by side (Tartaglione, Bragagnolo & Grangetto, ICANN 2020, Sec. 4).
+
+:func:`compare_schedules` takes one run config and builds two pools of the same model on the same
+data: ``<name>-gradual`` (``prune.schedule: gradual``, as configured) and ``<name>-one-shot``,
+pruned in one step to the sparsity the gradual pool *reached* (its stop rule may end it before
+``max_sparsity``) and retrained for the same total number of epochs (rounds × epochs per round).
+Both start from the same dense level 0 (same seed and training settings). It then evaluates the
+dense and the final level of each with the ``accuracy``, ``psp`` and ``sharpness`` suites and
+writes the comparison of the two final levels:
+
+``OUT/comparison.csv`` — per (suite, metric, method, …): mean and 95 % bootstrap CI under each
+schedule, Δ = gradual − one-shot with its CI (paired over items when both pools measured the same
+items — images, neurons of the shared dense ancestor, noise draws of the same seed — unpaired
+otherwise); ``OUT/comparison.json`` — the pools, their sparsity and epoch budgets;
+``OUT/comparison.png`` — the main metrics as bars with CIs.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from prunelens.errors import ConfigError
+from prunelens.results import RECORD_COLUMNS, load_results
+
+KEY = [c for c in RECORD_COLUMNS if c not in ("item", "value")]
+SUITES = ("accuracy", "psp", "sharpness")
+SCHEDULES = ("gradual", "one_shot")
+
+
+def _variant(cfg, name: str, **prune):
+    from prunelens.config import RunConfig, validate_section
+
+    raw = cfg.model_dump(mode="json")
+    raw["name"] = name
+    raw["prune"].update(prune)
+    return validate_section(RunConfig, raw, f"{name} config")
+
+
+def gradual_config(cfg):
+    """The gradual pool's config: ``cfg`` with ``prune.schedule: gradual`` and its name suffixed."""
+    return _variant(cfg, f"{cfg.name}-gradual", schedule="gradual")
+
+
+def one_shot_config(cfg, gradual_pool):
+    """The one-shot pool matching a built gradual pool: its final sparsity reached in one step,
+    retrained for the gradual pool's total epochs (``rounds`` = its pruning rounds). The unit stop
+    rule is off: the point is to reach the same sparsity."""
+    final = gradual_pool.levels[-1]
+    if final.index == 0:
+        raise ConfigError(f"the gradual pool of {cfg.name} stopped before any pruning round "
+                          f"({gradual_pool.info.get('stop_reason', 'no reason recorded')}); "
+                          "nothing to compare")
+    return _variant(cfg, f"{cfg.name}-one-shot", schedule="one_shot", rounds=final.index,
+                    max_sparsity=round(final.sparsity, 6), min_alive_units=0.0)
+
+
+def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[str] = SUITES,
+                      force: bool = False, n_boot: int = 1000,
+                      log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Build (or resume) both pools, evaluate their dense and final levels, write the comparison
+    to ``out_dir`` (default ``<output_dir>/<name>-schedules``) and return its table."""
+    from prunelens.evaluate import evaluate_run
+    from prunelens.io import atomic_write_bytes, atomic_write_json
+    from prunelens.pruning import prune_run
+
+    pools = {"gradual": prune_run(gradual_config(cfg), force=force, log=log)}
+    pools["one_shot"] = prune_run(one_shot_config(cfg, pools["gradual"]), force=force, log=log)
+    for pool in pools.values():
+        evaluate_run(pool.run_dir, list(suites), levels=[0, pool.levels[-1].index], log=log)
+    table = side_by_side(pools["gradual"].run_dir, pools["one_shot"].run_dir, n_boot=n_boot)
+    out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / f"{cfg.name}-schedules"
+    atomic_write_bytes(out / "comparison.csv", table.to_csv(index=False).encode())
+    atomic_write_json(out / "comparison.json", {
+        schedule: {"run_dir": str(pool.run_dir), "final_level": pool.levels[-1].index,
+                   "sparsity": pool.levels[-1].sparsity, "retrain_epochs": retrain_epochs(pool),
+                   "stop_reason": pool.info.get("stop_reason")}
+        for schedule, pool in pools.items()})
+    from prunelens.analysis import figures
+    figures.save(figures.schedule_comparison(table), out / "comparison.png")
+    log(f"{cfg.name}: one-shot vs gradual comparison in {out}")
+    return table
+
+
+def retrain_epochs(pool) -> int:
+    """Epochs spent retraining after pruning, over all levels > 0."""
+    return int(sum(int(level.info.get("epochs", 0)) for level in pool.levels[1:]))
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+def _final_rows(run_dir: str | Path, suites: Sequence[str] | None) -> tuple[pd.DataFrame, float]:
+    from prunelens.pool import Pool
+
+    final = Pool(run_dir).levels[-1]
+    frame = load_results(run_dir, suite=list(suites) if suites else None)
+    return frame[frame["level"] == final.index], final.sparsity
+
+
+def _with_all_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """PSP-entropy rows again under method ``(all layers)``: the network-wide mean."""
+    psp = frame[(frame["suite"] == "psp") & (frame["metric"] == "psp_entropy")]
+    if psp.empty:
+        return frame
+    pooled = psp.assign(method="(all layers)", item=psp["method"] + ":" + psp["item"])
+    return pd.concat([frame, pooled], ignore_index=True)
+
+
+def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    return values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+
+
+def _ci(draws: np.ndarray | None) -> tuple[float, float]:
+    if draws is None:
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return (float(lo), float(hi))
+
+
+def _compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
+    """Means, CIs and Δ = a − b of one metric's rows under the two schedules."""
+    va = a.groupby("item")["value"].mean().dropna()
+    vb = b.groupby("item")["value"].mean().dropna()
+    out = {"mean_gradual": float(va.mean()) if len(va) else math.nan,
+           "mean_one_shot": float(vb.mean()) if len(vb) else math.nan}
+    da = _boot_means(va.to_numpy(), n_boot, rng) if len(va) > 1 else None
+    db = _boot_means(vb.to_numpy(), n_boot, rng) if len(vb) > 1 else None
+    out["ci_low_gradual"], out["ci_high_gradual"] = _ci(da)
+    out["ci_low_one_shot"], out["ci_high_one_shot"] = _ci(db)
+    out["delta"] = out["mean_gradual"] - out["mean_one_shot"]
+    paired = len(va) > 1 and set(va.index) == set(vb.index)
+    if paired:
+        diff = (va - vb.reindex(va.index)).to_numpy()
+        delta_draws = _boot_means(diff, n_boot, rng)
+    else:
+        delta_draws = da - db if da is not None and db is not None else None
+    out["delta_ci_low"], out["delta_ci_high"] = _ci(delta_draws)
+    out["paired"], out["n_gradual"], out["n_one_shot"] = paired, len(va), len(vb)
+    return out
+
+
+def side_by_side(gradual_dir: str | Path, one_shot_dir: str | Path, suites: Sequence[str] = SUITES,
+                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The final levels of two pools compared metric by metric (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    (a, sparsity_a), (b, sparsity_b) = (_final_rows(d, suites) for d in (gradual_dir, one_shot_dir))
+    a, b = _with_all_layers(a), _with_all_layers(b)
+    keys = sorted(set(map(tuple, a[KEY].drop_duplicates().to_numpy()))
+                  | set(map(tuple, b[KEY].drop_duplicates().to_numpy())))
+    rows = []
+    for key in keys:
+        sel_a = (a[KEY] == pd.Series(key, index=KEY)).all(axis=1)
+        sel_b = (b[KEY] == pd.Series(key, index=KEY)).all(axis=1)
+        rows.append({**dict(zip(KEY, key)), **_compare(a[sel_a], b[sel_b], n_boot, rng),
+                     "sparsity_gradual": sparsity_a, "sparsity_one_shot": sparsity_b})
+    return pd.DataFrame(rows)
