@@ -51,7 +51,8 @@ def test_one_shot_matches_the_gradual_pool_and_the_table_matches_the_results(tin
             assert row[f"mean_{schedule}"].item() == pytest.approx(values.mean())
             assert row[f"ci_low_{schedule}"].item() <= values.mean() <= row[f"ci_high_{schedule}"].item()
         assert row["paired"].item()  # same images / neurons / draws on both sides
-        assert row["delta"].item() == pytest.approx(row["mean_gradual"].item() - row["mean_one_shot"].item())
+        gap = row["mean_gradual"].item() - row["mean_one_shot"].item()
+        assert row["delta"].item() == pytest.approx(gap)
     whole = table[(table.metric == "psp_entropy") & (table.method == "(all layers)")]
     neurons = frame[(frame.run == "tiny-gradual") & (frame.level == 2) & (frame.metric == "psp_entropy")]
     assert whole["mean_gradual"].item() == pytest.approx(neurons["value"].mean())

@@ -87,11 +87,15 @@ def _circle(radius: float):
     return Circle((0, 0), radius, fill=False, color="white", lw=0.8, ls="--")
 
 
+_SEPARATOR = (0.55, 0.75, 0.95)  # between tiles: a colour no mask or weight map takes
+
+
 def _mosaic(tiles: list[np.ndarray], pad: int = 1) -> np.ndarray:
-    """Tiles (H, W[, 3]) side by side on a white background, ``pad`` pixels apart."""
+    """Tiles (H, W) or (H, W, 3) side by side as one RGB image, ``pad`` pixels apart."""
+    tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]
     h, w = tiles[0].shape[:2]
-    shape = (h, len(tiles) * (w + pad) - pad, *tiles[0].shape[2:])
-    out = np.ones(shape, dtype=np.float32)
+    out = np.empty((h, len(tiles) * (w + pad) - pad, 3), dtype=np.float32)
+    out[:] = _SEPARATOR
     for j, tile in enumerate(tiles):
         out[:, j * (w + pad):j * (w + pad) + w] = tile
     return out
@@ -110,9 +114,7 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
                 ("mask × weight", [_signed_rgb(weights[u]) for u in index.tolist()]))
         for r, (what, tiles) in enumerate(rows):
             ax = fig.add_subplot(2 * len(picks), 1, 2 * block + r + 1)
-            image = _mosaic(tiles)
-            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(_mosaic(tiles), interpolation="nearest")
             ax.set_xticks([(j + 0.5) * (tiles[0].shape[1] + 1) for j in range(len(tiles))])
             ax.set_xticklabels([f"#{u} ({int(counts[u])})" for u in index.tolist()] if r == 0
                                else [], fontsize=6)
