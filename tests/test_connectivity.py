@@ -381,10 +381,11 @@ def test_skip_reason_only_for_architectures_without_images_in_the_first_layer(tm
     from prunelens.evaluate import get_suite
     from prunelens.models.spec import ArchSpec, FCNSpec, ResNetSpec
 
-    suite = get_suite("connectivity")()
-    assert suite.skip_reason(SimpleNamespace(spec=FCNSpec())) is None
-    assert suite.skip_reason(SimpleNamespace(spec=ResNetSpec())) is None
-    assert "generic" in suite.skip_reason(SimpleNamespace(spec=ArchSpec()))
+    suite = get_suite("connectivity")
+    opts = suite.Options()
+    for spec in (FCNSpec(), ResNetSpec()):
+        assert suite().skip_reason(SimpleNamespace(spec=spec, options=opts)) is None
+    assert "generic" in suite().skip_reason(SimpleNamespace(spec=ArchSpec(), options=opts))
 
 
 def test_locality_figure_across_levels(tmp_path):

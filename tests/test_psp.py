@@ -178,3 +178,23 @@ def test_psp_figure_across_levels(tmp_path):
     suite().after_levels(ctx)
     png = ctx.artifacts / "psp_entropy_vs_sparsity.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_suites_skip_a_split_the_dataset_lacks():
+    from types import SimpleNamespace
+
+    from prunelens.evaluate import get_suite
+
+    data = SimpleNamespace(entry=SimpleNamespace(splits=("train", "val")),
+                           config=SimpleNamespace(name="imagenet"))
+    for name, key in (("psp", "evaluate.psp.split"), ("sharpness", "evaluate.sharpness.split")):
+        suite = get_suite(name)
+        assert suite().skip_reason(SimpleNamespace(data=data, options=suite.Options())) is None
+        reason = suite().skip_reason(SimpleNamespace(data=data, options=suite.Options(split="test")))
+        assert "no 'test' split" in reason and key in reason
+    conn = get_suite("connectivity")
+    from prunelens.models.spec import FCNSpec
+    ctx = SimpleNamespace(data=data, spec=FCNSpec(), options=conn.Options())
+    assert conn().skip_reason(ctx) is None  # default: the dataset's evaluation split
+    ctx.options = conn.Options(split="test")
+    assert "evaluate.connectivity.split" in conn().skip_reason(ctx)

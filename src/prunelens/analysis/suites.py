@@ -38,6 +38,15 @@ def level_mask(masks: dict[str, torch.Tensor], name: str, weight: torch.Tensor) 
     return (mask if mask is not None else weight != 0).detach().bool().cpu()
 
 
+def missing_split(ctx: RunContext, split: str, key: str) -> str | None:
+    """Why ``split`` cannot be read from the run's dataset (None when it can)."""
+    splits = tuple(ctx.data.entry.splits)
+    if split in splits:
+        return None
+    return (f"dataset '{ctx.data.config.name}' has no '{split}' split (it has {', '.join(splits)}); "
+            f"set {key} to one of them")
+
+
 def first_images(ctx: RunContext, split: str, n: int) -> torch.utils.data.Dataset:
     dataset = ctx.data.split(split)
     return torch.utils.data.Subset(dataset, range(min(n, len(dataset)))) if n < len(dataset) else dataset
@@ -86,8 +95,8 @@ class ConnectivityOptions(SuiteOptions):
     second_layer: bool = Field(True, description="FCN: also the second layer's effective mask M2·M1")
     n_shift_pairs: int = Field(256, ge=0, description="unit pairs for the translation analysis")
     ablation_fraction: float = Field(0.1, gt=0, le=1, description="fraction of connected units removed")
-    n_images: int = Field(256, ge=0, description="test images for the ablation (0: no ablation)")
-    split: str = "test"
+    n_images: int = Field(256, ge=0, description="images for the ablation (0: no ablation)")
+    split: str | None = Field(None, description="ablation images; default: the evaluation split")
     gallery_units: int = Field(8, ge=0)
     figures: bool = True
     seed: int = 0
@@ -145,10 +154,11 @@ class ConnectivitySuite(Suite):
     Options = ConnectivityOptions
 
     def skip_reason(self, ctx: RunContext) -> str | None:
-        if hasattr(ctx.spec, "input_shape") or ctx.spec.has_spatial_features:
-            return None
-        return (f"architecture family '{ctx.spec.family}' has neither a known FCN input shape nor "
-                "convolutional first layer to read as images")
+        if not (hasattr(ctx.spec, "input_shape") or ctx.spec.has_spatial_features):
+            return (f"architecture family '{ctx.spec.family}' has neither a known FCN input shape "
+                    "nor a convolutional first layer to read as images")
+        split = ctx.options.split
+        return missing_split(ctx, split, "evaluate.connectivity.split") if split else None
 
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: ConnectivityOptions = ctx.options
@@ -211,7 +221,7 @@ class ConnectivitySuite(Suite):
     def _ablation(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
                   ) -> Iterator[Record]:
         opts: ConnectivityOptions = ctx.options
-        data = first_images(ctx, opts.split, opts.n_images)
+        data = first_images(ctx, opts.split or ctx.data.eval_split, opts.n_images)
         ids = item_ids(data)
         batches = list(loader(data, ctx.batch_size))
         chosen = {"none": torch.zeros(0, dtype=torch.long),
@@ -258,6 +268,9 @@ class PSPSuite(Suite):
     name = "psp"
     Options = PSPOptions
 
+    def skip_reason(self, ctx: RunContext) -> str | None:
+        return missing_split(ctx, ctx.options.split, "evaluate.psp.split")
+
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: PSPOptions = ctx.options
         data = first_images(ctx, opts.split, opts.n_images)
@@ -297,7 +310,7 @@ class PSPSuite(Suite):
 
 # ---- sharpness -----------------------------------------------------------------------------------
 class SharpnessOptions(SuiteOptions):
-    split: str = "train"
+    split: str = Field("train", description="data of the loss (the minimum is the training loss's)")
     n_images: int = Field(64, ge=1, description="images of the fixed loss batch")
     sigmas: list[float] = Field(default_factory=lambda: [0.02, 0.05])
     n_draws: int = Field(5, ge=1)
@@ -316,6 +329,9 @@ class SharpnessSuite(Suite):
 
     name = "sharpness"
     Options = SharpnessOptions
+
+    def skip_reason(self, ctx: RunContext) -> str | None:
+        return missing_split(ctx, ctx.options.split, "evaluate.sharpness.split")
 
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: SharpnessOptions = ctx.options
