@@ -184,3 +184,14 @@ def test_other_globals_are_refused(tmp_path):
     path.write_bytes(b"not a pickle at all")
     with pytest.raises(DataError, match="not a dataset batch"):
         safe_unpickle(path, required=("data",))
+
+
+def test_val_split_reads_only_the_last_batch(tmp_path, monkeypatch):
+    from prunelens.data import imagenet32
+
+    write_imagenet32(tmp_path)
+    read = []
+    original = imagenet32._read_batch
+    monkeypatch.setattr(imagenet32, "_read_batch", lambda path: read.append(path.name) or original(path))
+    assert len(build(tmp_path, "val", val_size=3)) == 3
+    assert read == ["train_data_batch_3"]

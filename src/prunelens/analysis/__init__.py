@@ -1,7 +1,8 @@
 """Analyses of the sifting and sharp-minima papers: connectivity & locality of masks
 (Pellegrini & Biroli 2022), PSP-entropy and sharpness (Tartaglione, Bragagnolo & Grangetto 2020).
 
-The suites ``connectivity``, ``psp`` and ``sharpness`` live in :mod:`prunelens.analysis.suites`.
+The suites ``connectivity``, ``psp`` and ``sharpness`` live in :mod:`prunelens.analysis.suites`;
+the one-shot vs gradual runner in :mod:`prunelens.analysis.schedules`.
 """
 from prunelens.analysis.connectivity import (
                                              Locality,

@@ -98,16 +98,17 @@ def _load(options: ImageNet32Options, split: str, seed: int) -> ArrayImages:
     files = _train_files(root)
     images, labels, ids = [], [], []
     for number, path in enumerate(files):
+        last = number == len(files) - 1
+        if split == "val" and not last:
+            continue  # val is the tail of the last batch: the others are not even read
         x, y = _read_batch(path)
         index = torch.arange(len(y))
-        if number == len(files) - 1:  # the last batch gives up its tail to the val split
+        if last:
             if options.val_size >= len(y):
                 raise DataError(f"imagenet32: val_size={options.val_size} is not smaller than the "
                                 f"{len(y)} images of {path.name}; lower data.val_size")
             cut = len(y) - options.val_size
             index = index[cut:] if split == "val" else index[:cut]
-        elif split == "val":
-            continue
         if split == "train" and options.data_ratio < 1.0:
             g = torch.Generator().manual_seed(int(seed) * 1000 + number)
             keep = max(1, int(round(options.data_ratio * len(index))))
