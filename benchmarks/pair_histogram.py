@@ -7,7 +7,7 @@ and 90 % sparsity (prunelens enumerates pairs on sparse masks and uses FFTs on d
 results are checked to be identical before the times are printed.
 
     PYTHONPATH=src python benchmarks/pair_histogram.py [--units 1024] [--sparsity 0.99 0.9]
-                                                        [--shape 3 32 32] [--repeat 3]
+                                                        [--shape 3 32 32] [--repeat 3] [--threads 1]
 """
 from __future__ import annotations
 
@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(3, 32, 32), metavar=("C", "H", "W"))
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (the numpy loop uses one; "
+                        "--threads 1 compares like for like and is steadier on a shared machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads {torch.get_num_threads()}; best of {args.repeat} runs")
     g = torch.Generator().manual_seed(args.seed)
     for sparsity in args.sparsity:
