@@ -381,11 +381,19 @@ def test_skip_reason_only_for_architectures_without_images_in_the_first_layer(tm
     from prunelens.evaluate import get_suite
     from prunelens.models.spec import ArchSpec, FCNSpec, ResNetSpec
 
+    from prunelens.models import create_model
+
     suite = get_suite("connectivity")
     opts = suite.Options()
-    for spec in (FCNSpec(), ResNetSpec()):
-        assert suite().skip_reason(SimpleNamespace(spec=spec, options=opts)) is None
-    assert "generic" in suite().skip_reason(SimpleNamespace(spec=ArchSpec(), options=opts))
+
+    def ctx(spec, model):
+        pool = SimpleNamespace(levels=[SimpleNamespace(load_model=lambda: model)])
+        return SimpleNamespace(spec=spec, options=opts, pool=pool)
+    fcn = create_model("fcn", 3, input_shape=(1, 4, 4), widths=(8,))
+    cnn = create_model("small_resnet", 3, widths=(4, 8))
+    assert suite().skip_reason(ctx(FCNSpec(), fcn)) is None
+    assert suite().skip_reason(ctx(ResNetSpec(), cnn)) is None
+    assert "generic" in suite().skip_reason(ctx(ArchSpec(), torch.nn.Sequential(torch.nn.Linear(16, 3))))
 
 
 def test_locality_figure_across_levels(tmp_path):

@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95)
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("compare-schedules", help=(
+        "one-shot vs gradual pruning of a config at the same final sparsity and epoch budget"))
+    _config_args(p, optional=False)
+    p.add_argument("-o", "--out", help="folder for both pools and the comparison "
+                                       "(default: OUTPUT_DIR/<name>-schedules)")
+    p.set_defaults(func=cmd_compare_schedules)
+
     p = sub.add_parser("pool", help="inspect a pool")
     pool_sub = p.add_subparsers(dest="pool_command", required=True, metavar="ACTION")
     show = pool_sub.add_parser("show", help="print the levels of a run folder")
@@ -172,6 +179,18 @@ def cmd_report(args) -> int:
 
     path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_compare_schedules(args) -> int:
+    from prunelens.analysis.schedules import compare_schedules
+    from prunelens.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-schedules"
+    table = compare_schedules(cfg, out, force=args.force)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"comparison: {out}")
     return 0
 
 

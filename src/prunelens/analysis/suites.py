@@ -123,16 +123,13 @@ def layer_views(model: nn.Module, spec, masks: dict[str, torch.Tensor],
     w1 = prunable[first].detach().cpu()
     m1 = level_mask(masks, first, w1)
     module = model.get_submodule(first.rsplit(".", 1)[0]) if first.endswith(".weight") else None
-    if w1.ndim == 2 and hasattr(spec, "input_shape"):
-        shape = tuple(spec.input_shape(model))
-        view = LayerView(layer_name(first), conn.unit_masks(m1, shape),
-                         (w1 * m1).reshape(w1.shape[0], *shape), module, True)
-    elif w1.ndim == 4:
-        view = LayerView(layer_name(first), m1, w1 * m1, module,
-                         min(w1.shape[-2:]) >= options.min_kernel)
-    else:
-        return [], (f"first prunable layer {first} has shape {tuple(w1.shape)}: neither conv kernels "
-                    "nor an FCN layer whose input shape the architecture spec knows")
+    unit_masks = spec.first_layer_images(model, m1)
+    if unit_masks is None:
+        return [], (f"first prunable layer {first} has shape {tuple(w1.shape)}: the architecture spec "
+                    "gives no image view of it (neither conv kernels nor an FCN layer)")
+    kernels = w1.ndim == 4
+    view = LayerView(layer_name(first), unit_masks, spec.first_layer_images(model, w1 * m1), module,
+                     min(w1.shape[-2:]) >= options.min_kernel if kernels else True)
     views = [view]
     if options.second_layer and view.units.ndim == 4 and w1.ndim == 2 and len(names) > 1:
         w2 = prunable[names[1]].detach().cpu()
@@ -154,9 +151,11 @@ class ConnectivitySuite(Suite):
     Options = ConnectivityOptions
 
     def skip_reason(self, ctx: RunContext) -> str | None:
-        if not (hasattr(ctx.spec, "input_shape") or ctx.spec.has_spatial_features):
-            return (f"architecture family '{ctx.spec.family}' has neither a known FCN input shape "
-                    "nor a convolutional first layer to read as images")
+        model = ctx.pool.levels[0].load_model()
+        first = next(iter(ctx.spec.prunable(model).values()))
+        if ctx.spec.first_layer_images(model, first.detach()) is None:
+            return (f"architecture family '{ctx.spec.family}' gives no image view of its first layer "
+                    "(neither conv kernels nor a fully connected layer on a known input shape)")
         split = ctx.options.split
         return missing_split(ctx, split, "evaluate.connectivity.split") if split else None
 

@@ -62,6 +62,13 @@ class ArchSpec:
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
+    def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The first layer's weight (or mask) as one image per unit, (U, C, H, W), or None.
+
+        Conv kernels are their own images; a fully connected first layer needs the input shape.
+        """
+        return tensor if tensor.dim() == 4 else None
+
     def attention_parameters(self, model: nn.Module) -> list[str]:
         """Prunable weights of the attention projections (q/k/v and output)."""
         prunable = self.prunable(model)
@@ -241,6 +248,9 @@ class FCNSpec(ArchSpec):
 
     def input_shape(self, model: nn.Module) -> tuple[int, ...]:
         return model.input_shape
+
+    def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
+        return tensor.reshape(tensor.shape[0], *model.input_shape)
 
 
 class LeNetSpec(ArchSpec):

@@ -73,7 +73,7 @@ FIGURES: tuple[FigureSpec, ...] = (
                ("error_consistency", "observed_consistency", "accuracy_difference"),
                panels=("metric",), lines=("group", "dataset")),
     FigureSpec("connectivity", "Connectivity and locality of the surviving weights vs sparsity",
-               "connectivity", None, panels=("metric",), lines=("group", "method")),
+               "connectivity", None, panels=("metric",), lines=("group", "method", "condition")),
     FigureSpec("psp_entropy", "PSP-entropy per layer vs sparsity", "psp", ("psp_entropy",),
                panels=("metric",), lines=("group", "method")),
     FigureSpec("sharpness", "Sharpness of the minimum vs sparsity", "sharpness", None,

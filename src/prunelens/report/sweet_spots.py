@@ -56,6 +56,15 @@ DIRECTIONS: dict[str, Direction] = {
                                              "human-like errors"),
     "locality_score": Direction("higher", "local receptive fields emerge with pruning and go with "
                                           "denoised features (Pellegrini & Biroli)"),
+    "locality_score_pooled": Direction("higher", "locality score of all units' pairs pooled"),
+    "locality_score_dc": Direction("higher", "locality score of pairs across colour channels"),
+    "local_pair_fraction": Direction(None, "share of pairs within r: read against its random baseline"),
+    "inputs_connected_fraction": Direction(None, "falls with sparsity by construction"),
+    "shift_similarity": Direction(None, "translation structure of the masks: descriptive"),
+    "shift_similarity_random": Direction(None, "the same for random masks: a reference line"),
+    "ablation_accuracy": Direction(None, "accuracy with chosen units zeroed: read as the accuracy drop"),
+    "accuracy_drop": Direction(None, "which units matter, not a quality of the level"),
+    "loss": Direction(None, "loss on the sharpness batch: the base of loss_increase"),
     "locality_baseline": Direction(None, "locality of a random mask of the same density: a reference "
                                          "line, not a property of the model"),
     "connections_per_unit": Direction(None, "falls with sparsity by construction"),
