@@ -1,0 +1,181 @@
+"""Localisation metrics of heatmaps against ground-truth masks (Arras, Osman & Samek 2022, CLEVR-XAI).
+
+* Relevance Mass Accuracy (their eq. 1): RMA = R_within / R_total, the share of the (non-negative)
+  relevance that falls inside the ground-truth mask GT.
+* Relevance Rank Accuracy (their eq. 2): RRA = |P_top-K ∩ GT| / K with K = |GT|, the share of the K
+  most relevant pixels that lie inside GT.
+
+A heatmap is first pooled to one non-negative value per pixel (:func:`pool_heatmaps`; the CLEVR-XAI
+pooling names). Pixels marked ``ignore`` (e.g. the 255 border of VOC masks) are left out of both
+numerator and denominator, and out of the ranking. An empty mask, an all-zero heatmap or a heatmap
+with non-finite values gives NaN for that item; callers count NaNs instead of averaging them away.
+
+Ties in RRA are scored by the *expected* value under uniformly random tie-breaking: the pixels
+strictly above the K-th largest value all count, and of the ``t`` pixels equal to it, which share the
+remaining ``K - n_above`` places, a fraction ``|tied ∩ GT| / t`` is inside GT. The result does not
+depend on pixel order (an index-based tie rule would, and GradCAM maps have many exact zeros).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from prunelens.errors import DataError
+
+#: Channel poolings of CLEVR-XAI (Arras et al. 2022, sec. 4.2), plus ``none`` for maps that are
+#: already one non-negative channel (GradCAM after its ReLU, attention).
+POOLINGS = ("none", "sum,abs", "sum,pos", "max-norm", "l1-norm", "l2-norm", "l2-norm,sq")
+
+
+def pool_heatmaps(heatmaps: torch.Tensor, pooling: str = "none") -> torch.Tensor:
+    """(B, H, W) or (B, C, H, W) relevance → (B, H, W) non-negative map.
+
+    ``sum,abs`` = |Σ_c R_c|, ``sum,pos`` = max(Σ_c R_c, 0), ``max-norm`` = max_c |R_c|, ``l1-norm``,
+    ``l2-norm``, ``l2-norm,sq`` = Σ_c R_c². A (B, H, W) map is treated as one channel. ``none``
+    requires a non-negative map and returns it as is.
+    """
+    if pooling not in POOLINGS:
+        raise DataError(f"unknown heatmap pooling '{pooling}'; choose one of {', '.join(POOLINGS)}")
+    if heatmaps.dim() not in (3, 4):
+        raise DataError(f"heatmaps must be (B, H, W) or (B, C, H, W), got shape {tuple(heatmaps.shape)}")
+    if pooling == "none":
+        if heatmaps.dim() == 4:
+            if heatmaps.shape[1] != 1:
+                raise DataError(f"pooling 'none' needs one channel, got {heatmaps.shape[1]}; "
+                                "choose a channel pooling such as 'l2-norm,sq'")
+            heatmaps = heatmaps[:, 0]
+        if bool((heatmaps < 0).any()):
+            raise DataError("pooling 'none' needs a non-negative heatmap; this one has negative "
+                            "values: choose 'sum,pos' (positive relevance) or 'sum,abs'")
+        return heatmaps
+    r = heatmaps if heatmaps.dim() == 4 else heatmaps.unsqueeze(1)
+    if pooling == "sum,abs":
+        return r.sum(1).abs()
+    if pooling == "sum,pos":
+        return r.sum(1).clamp(min=0)
+    if pooling == "max-norm":
+        return r.abs().amax(1)
+    if pooling == "l1-norm":
+        return r.abs().sum(1)
+    if pooling == "l2-norm":
+        return torch.linalg.vector_norm(r, dim=1)
+    return r.square().sum(1)  # l2-norm,sq
+
+
+class _Prepared(NamedTuple):
+    h: torch.Tensor                 # pooled relevance (B, N), 0 on ignored pixels
+    gt: torch.Tensor                # ground truth (B, N) bool, ignored pixels removed
+    valid: torch.Tensor | None      # pixels not ignored (B, N), None when none are ignored
+    k: torch.Tensor                 # |GT| (B,)
+    total: torch.Tensor             # relevance mass (B,)
+    undefined: torch.Tensor         # items whose scores are NaN (B,)
+
+
+def _prepare(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None,
+             pooling: str) -> _Prepared:
+    h = pool_heatmaps(heatmaps, pooling)
+    if masks.shape != h.shape:
+        raise DataError(f"masks of shape {tuple(masks.shape)} do not match heatmaps of shape "
+                        f"{tuple(h.shape)} (after pooling); resize the heatmaps to the mask size")
+    if ignore is not None and ignore.shape != h.shape:
+        raise DataError(f"ignore mask of shape {tuple(ignore.shape)} does not match heatmaps of shape "
+                        f"{tuple(h.shape)}")
+    b = h.shape[0]
+    h, gt = h.reshape(b, -1), masks.reshape(b, -1).to(torch.bool)
+    valid = None
+    if ignore is not None:
+        valid = ~ignore.reshape(b, -1).to(torch.bool)
+        h, gt = torch.where(valid, h, 0), gt & valid
+    k = torch.count_nonzero(gt, dim=1)
+    total = h.sum(1)
+    # a non-finite value makes the total non-finite too
+    undefined = (k == 0) | ~torch.isfinite(total) | (total == 0)
+    return _Prepared(h, gt, valid, k, total, undefined)
+
+
+def relevance_mass_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor,
+                            ignore: torch.Tensor | None = None, pooling: str = "none") -> torch.Tensor:
+    """RMA per item (B,): relevance inside the mask over all relevance (Arras et al. 2022, eq. 1)."""
+    p = _prepare(heatmaps, masks, ignore, pooling)
+    return _mass_accuracy(p)
+
+
+def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor,
+                            ignore: torch.Tensor | None = None, pooling: str = "none") -> torch.Tensor:
+    """RRA per item (B,): share of the K = |GT| top-ranked pixels inside GT (Arras et al. 2022, eq. 2).
+
+    Ties at the K-th value count fractionally (expected value under random tie-breaking, see module
+    docstring).
+    """
+    return _rank_accuracy(_prepare(heatmaps, masks, ignore, pooling))
+
+
+def localisation_scores(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None,
+                        pooling: str = "none") -> dict[str, torch.Tensor]:
+    """``{"rma": (B,), "rra": (B,)}`` with one pooling pass for both metrics."""
+    p = _prepare(heatmaps, masks, ignore, pooling)
+    return {"rma": _mass_accuracy(p), "rra": _rank_accuracy(p)}
+
+
+def _mass_accuracy(p: _Prepared) -> torch.Tensor:
+    return torch.where(p.undefined, torch.nan, (p.h * p.gt).sum(1) / p.total)
+
+
+def _rank_accuracy(p: _Prepared) -> torch.Tensor:
+    keys, n_bits = _order_keys(p.h, p.valid)
+    k = p.k.clamp(min=1)
+    thr, n_above, n_tied = _kth_largest(keys, k, n_bits)
+    gt_keys = keys * p.gt  # 0 (below every valid key) outside GT
+    thr = thr.unsqueeze(1)
+    in_above = torch.count_nonzero(gt_keys > thr, dim=1)
+    in_tied = torch.count_nonzero(gt_keys == thr, dim=1)
+    hits = in_above + (k - n_above) * in_tied.double() / n_tied
+    return torch.where(p.undefined, torch.nan, (hits / k).to(p.h.dtype))
+
+
+def _order_keys(h: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Integers >= 1 that sort like the non-negative values ``h``; invalid pixels get key 0.
+
+    The IEEE-754 bit pattern of a non-negative float, read as a signed integer of the same width, is
+    monotonic in the value; ``+ 0.0`` turns -0.0 into +0.0 first.
+    """
+    if h.dtype == torch.float64:
+        bits, itype, n_bits = h.clamp(min=0) + 0.0, torch.int64, 63
+    else:
+        bits, itype, n_bits = h.to(torch.float32).clamp(min=0) + 0.0, torch.int32, 31
+    keys = bits.view(itype) + 1
+    return (keys if valid is None else keys * valid), n_bits
+
+
+def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int,
+                 digit_bits: int = 11) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of non-negative integer ``keys`` (B, N) below 2**n_bits: the k-th largest key, how many
+    keys are strictly larger, and how many are equal to it.
+
+    Radix select, most significant digit first: one histogram (``bincount``) of the candidates'
+    next digit per pass, for all rows at once, so its cost is a few passes over the data whatever
+    the k of each row. A key outside the current candidates lands in a row's first or last slot.
+    """
+    b = keys.shape[0]
+    radix = 1 << digit_bits
+    slots = radix + 2  # [below candidates, digit 0 .. radix-1, above candidates]
+    offsets = torch.arange(b, device=keys.device, dtype=keys.dtype).unsqueeze(1) * slots + 1
+    prefix = torch.zeros(b, dtype=keys.dtype, device=keys.device)
+    remaining = k.to(torch.int64).clone()
+    decided = n_bits  # bits at and above this position are fixed in ``prefix``
+    while decided > 0:
+        shift = max(0, decided - digit_bits)
+        width = decided - shift
+        digit = keys >> shift
+        if decided < n_bits:
+            digit = (digit - (prefix << width).unsqueeze(1)).clamp_(-1, radix)
+        hist = torch.bincount((digit + offsets).reshape(-1), minlength=b * slots).view(b, slots)[:, 1:-1]
+        at_or_above = hist.flip(1).cumsum(1).flip(1)
+        chosen = (at_or_above >= remaining.unsqueeze(1)).sum(1) - 1
+        above = torch.cat([at_or_above[:, 1:], at_or_above.new_zeros(b, 1)], 1)
+        remaining = remaining - above.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        prefix = (prefix << width) | chosen.to(keys.dtype)
+        decided = shift
+    n_tied = hist.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    return prefix, k - remaining, n_tied
