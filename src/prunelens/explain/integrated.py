@@ -21,6 +21,7 @@ Completeness (the paper's Proposition 1): Σ_i IG_i(x) = f(x) − f(x'). The ret
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from typing import NamedTuple
 
@@ -150,17 +151,18 @@ def _rows_per_chunk(net: nn.Module, x: torch.Tensor, internal_batch_size: int | 
 
 
 def row_memory_bytes(net: nn.Module, x1: torch.Tensor) -> int:
-    """Bytes one input row costs in a forward + input-gradient pass: the tensors autograd saves for
-    backward (measured once per model, input shape and dtype) plus the row, its gradient and the
-    gradient buffer."""
+    """Bytes one input row costs in a forward + input-gradient pass: the activations autograd saves
+    for backward (measured once per model, input shape and dtype; weights excluded) plus the row,
+    its gradient and the gradient buffer."""
     key = (tuple(x1.shape[1:]), x1.dtype, x1.device)
     cache = _ROW_BYTES.setdefault(net, {})
     if key not in cache:
+        weights = {t.untyped_storage().data_ptr() for t in [*net.parameters(), *net.buffers()]}
         seen: dict[int, int] = {}
 
         def pack(t: torch.Tensor):
-            if t.device == x1.device:
-                storage = t.untyped_storage()
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
                 seen[storage.data_ptr()] = storage.nbytes()
             return t
 
@@ -191,7 +193,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     if cached is not None and cached[0] == stamp:
         return cached[1]
     try:
-        from torch.fx.experimental.optimization import fuse
+        with warnings.catch_warnings():  # the module imports deprecated torch.jit helpers
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.fx.experimental.optimization import fuse
         folded = fuse(model, inplace=False)
     except Exception:  # untraceable control flow: use the model as it is
         folded = model

@@ -158,19 +158,19 @@ def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int,
     the k of each row. A key outside the current candidates lands in a row's first or last slot.
     """
     b = keys.shape[0]
-    radix = 1 << digit_bits
-    slots = radix + 2  # [below candidates, digit 0 .. radix-1, above candidates]
-    offsets = torch.arange(b, device=keys.device, dtype=keys.dtype).unsqueeze(1) * slots + 1
+    rows = torch.arange(b, device=keys.device, dtype=keys.dtype).unsqueeze(1)
     prefix = torch.zeros(b, dtype=keys.dtype, device=keys.device)
     remaining = k.to(torch.int64).clone()
     decided = n_bits  # bits at and above this position are fixed in ``prefix``
     while decided > 0:
         shift = max(0, decided - digit_bits)
         width = decided - shift
+        radix = 1 << width
+        slots = radix + 2  # per row: [below the candidates, digit 0 .. radix-1, above them]
         digit = keys >> shift
         if decided < n_bits:
             digit = (digit - (prefix << width).unsqueeze(1)).clamp_(-1, radix)
-        hist = torch.bincount((digit + offsets).reshape(-1), minlength=b * slots).view(b, slots)[:, 1:-1]
+        hist = torch.bincount((digit + rows * slots + 1).reshape(-1), minlength=b * slots).view(b, slots)[:, 1:-1]
         at_or_above = hist.flip(1).cumsum(1).flip(1)
         chosen = (at_or_above >= remaining.unsqueeze(1)).sum(1) - 1
         above = torch.cat([at_or_above[:, 1:], at_or_above.new_zeros(b, 1)], 1)

@@ -140,8 +140,9 @@ class InterpretabilitySuite(Suite):
                 gaps += result.completeness_gap.tolist()
                 scale = result.heatmaps["integrated_gradients"].flatten(1).abs().sum(1).clamp(min=1e-12)
                 relative_gaps += (result.completeness_gap / scale).tolist()
-            if sum(len(f["items"]) for f in figure) < opts.figure_images:
-                figure.append(_figure_slice(batch, result, pooled, opts.figure_images))
+            if (sum(len(f["items"]) for f in figure) < opts.figure_images
+                    and (not figure or figure[0]["image"].shape[-2:] == batch.images.shape[-2:])):
+                figure.append(_figure_slice(batch, result, pooled, opts.figure_images))  # one size only
         self._write_artifacts(ctx, methods, tally, gaps, relative_gaps, figure)
 
     def _write_artifacts(self, ctx: LevelContext, methods, tally, gaps, relative_gaps, figure) -> None:
