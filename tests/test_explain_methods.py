@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _explain_helpers import images, small
+from _explain_helpers import images, lively, small
 from prunelens.errors import DataError
 from prunelens.explain import gradcam, guided_backprop, guided_gradcam
 from prunelens.explain._common import capture
@@ -207,3 +207,34 @@ def test_guided_gradcam_equals_captum_bilinear():
     ours = guided_gradcam(model, x)
     assert ours.shape == x.shape and ref.abs().max() > 0
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 64), ("resnet50", 64), ("small_resnet", 32),
+                                        ("vit_b_32", 224), ("small_vit", 32), ("swin_v2_t", 64),
+                                        ("lenet5", 32), ("fcn", 8)])
+def test_every_registry_architecture_through_the_pipeline(name, size):
+    from prunelens.explain import IGSettings, applicable_methods, explain_batch
+    from prunelens.explain.integrated import black_baseline
+
+    torch.manual_seed(0)
+    options = {"lenet5": {"in_channels": 3, "input_size": 32},
+               "small_vit": {"image_size": 32, "patch_size": 8, "num_layers": 2, "hidden_dim": 32,
+                             "mlp_dim": 64}, "fcn": {"input_shape": (3, 8, 8), "widths": (16,)}}.get(name, {})
+    model = lively(create_model(name, 5, **options))
+    spec = spec_for(model)
+    methods = applicable_methods(model, spec)
+    expected = {"fcn": ["integrated_gradients"]}.get(
+        name, ["gradcam", "guided_gradcam", "integrated_gradients"]
+        + (["attention", "rollout"] if "vit" in name else []))
+    assert methods == expected
+    x = images(1, size, torch.float32)
+    result = explain_batch(model, x, methods, ig=IGSettings(n_steps=2))
+    for method in methods:
+        pooled = result.pooled(method)
+        assert pooled.shape == (1, size, size) and torch.isfinite(pooled).all() and float(pooled.min()) >= 0
+    if "gradcam" in methods:
+        assert float(result.heatmaps["gradcam"].max()) > 0
+    with torch.no_grad():
+        out = model(x)[0, result.targets[0]] - model(black_baseline(x, spec))[0, result.targets[0]]
+    ig_sum = result.heatmaps["integrated_gradients"].sum()
+    assert float(result.completeness_gap[0]) == pytest.approx(float((ig_sum - out).abs()), rel=1e-3, abs=1e-4)

@@ -45,7 +45,7 @@ def pool_heatmaps(heatmaps: torch.Tensor, pooling: str = "none") -> torch.Tensor
                 raise DataError(f"pooling 'none' needs one channel, got {heatmaps.shape[1]}; "
                                 "choose a channel pooling such as 'l2-norm,sq'")
             heatmaps = heatmaps[:, 0]
-        if bool((heatmaps < 0).any()):
+        if heatmaps.numel() and float(heatmaps.min()) < 0:
             raise DataError("pooling 'none' needs a non-negative heatmap; this one has negative "
                             "values: choose 'sum,pos' (positive relevance) or 'sum,abs'")
         return heatmaps
@@ -153,11 +153,14 @@ def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int,
     """Per row of non-negative integer ``keys`` (B, N) below 2**n_bits: the k-th largest key, how many
     keys are strictly larger, and how many are equal to it.
 
-    Radix select, most significant digit first: one histogram (``bincount``) of the candidates'
-    next digit per pass, for all rows at once, so its cost is a few passes over the data whatever
-    the k of each row. A key outside the current candidates lands in a row's first or last slot.
+    Radix select, most significant digit first: per pass, one histogram (``bincount``) of the
+    candidates' next digit for all rows at once, whatever the k of each row. After the first pass
+    only the keys sharing the chosen leading digit remain candidates; they are gathered into a flat
+    list, so later passes touch few values. A key that stopped being a candidate lands in a row's
+    first or last slot.
     """
     b = keys.shape[0]
+    values = keys
     rows = torch.arange(b, device=keys.device, dtype=keys.dtype).unsqueeze(1)
     prefix = torch.zeros(b, dtype=keys.dtype, device=keys.device)
     remaining = k.to(torch.int64).clone()
@@ -167,14 +170,18 @@ def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int,
         width = decided - shift
         radix = 1 << width
         slots = radix + 2  # per row: [below the candidates, digit 0 .. radix-1, above them]
-        digit = keys >> shift
+        digit = values >> shift
         if decided < n_bits:
-            digit = (digit - (prefix << width).unsqueeze(1)).clamp_(-1, radix)
-        hist = torch.bincount((digit + rows * slots + 1).reshape(-1), minlength=b * slots).view(b, slots)[:, 1:-1]
+            digit = (digit - (prefix << width)[rows]).clamp_(-1, radix)
+        hist = torch.bincount((digit + rows * slots + 1).reshape(-1), minlength=b * slots)
+        hist = hist.view(b, slots)[:, 1:-1]
         at_or_above = hist.flip(1).cumsum(1).flip(1)
         chosen = (at_or_above >= remaining.unsqueeze(1)).sum(1) - 1
         above = torch.cat([at_or_above[:, 1:], at_or_above.new_zeros(b, 1)], 1)
         remaining = remaining - above.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        if decided == n_bits:  # keep only the candidates, as a flat list with their rows
+            row_index, column = (digit == chosen.to(keys.dtype).unsqueeze(1)).nonzero(as_tuple=True)
+            values, rows = keys[row_index, column], row_index.to(keys.dtype)
         prefix = (prefix << width) | chosen.to(keys.dtype)
         decided = shift
     n_tied = hist.gather(1, chosen.unsqueeze(1)).squeeze(1)
