@@ -193,6 +193,37 @@ def metrics_alone(args, device) -> None:
     print(f"  ratio_vs_quantus={best_theirs / best_ours:.1f}")
 
 
+def suite_budget(args) -> None:
+    """Seconds per level of the interpretability suite with default options on the demo data
+    (synthetic 64 px test split, small_resnet / small_vit): the demo needs well under 20 s."""
+    import tempfile
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from prunelens.config import validate_section
+    from prunelens.data.synthetic import SyntheticShapes
+    from prunelens.evaluate import LevelContext, get_suite
+
+    suite = get_suite("interpretability")
+    options = validate_section(suite.Options, {}, "evaluate.interpretability")
+    test = SyntheticShapes("test", options.n_images, 64, 10, 0.5, "standard", 0)
+    data = SimpleNamespace(split=lambda name, **kw: test, class_names=test.class_names)
+    print(f"\n[suite budget] interpretability, default options ({options.n_images} images, IG "
+          f"{options.ig_steps} steps), synthetic 64 px, cpu, threads {torch.get_num_threads()}")
+    for name in ("small_resnet", "small_vit"):
+        torch.manual_seed(0)
+        model = create_model(name, 10).eval()
+        if hasattr(model, "heads"):  # a trained ViT head is not zero: keep the maps non-trivial
+            torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = LevelContext(run_dir=Path(tmp), pool=None, config=None, options=options,
+                               device=torch.device("cpu"), data=data, spec=spec_for(model),
+                               artifacts=Path(tmp), level=SimpleNamespace(index=0, sparsity=0.0),
+                               model=model, level_artifacts=Path(tmp) / "level_00")
+            dt, records = timed(lambda: list(suite().evaluate_level(ctx)), torch.device("cpu"))
+        print(f"  {name:13s} {dt:6.2f} s per level ({len(records)} records)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet18", help="comma-separated torchvision models")
@@ -207,6 +238,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak, for the IG fraction")
     parser.add_argument("--skip-full", action="store_true", help="only the metrics benchmark")
+    parser.add_argument("--suite-budget", action="store_true",
+                        help="also time the suite per level on the demo setting (small models, 64 px)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,6 +249,8 @@ def main() -> None:
     if not args.skip_full:
         for name in args.models.split(","):
             full_pipeline(name.strip(), args, device)
+    if args.suite_budget:
+        suite_budget(args)
 
 
 if __name__ == "__main__":

@@ -199,3 +199,23 @@ def test_skip_reason_for_models_without_feature_maps():
     assert "spatial feature map" in Suite().skip_reason(ctx)
     ctx.options = _options()
     assert Suite().skip_reason(ctx) is None  # Integrated Gradients still applies
+
+
+def test_explain_run_draws_the_requested_images_of_a_run(tmp_path, resnet, monkeypatch):
+    import sys
+
+    from prunelens.config import RunConfig
+    from prunelens.explain.figure import explain_run
+
+    config = RunConfig(name="demo", data={"name": "synthetic", "n_test": 6, "image_size": 32, "num_classes": 5})
+    levels = [SimpleNamespace(index=i, sparsity=s, load_model=lambda: resnet) for i, s in ((0, 0.0), (2, 0.36))]
+    pool = SimpleNamespace(levels=levels, config=config, name="demo")
+    monkeypatch.setitem(sys.modules, "prunelens.pool", SimpleNamespace(Pool=lambda run_dir: pool))
+    out = explain_run(tmp_path, ["test-00004", "test-00001"], levels=[2], methods=["gradcam"])
+    assert out == tmp_path / "results" / "interpretability" / "figure2_explain.png"
+    with Image.open(out) as png:
+        assert png.size[1] > png.size[0]  # two rows (one level, two images), two columns
+    with pytest.raises(DataError, match="test-00099"):
+        explain_run(tmp_path, ["test-00099"])
+    with pytest.raises(PoolError, match="no levels"):
+        explain_run(tmp_path, ["test-00001"], levels=[7])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from typing import Literal
@@ -53,7 +54,8 @@ class InterpretabilityOptions(SuiteOptions):
     ig_noise_std: float = Field(1.0, ge=0, description="SmoothGrad noise std in model-input space")
     ig_memory_cap_mb: float = Field(1024.0, gt=0)
     pooling: dict[Literal[METHODS], Literal[POOLINGS]] = Field(default_factory=dict)
-    batch_size: int | None = Field(None, ge=1, description="default: evaluate.batch_size")
+    batch_size: int = Field(16, ge=1, description="images per batch (GradCAM and guided backprop "
+                            "keep a whole batch's activations; IG is chunked by ig_memory_cap_mb)")
     figure_images: int = Field(4, ge=0, description="images whose heatmaps are saved for Figure 2")
     seed: int = 0
 
@@ -123,7 +125,7 @@ class InterpretabilitySuite(Suite):
         sizes = data.sizes() if hasattr(data, "sizes") and opts.resize == "none" else None
         tally = {m: {"n": 0, "nan_rma": 0, "nan_rra": 0} for m in methods}
         gaps, relative_gaps, figure = [], [], []
-        for batch in _progress(iter_batches(data, opts.batch_size or ctx.batch_size, sizes), ctx):
+        for batch in _progress(iter_batches(data, opts.batch_size, sizes), ctx):
             x = ctx.spec.normalize(batch.images01(ctx.device))
             result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling)
             gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
@@ -134,7 +136,7 @@ class InterpretabilitySuite(Suite):
                 for metric in ("rma", "rra"):
                     for item, value in zip(batch.item_ids, scores[metric]):
                         yield Record(self.name, metric, value, method=method, dataset=dataset_name, item=item)
-                    tally[method][f"nan_{metric}"] += sum(v != v for v in scores[metric])
+                    tally[method][f"nan_{metric}"] += sum(math.isnan(v) for v in scores[metric])
                 tally[method]["n"] += len(batch)
             if result.completeness_gap is not None:
                 gaps += result.completeness_gap.tolist()
