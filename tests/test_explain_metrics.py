@@ -128,9 +128,12 @@ def test_radix_select_equals_sorting(dtype):
         valid[:, 0] = True
         keys, n_bits = _order_keys(h, valid)
         k = (torch.rand(7, generator=g) * valid.sum(1)).long().clamp(min=1)
-        thr, n_above, n_tied = _kth_largest(keys, k, n_bits)
+        marked = torch.rand(7, n, generator=g) > 0.5
+        thr, n_above, n_tied, marked_above, marked_tied = _kth_largest(keys, k, n_bits, marked)
         ordered = keys.sort(1, descending=True).values
         expected = ordered.gather(1, (k - 1).unsqueeze(1)).squeeze(1)
         assert torch.equal(thr, expected)
-        assert torch.equal(n_above, (keys > thr.unsqueeze(1)).sum(1))
-        assert torch.equal(n_tied, (keys == thr.unsqueeze(1)).sum(1))
+        above, tied = keys > expected.unsqueeze(1), keys == expected.unsqueeze(1)
+        assert torch.equal(n_above, above.sum(1)) and torch.equal(n_tied, tied.sum(1))
+        assert torch.equal(marked_above, (above & marked).sum(1))
+        assert torch.equal(marked_tied, (tied & marked).sum(1))

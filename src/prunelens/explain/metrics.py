@@ -125,12 +125,8 @@ def _mass_accuracy(p: _Prepared) -> torch.Tensor:
 def _rank_accuracy(p: _Prepared) -> torch.Tensor:
     keys, n_bits = _order_keys(p.h, p.valid)
     k = p.k.clamp(min=1)
-    thr, n_above, n_tied = _kth_largest(keys, k, n_bits)
-    gt_keys = keys * p.gt  # 0 (below every valid key) outside GT
-    thr = thr.unsqueeze(1)
-    in_above = torch.count_nonzero(gt_keys > thr, dim=1)
-    in_tied = torch.count_nonzero(gt_keys == thr, dim=1)
-    hits = in_above + (k - n_above) * in_tied.double() / n_tied
+    _, n_above, n_tied, gt_above, gt_tied = _kth_largest(keys, k, n_bits, p.gt)
+    hits = gt_above + (k - n_above) * gt_tied.double() / n_tied
     return torch.where(p.undefined, torch.nan, (hits / k).to(p.h.dtype))
 
 
@@ -138,32 +134,33 @@ def _order_keys(h: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tens
     """Integers >= 1 that sort like the non-negative values ``h``; invalid pixels get key 0.
 
     The IEEE-754 bit pattern of a non-negative float, read as a signed integer of the same width, is
-    monotonic in the value; ``+ 0.0`` turns -0.0 into +0.0 first.
+    monotonic in the value; ``+ 0.0`` turns a -0.0 into +0.0 first.
     """
     if h.dtype == torch.float64:
-        bits, itype, n_bits = h.clamp(min=0) + 0.0, torch.int64, 63
+        keys, n_bits = (h + 0.0).view(torch.int64), 63
     else:
-        bits, itype, n_bits = h.to(torch.float32).clamp(min=0) + 0.0, torch.int32, 31
-    keys = bits.view(itype) + 1
+        keys, n_bits = (h.to(torch.float32) + 0.0).view(torch.int32), 31
+    keys += 1
     return (keys if valid is None else keys * valid), n_bits
 
 
-def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int,
-                 digit_bits: int = 11) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per row of non-negative integer ``keys`` (B, N) below 2**n_bits: the k-th largest key, how many
-    keys are strictly larger, and how many are equal to it.
+def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int, marked: torch.Tensor,
+                 digit_bits: int = 11) -> tuple[torch.Tensor, ...]:
+    """Per row of non-negative integer ``keys`` (B, N) below 2**n_bits: the k-th largest key ``t``,
+    the number of keys > t and == t, and the same two counts among the ``marked`` (B, N) keys.
 
     Radix select, most significant digit first: per pass, one histogram (``bincount``) of the
-    candidates' next digit for all rows at once, whatever the k of each row. After the first pass
-    only the keys sharing the chosen leading digit remain candidates; they are gathered into a flat
-    list, so later passes touch few values. A key that stopped being a candidate lands in a row's
-    first or last slot.
+    candidates' next digit for all rows at once — marked keys in a second histogram — whatever the
+    k of each row. After the first pass only the keys sharing the chosen leading digit remain
+    candidates; they are gathered into a flat list, so later passes touch few values. A key that
+    stopped being a candidate lands in a row's first or last slot.
     """
     b = keys.shape[0]
-    values = keys
+    values, flags = keys, marked
     rows = torch.arange(b, device=keys.device, dtype=keys.dtype).unsqueeze(1)
     prefix = torch.zeros(b, dtype=keys.dtype, device=keys.device)
     remaining = k.to(torch.int64).clone()
+    marked_above = torch.zeros_like(remaining)
     decided = n_bits  # bits at and above this position are fixed in ``prefix``
     while decided > 0:
         shift = max(0, decided - digit_bits)
@@ -173,16 +170,21 @@ def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int,
         digit = values >> shift
         if decided < n_bits:
             digit = (digit - (prefix << width)[rows]).clamp_(-1, radix)
-        hist = torch.bincount((digit + rows * slots + 1).reshape(-1), minlength=b * slots)
-        hist = hist.view(b, slots)[:, 1:-1]
-        at_or_above = hist.flip(1).cumsum(1).flip(1)
-        chosen = (at_or_above >= remaining.unsqueeze(1)).sum(1) - 1
-        above = torch.cat([at_or_above[:, 1:], at_or_above.new_zeros(b, 1)], 1)
-        remaining = remaining - above.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        first_slot = rows * slots + 1
+        slot = digit + torch.where(flags, first_slot + b * slots, first_slot)  # marked: 2nd histogram
+        hist = torch.bincount(slot.reshape(-1), minlength=2 * b * slots).view(2, b, slots)[:, :, 1:-1]
+        at_or_above = hist.flip(2).cumsum(2).flip(2)
+        at_or_above_all = at_or_above.sum(0)
+        chosen = (at_or_above_all >= remaining.unsqueeze(1)).sum(1) - 1
+        index = (chosen + 1).clamp(max=radix - 1).view(1, b, 1).expand(2, b, 1)
+        strictly_above = torch.where(chosen + 1 < radix, at_or_above.gather(2, index).squeeze(2), 0)
+        remaining = remaining - strictly_above.sum(0)
+        marked_above = marked_above + strictly_above[1]
         if decided == n_bits:  # keep only the candidates, as a flat list with their rows
             row_index, column = (digit == chosen.to(keys.dtype).unsqueeze(1)).nonzero(as_tuple=True)
             values, rows = keys[row_index, column], row_index.to(keys.dtype)
+            flags = marked[row_index, column]
         prefix = (prefix << width) | chosen.to(keys.dtype)
         decided = shift
-    n_tied = hist.gather(1, chosen.unsqueeze(1)).squeeze(1)
-    return prefix, k - remaining, n_tied
+    tied = hist.gather(2, chosen.view(1, b, 1).expand(2, b, 1)).squeeze(2)
+    return prefix, k - remaining, tied.sum(0), marked_above, tied[1]
