@@ -90,8 +90,8 @@ def theirs(model, x, masks, methods, steps, rows):
     for method in methods:
         a = maps[method].detach()
         a = a.square().sum(1, keepdim=True) if DEFAULT_POOLING[method] == "l2-norm,sq" else a
-        kwargs = dict(model=None, x_batch=x.detach().cpu().numpy(), y_batch=target.cpu().numpy(),
-                      a_batch=a.cpu().numpy(), s_batch=s)
+        kwargs = {"model": None, "x_batch": x.detach().cpu().numpy(), "y_batch": target.cpu().numpy(),
+                  "a_batch": a.cpu().numpy(), "s_batch": s}
         scores[method] = {"rma": np.asarray(quantus.RelevanceMassAccuracy()(**kwargs)),
                           "rra": np.asarray(quantus.RelevanceRankAccuracy()(**kwargs))}
     return scores, maps
@@ -109,7 +109,8 @@ def full_pipeline(name: str, args, device) -> None:
     x = spec.normalize(x01)
     rows = args.rows or _rows_per_chunk(fold_batchnorm(model), x, None, args.memory_cap_mb)
     print(f"\n[{name}] {args.size}px batch {args.batch}, IG {args.steps} steps (gausslegendre), "
-          f"{rows} rows per chunk, methods {', '.join(methods)}, device {device}, threads {torch.get_num_threads()}")
+          f"{rows} rows per chunk, methods {', '.join(methods)}, device {device}, "
+          f"threads {torch.get_num_threads()}")
     warm_x, warm_m = x[:1], masks[:1]
     ours(model, warm_x, warm_m, methods, 2, rows)
     theirs(model, warm_x, warm_m, methods, 2, rows)
@@ -220,7 +221,7 @@ def suite_budget(args) -> None:
                                device=torch.device("cpu"), data=data, spec=spec_for(model),
                                artifacts=Path(tmp), level=SimpleNamespace(index=0, sparsity=0.0),
                                model=model, level_artifacts=Path(tmp) / "level_00")
-            dt, records = timed(lambda: list(suite().evaluate_level(ctx)), torch.device("cpu"))
+            dt, records = timed(lambda ctx=ctx: list(suite().evaluate_level(ctx)), torch.device("cpu"))
         print(f"  {name:13s} {dt:6.2f} s per level ({len(records)} records)")
 
 
@@ -230,7 +231,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="images per batch (issue setting: 16)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=50, help="IG steps")
-    parser.add_argument("--rows", type=int, default=0, help="IG rows per chunk for both (0: prunelens's memory cap)")
+    parser.add_argument("--rows", type=int, default=0,
+                        help="IG rows per chunk, for both (0: what prunelens's memory cap gives)")
     parser.add_argument("--memory-cap-mb", type=float, default=1024.0)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--metric-batch", type=int, default=16)

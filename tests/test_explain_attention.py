@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _explain_helpers import images, small
 from torch import nn
 
-from _explain_helpers import images, small
 from prunelens.errors import ModelError
 from prunelens.explain import attention_map, attention_probabilities, attention_rollout
 from prunelens.explain.attention import all_attention, rollout

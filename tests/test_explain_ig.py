@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _explain_helpers import images, small
+
 from prunelens.errors import ConfigError
 from prunelens.explain import fold_batchnorm, integrated_gradients, quadrature
 from prunelens.explain.integrated import black_baseline, row_memory_bytes

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _explain_helpers import images, lively, small
 from torch import nn
 
-from _explain_helpers import images, lively, small
 from prunelens.errors import DataError
 from prunelens.explain import gradcam, guided_backprop, guided_gradcam
 from prunelens.explain._common import capture

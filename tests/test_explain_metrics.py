@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from prunelens.errors import DataError
-from prunelens.explain import (localisation_scores, pool_heatmaps, relevance_mass_accuracy,
-                               relevance_rank_accuracy)
+from prunelens.explain import localisation_scores, pool_heatmaps, relevance_mass_accuracy, relevance_rank_accuracy
 from prunelens.explain.metrics import _kth_largest, _order_keys
 
 

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from _explain_helpers import lively
 from _voc_fixture import make_vocdevkit
+from PIL import Image
+
 from prunelens.config import validate_section
 from prunelens.data.synthetic import SyntheticShapes
 from prunelens.errors import ConfigError, DataError, PoolError
@@ -73,8 +73,8 @@ def _captum_quantus_scores(model, data, n_steps):
     ig = ig.detach().square().sum(1, keepdim=True)  # CLEVR-XAI "l2-norm,sq"
     out = {}
     for method, a in (("gradcam", cam), ("integrated_gradients", ig)):
-        kwargs = dict(model=None, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=a.numpy(),
-                      s_batch=masks.unsqueeze(1).float().numpy())
+        kwargs = {"model": None, "x_batch": x.numpy(), "y_batch": target.numpy(), "a_batch": a.numpy(),
+                  "s_batch": masks.unsqueeze(1).float().numpy()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out[(method, "rma")] = np.asarray(quantus.RelevanceMassAccuracy(disable_warnings=True)(**kwargs))
@@ -175,7 +175,8 @@ def test_voc_data_through_the_suite(tmp_path, resnet):
     frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
     assert set(frame["dataset"]) == {"voc12"}
     assert frame["item"].unique().tolist() == ["2007_000001", "2007_000002", "2008_000003"]
-    full = _options(data="voc", voc_root=str(root), resize="none", ig_steps=4, methods=["integrated_gradients"])
+    # voc_root alone selects VOC (what `prunelens evaluate --voc-root` sets)
+    full = _options(voc_root=str(root), resize="none", ig_steps=4, methods=["integrated_gradients"])
     frame = records_frame(Suite().evaluate_level(_context(tmp_path / "full", resnet, full)))
     assert len(frame) == 6
 
@@ -193,9 +194,17 @@ def test_options_are_validated_with_key_names():
         _options(class_map={0: "kitten"})
 
 
+def test_skip_reason_for_runs_without_masks():
+    imagenet = SimpleNamespace(data=SimpleNamespace(name="imagenet"))
+    ctx = SimpleNamespace(options=_options(), spec=spec_for(create_model("resnet18", 5)), config=imagenet)
+    assert "--voc-root" in Suite().skip_reason(ctx)
+    ctx.options = _options(voc_root="/data/voc")
+    assert Suite().skip_reason(ctx) is None
+
+
 def test_skip_reason_for_models_without_feature_maps():
     fcn = create_model("fcn", 5, input_shape=(3, 8, 8), widths=(4,))
-    ctx = SimpleNamespace(options=_options(methods=["gradcam"]), spec=spec_for(fcn))
+    ctx = SimpleNamespace(options=_options(methods=["gradcam"]), spec=spec_for(fcn), config=None)
     assert "spatial feature map" in Suite().skip_reason(ctx)
     ctx.options = _options()
     assert Suite().skip_reason(ctx) is None  # Integrated Gradients still applies
@@ -219,3 +228,22 @@ def test_explain_run_draws_the_requested_images_of_a_run(tmp_path, resnet, monke
         explain_run(tmp_path, ["test-00099"])
     with pytest.raises(PoolError, match="no levels"):
         explain_run(tmp_path, ["test-00001"], levels=[7])
+
+
+def test_an_image_size_the_model_cannot_take_is_a_data_error(tmp_path):
+    torch.manual_seed(0)
+    vit = lively(create_model("small_vit", 5, image_size=32, patch_size=8, num_layers=1, hidden_dim=16,
+                              mlp_dim=16, num_heads=2))
+    root = make_vocdevkit(tmp_path / "voc")
+    options = _options(data="voc", voc_root=str(root), image_size=48, methods=["attention"])
+    with pytest.raises(DataError, match="cannot take 48x48 images .*image_size"):
+        list(Suite().evaluate_level(_context(tmp_path, vit, options)))
+
+
+def test_reevaluating_without_figure_images_drops_stale_heatmaps(tmp_path, resnet):
+    suite = Suite()
+    list(suite.evaluate_level(_context(tmp_path, resnet, _options(ig_steps=2, n_images=2, figure_images=1))))
+    saved = tmp_path / "results/interpretability/level_00/heatmaps.safetensors"
+    assert saved.is_file()
+    list(suite.evaluate_level(_context(tmp_path, resnet, _options(ig_steps=2, n_images=2, figure_images=0))))
+    assert not saved.exists()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _voc_fixture import PERSON, PORTRAIT, make_vocdevkit, write_mask
 from PIL import Image
 
-from _voc_fixture import PERSON, PORTRAIT, make_vocdevkit, write_mask
 from prunelens.data.segmentation import SyntheticSegmentation, iter_batches
 from prunelens.data.synthetic import SyntheticShapes
 from prunelens.data.voc import VOC_CLASSES, VOCSegmentation

@@ -29,7 +29,8 @@ RESIZE_POLICIES = ("shorter_crop", "none")
 
 
 def find_voc2012(root: str | Path) -> Path:
-    """The ``VOC2012`` folder given it, ``VOCdevkit`` or the folder holding ``VOCdevkit``."""
+    """The ``VOC2012`` folder given it, ``VOCdevkit`` or the folder holding ``VOCdevkit`` (a VOC2007
+    folder given directly is accepted too: it has the same segmentation layout)."""
     root = Path(root).expanduser()
     candidates = [root / "VOCdevkit" / "VOC2012", root / "VOC2012", root]
     for path in candidates:
@@ -78,6 +79,8 @@ class VOCSegmentation:
         ids = read_split(self.voc, split)
         self.item_ids = ids if limit is None else ids[: int(limit)]
         self.split, self.image_size, self.resize = split, int(image_size), resize
+        #: dataset name in results: ``voc12``, or ``voc07`` for a VOC2007 folder (it has masks too)
+        self.name = "voc07" if self.voc.name == "VOC2007" else "voc12"
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:

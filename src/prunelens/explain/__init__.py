@@ -13,10 +13,21 @@ Scores: :func:`relevance_mass_accuracy`, :func:`relevance_rank_accuracy` → (B,
 from prunelens.explain.attention import attention_map, attention_probabilities, attention_rollout
 from prunelens.explain.gradients import GuidedMode, gradcam, guided_backprop, guided_gradcam
 from prunelens.explain.integrated import IGResult, fold_batchnorm, integrated_gradients, quadrature
-from prunelens.explain.metrics import (POOLINGS, localisation_scores, pool_heatmaps,
-                                       relevance_mass_accuracy, relevance_rank_accuracy)
-from prunelens.explain.pipeline import (DEFAULT_POOLING, METHODS, BatchExplanation, IGSettings,
-                                        applicable_methods, explain_batch)
+from prunelens.explain.metrics import (
+                                       POOLINGS,
+                                       localisation_scores,
+                                       pool_heatmaps,
+                                       relevance_mass_accuracy,
+                                       relevance_rank_accuracy,
+)
+from prunelens.explain.pipeline import (
+                                       DEFAULT_POOLING,
+                                       METHODS,
+                                       BatchExplanation,
+                                       IGSettings,
+                                       applicable_methods,
+                                       explain_batch,
+)
 
 __all__ = [
     "DEFAULT_POOLING", "METHODS", "POOLINGS", "BatchExplanation", "GuidedMode", "IGResult", "IGSettings",

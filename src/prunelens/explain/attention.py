@@ -66,7 +66,8 @@ def all_attention(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None = Non
     found: dict[int, torch.Tensor] = {}
 
     def hook(module, args, kwargs):
-        if any(kwargs.get(name) is not None for name in ("attn_mask", "key_padding_mask")) or kwargs.get("is_causal"):
+        masked = any(kwargs.get(name) is not None for name in ("attn_mask", "key_padding_mask"))
+        if masked or kwargs.get("is_causal"):
             raise ModelError("attention maps do not support attention masks")
         query = args[0] if args else kwargs["query"]
         key = args[1] if len(args) > 1 else kwargs["key"]

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunelens.explain._common import (capture, check_images, resolve_spec, select_targets,
-                                       target_scores)
+from prunelens.explain._common import capture, check_images, resolve_spec, select_targets, target_scores
 from prunelens.models import ArchSpec
 
 

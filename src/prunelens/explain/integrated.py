@@ -139,7 +139,7 @@ def _path_gradients(net: nn.Module, inputs: torch.Tensor, baseline: torch.Tensor
 
 
 # ---- memory cap ------------------------------------------------------------------------------------
-_ROW_BYTES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_ROW_BYTES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
 def _rows_per_chunk(net: nn.Module, x: torch.Tensor, internal_batch_size: int | None,
@@ -178,7 +178,7 @@ def row_memory_bytes(net: nn.Module, x1: torch.Tensor) -> int:
 
 
 # ---- BatchNorm folding -----------------------------------------------------------------------------
-_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -205,7 +205,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         folded = fuse(model, inplace=False)
         if any(isinstance(m, nn.Conv2d) for m in folded.modules()):
             folded = folded.to(memory_format=torch.channels_last)
-    except Exception:  # untraceable control flow: use the model as it is
-        folded = model
+    except (torch.fx.proxy.TraceError, TypeError, RuntimeError, AttributeError, NotImplementedError):
+        folded = model  # torch.fx cannot trace it (data-dependent control flow): use it as it is
     _FOLDED[model] = (stamp, folded)
     return folded

@@ -2,13 +2,18 @@
 
 For every level it explains each evaluation image's predicted class with every applicable method
 and scores the heatmap against the ground-truth mask with Relevance Mass / Rank Accuracy. Data: the
-run's synthetic test split (its masks) by default, or VOC2012 segmentation with ``data: voc``.
+run's synthetic test split (its masks) by default, or VOC2012 segmentation when ``voc_root`` is given
+(``prunelens evaluate RUN_DIR --voc-root PATH``); runs on other datasets need VOC and are skipped
+without it.
 
 Records: ``rma`` and ``rra`` per image (NaN when the mask is empty or the heatmap all zero), method
-= attribution method, dataset = ``synthetic`` / ``voc12``. Artifacts per level (``level_XX/``):
-``heatmaps.safetensors`` — the pooled heatmaps, images and predictions of the first
-``figure_images`` images, so Figure 2 can be drawn across levels without recomputing — and
-``summary.json`` (NaN counts per method, IG completeness gaps). After all levels, ``figure2.png``.
+= attribution method, dataset = ``synthetic`` / ``voc12`` (``voc07`` when given a VOC2007 folder).
+Default channel pooling per method: :data:`prunelens.explain.pipeline.DEFAULT_POOLING`.
+
+Artifacts per level (``level_XX/``): ``heatmaps.safetensors`` — the pooled heatmaps, images and
+predictions of the first ``figure_images`` images, so Figure 2 can be drawn across levels without
+recomputing — and ``summary.json`` (NaN counts per method, IG completeness gaps). After all
+levels, ``figure2.png``.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from pydantic import Field, model_validator
 
 from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation, iter_batches
 from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
+from prunelens.errors import DataError, PrunelensError
 from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
 from prunelens.explain.integrated import RULES
 from prunelens.explain.metrics import POOLINGS, localisation_scores
@@ -38,8 +44,9 @@ FIGURE_FILE = "figure2.png"
 
 class InterpretabilityOptions(SuiteOptions):
     methods: list[Literal[METHODS]] | None = Field(None, description="default: all that apply")
-    data: Literal["synthetic", "voc"] = "synthetic"
-    voc_root: str | None = Field(None, description="folder with VOCdevkit/VOC2012 (data: voc)")
+    data: Literal["synthetic", "voc"] | None = Field(
+        None, description="default: voc when voc_root is given, else the run's synthetic test split")
+    voc_root: str | None = Field(None, description="folder with VOCdevkit/VOC2012 (prunelens evaluate --voc-root)")
     voc_split: str = "val"
     n_images: int = Field(32, ge=1, description="first N images of the test split / VOC split")
     image_size: int = Field(224, ge=8, description="VOC: side after resize")
@@ -59,6 +66,11 @@ class InterpretabilityOptions(SuiteOptions):
     figure_images: int = Field(4, ge=0, description="images whose heatmaps are saved for Figure 2")
     seed: int = 0
 
+    @property
+    def source(self) -> str:
+        """Where the images and masks come from: ``voc`` or ``synthetic``."""
+        return self.data or ("voc" if self.voc_root else "synthetic")
+
     @model_validator(mode="after")
     def _check(self) -> InterpretabilityOptions:
         if self.data == "voc" and not self.voc_root:
@@ -67,7 +79,7 @@ class InterpretabilityOptions(SuiteOptions):
             bad = sorted(set(self.class_map.values()) - set(VOC_CLASSES[1:]))
             if bad:
                 raise ValueError(f"class_map names {bad} are not VOC classes ({', '.join(VOC_CLASSES[1:])})")
-        if self.data == "voc" and self.ground_truth == "class" and not self.class_map:
+        if self.source == "voc" and self.ground_truth == "class" and not self.class_map:
             raise ValueError("ground_truth: class on VOC needs class_map (model class index → VOC class name)")
         return self
 
@@ -82,6 +94,10 @@ class InterpretabilitySuite(Suite):
         self._data = None
 
     def skip_reason(self, ctx: RunContext) -> str | None:
+        run_data = getattr(getattr(ctx.config, "data", None), "name", "synthetic")
+        if ctx.options.source == "synthetic" and run_data != "synthetic":
+            return (f"the run's dataset '{run_data}' has no segmentation masks: give VOC2012 with "
+                    "`prunelens evaluate RUN_DIR --voc-root PATH` (or evaluate.interpretability.voc_root)")
         wanted = ctx.options.methods or list(METHODS)
         if not ctx.spec.has_spatial_features and set(wanted) <= {"gradcam", "guided_gradcam"}:
             return f"{', '.join(wanted)} need a spatial feature map, which this architecture lacks"
@@ -91,9 +107,9 @@ class InterpretabilitySuite(Suite):
     def dataset(self, ctx: RunContext):
         """The evaluation images with masks (built once, reused by every level)."""
         o = ctx.options
-        key = (o.data, o.voc_root, o.voc_split, o.n_images, o.image_size, o.resize)
+        key = (o.source, o.voc_root, o.voc_split, o.n_images, o.image_size, o.resize)
         if self._data_key != key:
-            if o.data == "voc":
+            if o.source == "voc":
                 self._data = VOCSegmentation(o.voc_root, o.voc_split, o.n_images, o.image_size, o.resize)
             else:
                 self._data = SyntheticSegmentation(ctx.data.split("test"), o.n_images)
@@ -103,7 +119,7 @@ class InterpretabilitySuite(Suite):
     def _ground_truth(self, batch: SegmentationBatch, targets: torch.Tensor, opts) -> torch.Tensor:
         if opts.ground_truth == "object":
             return batch.object_masks()
-        if opts.data == "voc":
+        if opts.source == "voc":
             lookup = torch.full((max(opts.class_map) + 1,), -1, dtype=torch.long)
             for index, name in opts.class_map.items():
                 lookup[index] = VOC_CLASSES.index(name)
@@ -118,7 +134,7 @@ class InterpretabilitySuite(Suite):
         opts = ctx.options
         data = self.dataset(ctx)
         methods = [m for m in (opts.methods or METHODS) if m in applicable_methods(ctx.model, ctx.spec)]
-        dataset_name = "voc12" if opts.data == "voc" else "synthetic"
+        dataset_name = data.name if opts.source == "voc" else "synthetic"
         generator = torch.Generator().manual_seed(opts.seed)
         ig = IGSettings(opts.ig_steps, opts.ig_rule, opts.ig_noise_samples, opts.ig_noise_std,
                         opts.ig_memory_cap_mb, generator=generator)
@@ -127,6 +143,7 @@ class InterpretabilitySuite(Suite):
         gaps, relative_gaps, figure = [], [], []
         for batch in _progress(iter_batches(data, opts.batch_size, sizes), ctx):
             x = ctx.spec.normalize(batch.images01(ctx.device))
+            _check_input_size(ctx.model, x, opts)
             result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling)
             gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
             ignore = batch.ignore.to(ctx.device)
@@ -168,12 +185,26 @@ class InterpretabilitySuite(Suite):
                     "level": str(_level_index(ctx)), "sparsity": str(getattr(ctx.level, "sparsity", "")),
                     "class_names": json.dumps(_class_names(ctx))}
             atomic_save_tensors(out / HEATMAPS_FILE, tensors, metadata=meta)
+        else:  # none asked for: drop those of an earlier evaluation with other options
+            (out / HEATMAPS_FILE).unlink(missing_ok=True)
 
     def after_levels(self, ctx: RunContext) -> None:
         from prunelens.explain.figure import figure_from_artifacts
 
         if any(ctx.artifacts.glob(f"level_*/{HEATMAPS_FILE}")):
             figure_from_artifacts(ctx.artifacts, ctx.artifacts / FIGURE_FILE)
+
+
+def _check_input_size(model, x: torch.Tensor, opts) -> None:
+    """A model that cannot take this image size (a ViT's fixed input) is the user's to fix."""
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        where = ("evaluate.interpretability.image_size (and resize: shorter_crop)" if opts.source == "voc"
+                 else "the run's data.image_size")
+        raise DataError(f"the model cannot take {x.shape[-2]}x{x.shape[-1]} images ({exc}); set {where} "
+                        "to the model's input size") from None
 
 
 def _figure_slice(batch: SegmentationBatch, result, pooled: dict[str, torch.Tensor], n: int) -> dict:
@@ -192,7 +223,7 @@ def _level_index(ctx: LevelContext):
 def _class_names(ctx: RunContext) -> list[str]:
     try:
         return list(ctx.data.class_names)
-    except Exception:  # a dataset without names: labels show class indices
+    except (AttributeError, TypeError, PrunelensError):  # no names: labels show class indices
         return []
 
 
