@@ -210,7 +210,7 @@ def test_guided_gradcam_equals_captum_bilinear():
 
 
 @pytest.mark.parametrize("name, size", [("resnet18", 64), ("resnet50", 64), ("small_resnet", 32),
-                                        ("vit_b_32", 224), ("small_vit", 32), ("swin_v2_t", 64),
+                                        ("vit_b_32", 64), ("small_vit", 32), ("swin_v2_t", 64),
                                         ("lenet5", 32), ("fcn", 8)])
 def test_every_registry_architecture_through_the_pipeline(name, size):
     from prunelens.explain import IGSettings, applicable_methods, explain_batch
@@ -219,7 +219,8 @@ def test_every_registry_architecture_through_the_pipeline(name, size):
     torch.manual_seed(0)
     options = {"lenet5": {"in_channels": 3, "input_size": 32},
                "small_vit": {"image_size": 32, "patch_size": 8, "num_layers": 2, "hidden_dim": 32,
-                             "mlp_dim": 64}, "fcn": {"input_shape": (3, 8, 8), "widths": (16,)}}.get(name, {})
+                             "mlp_dim": 64}, "fcn": {"input_shape": (3, 8, 8), "widths": (16,)},
+               "vit_b_32": {"image_size": 64}}.get(name, {})  # the full ViT-B/32, on a 2x2 patch grid
     model = lively(create_model(name, 5, **options))
     spec = spec_for(model)
     methods = applicable_methods(model, spec)
@@ -238,3 +239,50 @@ def test_every_registry_architecture_through_the_pipeline(name, size):
         out = model(x)[0, result.targets[0]] - model(black_baseline(x, spec))[0, result.targets[0]]
     ig_sum = result.heatmaps["integrated_gradients"].sum()
     assert float(result.completeness_gap[0]) == pytest.approx(float((ig_sum - out).abs()), rel=1e-3, abs=1e-4)
+
+
+def test_window_attention_without_class_token_is_not_an_attention_map_method(swin):
+    from prunelens.explain import applicable_methods
+    from prunelens.models.spec import SwinSpec
+
+    class WindowAttentionSpec(SwinSpec):  # main's SwinSpec lists its ShiftedWindowAttention modules
+        def attention_modules(self, model):
+            return [m for m in model.modules() if type(m).__name__.startswith("ShiftedWindowAttention")]
+
+    spec = WindowAttentionSpec()
+    assert spec.attention_modules(swin)
+    assert applicable_methods(swin, spec) == ["gradcam", "guided_gradcam", "integrated_gradients"]
+
+
+def test_forward_goes_through_the_spec_when_it_has_one():
+    from prunelens.explain import IGSettings, explain_batch
+    from prunelens.models.spec import ResNetSpec
+
+    class Doubling(ResNetSpec):
+        def forward(self, model, x):
+            return 2 * model(x)
+
+    model, x = small("small_resnet"), images()
+    plain = explain_batch(model, x, ["gradcam", "guided_gradcam", "integrated_gradients"],
+                          spec=ResNetSpec(), ig=IGSettings(n_steps=4))
+    doubled = explain_batch(model, x, ["gradcam", "guided_gradcam", "integrated_gradients"],
+                            spec=Doubling(), ig=IGSettings(n_steps=4))
+    for method in ("gradcam", "guided_gradcam", "integrated_gradients"):
+        factor = 4 if method == "guided_gradcam" else 2  # GradCAM × guided backprop: both doubled
+        torch.testing.assert_close(doubled.heatmaps[method], factor * plain.heatmaps[method])
+    torch.testing.assert_close(doubled.completeness_gap, 2 * plain.completeness_gap)
+
+
+@pytest.mark.skipif(not hasattr(spec_for(small("small_vit")), "forward"),
+                    reason="needs ArchSpec.forward (ViT at any size), in the lead's spec")
+def test_vit_explained_at_a_size_other_than_its_own():
+    from prunelens.explain import IGSettings, applicable_methods, explain_batch
+
+    model = small("small_vit")  # built for 32 px, 8 px patches
+    x = images(2, 48)
+    methods = applicable_methods(model)
+    result = explain_batch(model, x, methods, ig=IGSettings(n_steps=32))
+    for method in methods:
+        assert result.pooled(method).shape == (2, 48, 48)
+    total = result.heatmaps["integrated_gradients"].flatten(1).sum(1).abs()
+    assert float((result.completeness_gap / total).max()) < 1e-3

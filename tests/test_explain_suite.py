@@ -232,12 +232,11 @@ def test_explain_run_draws_the_requested_images_of_a_run(tmp_path, resnet, monke
 
 def test_an_image_size_the_model_cannot_take_is_a_data_error(tmp_path):
     torch.manual_seed(0)
-    vit = lively(create_model("small_vit", 5, image_size=32, patch_size=8, num_layers=1, hidden_dim=16,
-                              mlp_dim=16, num_heads=2))
+    lenet = lively(create_model("lenet5", 5, in_channels=3, input_size=32))  # fixed-size classifier
     root = make_vocdevkit(tmp_path / "voc")
-    options = _options(data="voc", voc_root=str(root), image_size=48, methods=["attention"])
+    options = _options(data="voc", voc_root=str(root), image_size=48, methods=["gradcam"])
     with pytest.raises(DataError, match="cannot take 48x48 images .*image_size"):
-        list(Suite().evaluate_level(_context(tmp_path, vit, options)))
+        list(Suite().evaluate_level(_context(tmp_path, lenet, options)))
 
 
 def test_reevaluating_without_figure_images_drops_stale_heatmaps(tmp_path, resnet):

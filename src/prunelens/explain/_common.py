@@ -7,12 +7,28 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from prunelens.errors import DataError
+from prunelens.errors import DataError, ModelError
 from prunelens.models import ArchSpec, spec_for
 
 
 def resolve_spec(model: nn.Module, spec: ArchSpec | None) -> ArchSpec:
     return spec if spec is not None else spec_for(model)
+
+
+def spec_or_none(model: nn.Module) -> ArchSpec | None:
+    """The model's spec, or None for a network outside the registry (methods that need no
+    per-architecture fact still explain it)."""
+    try:
+        return spec_for(model)
+    except ModelError:
+        return None
+
+
+def forward(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None) -> torch.Tensor:
+    """Logits of ``x``: ``spec.forward`` when the spec has one (a ViT at a size other than its own,
+    with interpolated position embeddings), else ``model(x)``."""
+    through_spec = getattr(spec, "forward", None)
+    return through_spec(model, x) if through_spec is not None else model(x)
 
 
 def check_images(x: torch.Tensor) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelens.errors import ModelError
-from prunelens.explain._common import check_images, resolve_spec
+from prunelens.explain._common import check_images, forward, resolve_spec
 from prunelens.models import ArchSpec
 
 CLASS_TOKEN = 0
@@ -51,16 +51,22 @@ def attention_probabilities(module: nn.MultiheadAttention, query: torch.Tensor,
     return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
 
 
+def class_token_attention(model: nn.Module, spec: ArchSpec) -> list[nn.MultiheadAttention]:
+    """The spec's attention modules that are ``nn.MultiheadAttention`` (ViT blocks; Swin's window
+    attention has no class token and is left out)."""
+    return [m for m in spec.attention_modules(model) if isinstance(m, nn.MultiheadAttention)]
+
+
 @torch.no_grad()
 def all_attention(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None = None,
                   last_only: bool = False) -> list[torch.Tensor]:
     """Attention probabilities (B, heads, N, N) of every attention module (in layer order) for ``x``."""
     check_images(x)
     spec = resolve_spec(model, spec)
-    modules = spec.attention_modules(model)
+    modules = class_token_attention(model, spec)
     if not modules:
-        raise ModelError(f"{type(model).__name__} has no attention modules (nn.MultiheadAttention); "
-                         "attention maps apply to vision transformers only")
+        raise ModelError(f"{type(model).__name__} has no nn.MultiheadAttention over a class token; "
+                         "attention maps apply to ViTs (not to CNNs or Swin's window attention)")
     if last_only:
         modules = modules[-1:]
     found: dict[int, torch.Tensor] = {}
@@ -75,7 +81,7 @@ def all_attention(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None = Non
 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
     try:
-        model(x)
+        forward(model, x, spec)
     finally:
         for handle in handles:
             handle.remove()

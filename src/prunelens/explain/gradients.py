@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunelens.explain._common import capture, check_images, resolve_spec, select_targets, target_scores
+from prunelens.explain._common import (capture, check_images, forward, resolve_spec, select_targets,
+                                       spec_or_none, target_scores)
 from prunelens.models import ArchSpec
 
 
@@ -54,7 +55,7 @@ def gradcam_with_logits(model: nn.Module, x: torch.Tensor, target: torch.Tensor 
     layer, on_input = gradcam_site(model, spec)
     x = x.detach().requires_grad_(True)  # keeps a graph even when the weights are frozen
     with torch.enable_grad(), capture(layer, on_input) as site:
-        logits = model(x)
+        logits = forward(model, x, spec)
     target = select_targets(logits, target)
     activation = site.value
     grad, = torch.autograd.grad(target_scores(logits, target).sum(), activation)
@@ -138,17 +139,18 @@ class GuidedMode(TorchFunctionMode):
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
-                    guide_gelu: bool = True) -> torch.Tensor:
+                    guide_gelu: bool = True, spec: ArchSpec | None = None) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015) of images ``x`` → (B, C, H, W)."""
-    return _guided_backprop(model, x, target, guide_gelu)[0]
+    return _guided_backprop(model, x, target, guide_gelu, spec)[0]
 
 
-def _guided_backprop(model: nn.Module, x: torch.Tensor, target, guide_gelu: bool
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _guided_backprop(model: nn.Module, x: torch.Tensor, target, guide_gelu: bool,
+                     spec: ArchSpec | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     check_images(x)
+    spec = spec if spec is not None else spec_or_none(model)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), GuidedMode(guide_gelu):
-        logits = model(x)
+        logits = forward(model, x, spec)
     target = select_targets(logits, target)
     grad, = torch.autograd.grad(target_scores(logits, target).sum(), x)
     return grad, target
@@ -158,4 +160,4 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int
                    spec: ArchSpec | None = None, guide_gelu: bool = True) -> torch.Tensor:
     """Guided GradCAM (Selvaraju et al. 2017): guided backprop × bilinear GradCAM → (B, C, H, W)."""
     cam, target, _ = gradcam_with_logits(model, x, target, spec=spec)
-    return guided_backprop(model, x, target, guide_gelu=guide_gelu) * cam.unsqueeze(1)
+    return guided_backprop(model, x, target, guide_gelu=guide_gelu, spec=spec) * cam.unsqueeze(1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from prunelens.errors import ConfigError
-from prunelens.explain._common import check_images, resolve_spec, select_targets, target_scores
+from prunelens.explain._common import check_images, forward, resolve_spec, select_targets, target_scores
 from prunelens.models import ArchSpec
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -83,34 +84,39 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target: torch.Tensor
     if noise_samples < 0 or noise_std < 0:
         raise ConfigError(f"noise_samples and noise_std must be >= 0, got {noise_samples}, {noise_std}")
     x = x.detach()
+    spec = resolve_spec(model, spec)
     if baseline is None:
-        baseline = black_baseline(x, resolve_spec(model, spec))
+        baseline = black_baseline(x, spec)
     baseline = baseline.detach().to(x).expand_as(x)
     net = fold_batchnorm(model) if fold_bn else model
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return forward(net, z, spec)
+
     # the folded copy keeps its convolutions channels-last: feed it that layout
     layout = torch.channels_last if net is not model else torch.contiguous_format
-    rows = _rows_per_chunk(net, x, internal_batch_size, memory_cap_mb)
-    f_x = _logits(net, x, rows)
+    rows = _rows_per_chunk(net, f, x, internal_batch_size, memory_cap_mb)
+    f_x = _logits(f, x, rows)
     target = select_targets(f_x, target)
     inputs = x.unsqueeze(0)
     if noise_samples > 0:
         noise = torch.randn((noise_samples, *x.shape), generator=generator, dtype=x.dtype,
                             device="cpu" if generator is None else generator.device).to(x.device)
         inputs = inputs + noise_std * noise
-        f_x = _logits(net, inputs.flatten(0, 1), rows).view(noise_samples, *f_x.shape).mean(0)
-    path_grads = _path_gradients(net, inputs, baseline, target, alphas, weights, rows, layout)
+        f_x = _logits(f, inputs.flatten(0, 1), rows).view(noise_samples, *f_x.shape).mean(0)
+    path_grads = _path_gradients(f, inputs, baseline, target, alphas, weights, rows, layout)
     attributions = ((inputs - baseline) * path_grads).mean(0)
-    delta = target_scores(f_x, target) - target_scores(_logits(net, baseline, rows), target)
+    delta = target_scores(f_x, target) - target_scores(_logits(f, baseline, rows), target)
     gap = (attributions.flatten(1).sum(1) - delta).abs()
     return IGResult(attributions, gap)
 
 
 @torch.no_grad()
-def _logits(net: nn.Module, x: torch.Tensor, rows_per_chunk: int) -> torch.Tensor:
-    return torch.cat([net(chunk) for chunk in x.split(rows_per_chunk)])
+def _logits(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows_per_chunk: int) -> torch.Tensor:
+    return torch.cat([f(chunk) for chunk in x.split(rows_per_chunk)])
 
 
-def _path_gradients(net: nn.Module, inputs: torch.Tensor, baseline: torch.Tensor, target: torch.Tensor,
+def _path_gradients(f: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, baseline: torch.Tensor, target: torch.Tensor,
                     alphas: np.ndarray, weights: np.ndarray, rows_per_chunk: int,
                     layout: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Σ_k w_k ∇f(x' + α_k (x − x')) for every noisy copy s and image i: (S, B, C, H, W).
@@ -132,7 +138,7 @@ def _path_gradients(net: nn.Module, inputs: torch.Tensor, baseline: torch.Tensor
         z = (base[image] + alpha[step].view(view) * diff[copy_image])
         z = z.contiguous(memory_format=layout).requires_grad_(True)
         with torch.enable_grad():
-            score = target_scores(net(z), target[image]).sum()
+            score = target_scores(f(z), target[image]).sum()
         grad, = torch.autograd.grad(score, z)
         total.index_add_(0, copy_image, grad * weight[step].view(view))
     return total.view_as(inputs)
@@ -142,22 +148,23 @@ def _path_gradients(net: nn.Module, inputs: torch.Tensor, baseline: torch.Tensor
 _ROW_BYTES: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 
 
-def _rows_per_chunk(net: nn.Module, x: torch.Tensor, internal_batch_size: int | None,
-                    memory_cap_mb: float) -> int:
+def _rows_per_chunk(net: nn.Module, f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    internal_batch_size: int | None, memory_cap_mb: float) -> int:
     if internal_batch_size is not None:
         if internal_batch_size < 1:
             raise ConfigError(f"internal_batch_size must be >= 1, got {internal_batch_size}")
         return int(internal_batch_size)
     if memory_cap_mb <= 0:
         raise ConfigError(f"memory_cap_mb must be > 0, got {memory_cap_mb}")
-    per_row = row_memory_bytes(net, x[:1])
+    per_row = row_memory_bytes(net, x[:1], f)
     return max(1, int(memory_cap_mb * 2**20 // per_row))
 
 
-def row_memory_bytes(net: nn.Module, x1: torch.Tensor) -> int:
-    """Bytes one input row costs in a forward + input-gradient pass: the activations autograd saves
-    for backward (measured once per model, input shape and dtype; weights excluded) plus the row,
-    its gradient and the gradient buffer."""
+def row_memory_bytes(net: nn.Module, x1: torch.Tensor,
+                     f: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
+    """Bytes one input row costs in a forward (``f``, default ``net``) + input-gradient pass: the
+    activations autograd saves for backward (measured once per model, input shape and dtype; weights
+    excluded) plus the row, its gradient and the gradient buffer."""
     key = (tuple(x1.shape[1:]), x1.dtype, x1.device)
     cache = _ROW_BYTES.setdefault(net, {})
     if key not in cache:
@@ -172,7 +179,7 @@ def row_memory_bytes(net: nn.Module, x1: torch.Tensor) -> int:
 
         z = x1.detach().clone().requires_grad_(True)
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            net(z)
+            (f or net)(z)
         cache[key] = sum(seen.values()) + 3 * x1.numel() * x1.element_size()
     return max(1, cache[key])
 

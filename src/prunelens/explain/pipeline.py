@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from prunelens.errors import ConfigError
-from prunelens.explain._common import check_images, resolve_spec, select_targets
-from prunelens.explain.attention import CLASS_TOKEN, _class_token_row_to_map, all_attention, rollout
+from prunelens.explain._common import check_images, forward, resolve_spec, select_targets
+from prunelens.explain.attention import (CLASS_TOKEN, _class_token_row_to_map, all_attention,
+                                         class_token_attention, rollout)
 from prunelens.explain.gradients import _guided_backprop, gradcam_with_logits
 from prunelens.explain.integrated import integrated_gradients
 from prunelens.explain.metrics import POOLINGS, pool_heatmaps
@@ -26,13 +27,14 @@ DEFAULT_POOLING = {"gradcam": "none", "guided_gradcam": "l2-norm,sq", "integrate
 
 def applicable_methods(model: nn.Module, spec: ArchSpec | None = None) -> list[str]:
     """Methods that apply to this architecture: GradCAM-based ones need a spatial feature map,
-    attention maps need attention modules, Integrated Gradients applies to every model."""
+    attention maps need multi-head attention over a class token (ViT), Integrated Gradients applies
+    to every model."""
     spec = resolve_spec(model, spec)
     out = []
     if spec.has_spatial_features:
         out += ["gradcam", "guided_gradcam"]
     out.append("integrated_gradients")
-    if spec.attention_modules(model):
+    if class_token_attention(model, spec):
         out += ["attention", "rollout"]
     return out
 
@@ -80,11 +82,11 @@ def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[
         cam, target, logits = gradcam_with_logits(model, x, target, spec=spec)
         maps["gradcam"] = cam
         if "guided_gradcam" in methods:
-            guided, _ = _guided_backprop(model, x, target, guide_gelu=True)
+            guided, _ = _guided_backprop(model, x, target, True, spec)
             maps["guided_gradcam"] = guided * cam.unsqueeze(1)
     else:
         with torch.no_grad():
-            logits = model(x)
+            logits = forward(model, x, spec)
         target = select_targets(logits, target)
     gap = None
     if "integrated_gradients" in methods:

@@ -31,6 +31,7 @@ from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation
 from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
 from prunelens.errors import DataError, PrunelensError
 from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.explain._common import forward
 from prunelens.explain.integrated import RULES
 from prunelens.explain.metrics import POOLINGS, localisation_scores
 from prunelens.explain.pipeline import METHODS, IGSettings, applicable_methods, explain_batch
@@ -143,7 +144,7 @@ class InterpretabilitySuite(Suite):
         gaps, relative_gaps, figure = [], [], []
         for batch in _progress(iter_batches(data, opts.batch_size, sizes), ctx):
             x = ctx.spec.normalize(batch.images01(ctx.device))
-            _check_input_size(ctx.model, x, opts)
+            _check_input_size(ctx.model, ctx.spec, x, opts)
             result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling)
             gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
             ignore = batch.ignore.to(ctx.device)
@@ -195,11 +196,11 @@ class InterpretabilitySuite(Suite):
             figure_from_artifacts(ctx.artifacts, ctx.artifacts / FIGURE_FILE)
 
 
-def _check_input_size(model, x: torch.Tensor, opts) -> None:
-    """A model that cannot take this image size (a ViT's fixed input) is the user's to fix."""
+def _check_input_size(model, spec, x: torch.Tensor, opts) -> None:
+    """A model that cannot take this image size (e.g. a ViT's fixed input) is the user's to fix."""
     try:
         with torch.no_grad():
-            model(x[:1])
+            forward(model, x[:1], spec)
     except (AssertionError, RuntimeError, ValueError) as exc:
         where = ("evaluate.interpretability.image_size (and resize: shorter_crop)" if opts.source == "voc"
                  else "the run's data.image_size")
