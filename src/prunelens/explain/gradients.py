@@ -24,8 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from prunelens.explain._common import (capture, check_images, forward, resolve_spec, select_targets,
-                                       spec_or_none, target_scores)
+from prunelens.explain._common import (
+    capture,
+    check_images,
+    forward,
+    resolve_spec,
+    select_targets,
+    spec_or_none,
+    target_scores,
+)
 from prunelens.models import ArchSpec
 
 

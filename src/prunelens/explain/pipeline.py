@@ -9,8 +9,13 @@ from torch import nn
 
 from prunelens.errors import ConfigError
 from prunelens.explain._common import check_images, forward, resolve_spec, select_targets
-from prunelens.explain.attention import (CLASS_TOKEN, _class_token_row_to_map, all_attention,
-                                         class_token_attention, rollout)
+from prunelens.explain.attention import (
+    CLASS_TOKEN,
+    _class_token_row_to_map,
+    all_attention,
+    class_token_attention,
+    rollout,
+)
 from prunelens.explain.gradients import _guided_backprop, gradcam_with_logits
 from prunelens.explain.integrated import integrated_gradients
 from prunelens.explain.metrics import POOLINGS, pool_heatmaps
