@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from prunelens.explain import IGSettings, explain_batch, localisation_scores
-from prunelens.explain.integrated import _rows_per_chunk, black_baseline, fold_batchnorm
+from prunelens.explain.integrated import black_baseline, fold_batchnorm, rows_per_chunk
 from prunelens.explain.pipeline import DEFAULT_POOLING
 from prunelens.models import create_model, spec_for
 
@@ -107,7 +107,7 @@ def full_pipeline(name: str, args, device) -> None:
     methods = CNN_METHODS if spec.family != "vit" else ("integrated_gradients",)
     x01, masks = inputs(args.batch, args.size, device)
     x = spec.normalize(x01)
-    rows = args.rows or _rows_per_chunk(fold_batchnorm(model), x, None, args.memory_cap_mb)
+    rows = args.rows or rows_per_chunk(model, x, args.memory_cap_mb)
     print(f"\n[{name}] {args.size}px batch {args.batch}, IG {args.steps} steps (gausslegendre), "
           f"{rows} rows per chunk, methods {', '.join(methods)}, device {device}, "
           f"threads {torch.get_num_threads()}")

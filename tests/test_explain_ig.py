@@ -8,7 +8,7 @@ from _explain_helpers import images, small
 
 from prunelens.errors import ConfigError
 from prunelens.explain import fold_batchnorm, integrated_gradients, quadrature
-from prunelens.explain.integrated import black_baseline, row_memory_bytes
+from prunelens.explain.integrated import black_baseline, row_memory_bytes, rows_per_chunk
 from prunelens.models import spec_for
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -101,6 +101,8 @@ def test_row_memory_counts_saved_activations(resnet):
     small_row = row_memory_bytes(resnet, images(1, 16))
     big_row = row_memory_bytes(resnet, images(1, 32))
     assert big_row > 3 * small_row > 0  # activations grow with the pixel count
+    cap_mb = 10 * big_row / 2**20
+    assert rows_per_chunk(resnet, images(1, 32), cap_mb, fold_bn=False) == 10
 
 
 def test_batchnorm_folding_keeps_the_function(resnet):

@@ -160,6 +160,14 @@ def _rows_per_chunk(net: nn.Module, f: Callable[[torch.Tensor], torch.Tensor], x
     return max(1, int(memory_cap_mb * 2**20 // per_row))
 
 
+def rows_per_chunk(model: nn.Module, x: torch.Tensor, memory_cap_mb: float = 1024.0, *,
+                   spec: ArchSpec | None = None, fold_bn: bool = True) -> int:
+    """How many rows :func:`integrated_gradients` evaluates at a time under ``memory_cap_mb``."""
+    spec = resolve_spec(model, spec)
+    net = fold_batchnorm(model) if fold_bn else model
+    return _rows_per_chunk(net, lambda z: forward(net, z, spec), x, None, memory_cap_mb)
+
+
 def row_memory_bytes(net: nn.Module, x1: torch.Tensor,
                      f: Callable[[torch.Tensor], torch.Tensor] | None = None) -> int:
     """Bytes one input row costs in a forward (``f``, default ``net``) + input-gradient pass: the
