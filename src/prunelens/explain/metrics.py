@@ -131,7 +131,8 @@ def _rank_accuracy(p: _Prepared) -> torch.Tensor:
 
 
 def _order_keys(h: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, int]:
-    """Integers >= 1 that sort like the non-negative values ``h``; invalid pixels get key 0.
+    """Non-negative integers that sort like the non-negative values ``h``; with ``valid``, valid
+    pixels get keys >= 1 and the others 0, below all of them.
 
     The IEEE-754 bit pattern of a non-negative float, read as a signed integer of the same width, is
     monotonic in the value; ``+ 0.0`` turns a -0.0 into +0.0 first.
@@ -140,8 +141,10 @@ def _order_keys(h: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tens
         keys, n_bits = (h + 0.0).view(torch.int64), 63
     else:
         keys, n_bits = (h.to(torch.float32) + 0.0).view(torch.int32), 31
+    if valid is None:
+        return keys, n_bits
     keys += 1
-    return (keys if valid is None else keys * valid), n_bits
+    return keys * valid, n_bits
 
 
 def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int, marked: torch.Tensor,
