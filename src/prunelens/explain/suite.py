@@ -1,0 +1,237 @@
+"""The ``interpretability`` suite (RQ1): how well do explanations sit on the object, level by level?
+
+For every level it explains each evaluation image's predicted class with every applicable method
+and scores the heatmap against the ground-truth mask with Relevance Mass / Rank Accuracy. Data: the
+run's synthetic test split (its masks) by default, or VOC2012 segmentation when ``voc_root`` is given
+(``prunelens evaluate RUN_DIR --voc-root PATH``); runs on other datasets need VOC and are skipped
+without it.
+
+Records: ``rma`` and ``rra`` per image (NaN when the mask is empty or the heatmap all zero), method
+= attribution method, dataset = ``synthetic`` / ``voc12`` (``voc07`` when given a VOC2007 folder).
+Default channel pooling per method: :data:`prunelens.explain.pipeline.DEFAULT_POOLING`.
+
+Artifacts per level (``level_XX/``): ``heatmaps.safetensors`` — the pooled heatmaps, images and
+predictions of the first ``figure_images`` images, so Figure 2 can be drawn across levels without
+recomputing — and ``summary.json`` (NaN counts per method, IG completeness gaps). After all
+levels, ``figure2.png``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation, iter_batches
+from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
+from prunelens.errors import DataError, PrunelensError
+from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.explain._common import forward
+from prunelens.explain.integrated import RULES
+from prunelens.explain.metrics import POOLINGS, localisation_scores
+from prunelens.explain.pipeline import METHODS, IGSettings, applicable_methods, explain_batch
+from prunelens.io import atomic_save_tensors, atomic_write_json
+from prunelens.results import Record
+
+log = logging.getLogger(__name__)
+HEATMAPS_FILE = "heatmaps.safetensors"
+FIGURE_FILE = "figure2.png"
+
+
+class InterpretabilityOptions(SuiteOptions):
+    methods: list[Literal[METHODS]] | None = Field(None, description="default: all that apply")
+    data: Literal["synthetic", "voc"] | None = Field(
+        None, description="default: voc when voc_root is given, else the run's synthetic test split")
+    voc_root: str | None = Field(None, description="folder with VOCdevkit/VOC2012 (prunelens evaluate --voc-root)")
+    voc_split: str = "val"
+    n_images: int = Field(32, ge=1, description="first N images of the test split / VOC split")
+    image_size: int = Field(224, ge=8, description="VOC: side after resize")
+    resize: Literal["shorter_crop", "none"] = "shorter_crop"
+    ground_truth: Literal["object", "class"] = Field(
+        "object", description="object: all object pixels (the paper); class: the explained class's")
+    class_map: dict[int, str] | None = Field(
+        None, description="VOC + ground_truth: class — model class index → VOC class name")
+    ig_steps: int = Field(50, ge=1)
+    ig_rule: Literal[RULES] = "gausslegendre"
+    ig_noise_samples: int = Field(0, ge=0, description="SmoothGrad samples around IG (paper: 2)")
+    ig_noise_std: float = Field(1.0, ge=0, description="SmoothGrad noise std in model-input space")
+    ig_memory_cap_mb: float = Field(1024.0, gt=0)
+    pooling: dict[Literal[METHODS], Literal[POOLINGS]] = Field(default_factory=dict)
+    batch_size: int = Field(16, ge=1, description="images per batch (GradCAM and guided backprop "
+                            "keep a whole batch's activations; IG is chunked by ig_memory_cap_mb)")
+    figure_images: int = Field(4, ge=0, description="images whose heatmaps are saved for Figure 2")
+    seed: int = 0
+
+    @property
+    def source(self) -> str:
+        """Where the images and masks come from: ``voc`` or ``synthetic``."""
+        return self.data or ("voc" if self.voc_root else "synthetic")
+
+    @model_validator(mode="after")
+    def _check(self) -> InterpretabilityOptions:
+        if self.data == "voc" and not self.voc_root:
+            raise ValueError("data: voc needs voc_root (the folder holding VOCdevkit/VOC2012)")
+        if self.class_map:
+            bad = sorted(set(self.class_map.values()) - set(VOC_CLASSES[1:]))
+            if bad:
+                raise ValueError(f"class_map names {bad} are not VOC classes ({', '.join(VOC_CLASSES[1:])})")
+        if self.source == "voc" and self.ground_truth == "class" and not self.class_map:
+            raise ValueError("ground_truth: class on VOC needs class_map (model class index → VOC class name)")
+        return self
+
+
+@register_suite
+class InterpretabilitySuite(Suite):
+    name = "interpretability"
+    Options = InterpretabilityOptions
+
+    def __init__(self) -> None:
+        self._data_key: tuple | None = None
+        self._data = None
+
+    def skip_reason(self, ctx: RunContext) -> str | None:
+        run_data = getattr(getattr(ctx.config, "data", None), "name", "synthetic")
+        if ctx.options.source == "synthetic" and run_data != "synthetic":
+            return (f"the run's dataset '{run_data}' has no segmentation masks: give VOC2012 with "
+                    "`prunelens evaluate RUN_DIR --voc-root PATH` (or evaluate.interpretability.voc_root)")
+        wanted = ctx.options.methods or list(METHODS)
+        if not ctx.spec.has_spatial_features and set(wanted) <= {"gradcam", "guided_gradcam"}:
+            return f"{', '.join(wanted)} need a spatial feature map, which this architecture lacks"
+        return None
+
+    # ---- data -----------------------------------------------------------------------------------
+    def dataset(self, ctx: RunContext):
+        """The evaluation images with masks (built once, reused by every level)."""
+        o = ctx.options
+        key = (o.source, o.voc_root, o.voc_split, o.n_images, o.image_size, o.resize)
+        if self._data_key != key:
+            if o.source == "voc":
+                self._data = VOCSegmentation(o.voc_root, o.voc_split, o.n_images, o.image_size, o.resize)
+            else:
+                self._data = SyntheticSegmentation(ctx.data.split("test"), o.n_images)
+            self._data_key = key
+        return self._data
+
+    def _ground_truth(self, batch: SegmentationBatch, targets: torch.Tensor, opts) -> torch.Tensor:
+        if opts.ground_truth == "object":
+            return batch.object_masks()
+        if opts.source == "voc":
+            lookup = torch.full((max(opts.class_map) + 1,), -1, dtype=torch.long)
+            for index, name in opts.class_map.items():
+                lookup[index] = VOC_CLASSES.index(name)
+            t = targets.cpu()
+            classes = torch.where(t < len(lookup), lookup[t.clamp(max=len(lookup) - 1)], -1)
+        else:
+            classes = targets.cpu() + 1  # synthetic label map stores shape label + 1
+        return batch.class_masks(classes)
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
+        opts = ctx.options
+        data = self.dataset(ctx)
+        methods = [m for m in (opts.methods or METHODS) if m in applicable_methods(ctx.model, ctx.spec)]
+        dataset_name = data.name if opts.source == "voc" else "synthetic"
+        generator = torch.Generator().manual_seed(opts.seed)
+        ig = IGSettings(opts.ig_steps, opts.ig_rule, opts.ig_noise_samples, opts.ig_noise_std,
+                        opts.ig_memory_cap_mb, generator=generator)
+        sizes = data.sizes() if hasattr(data, "sizes") and opts.resize == "none" else None
+        tally = {m: {"n": 0, "nan_rma": 0, "nan_rra": 0} for m in methods}
+        gaps, relative_gaps, figure = [], [], []
+        for batch in _progress(iter_batches(data, opts.batch_size, sizes), ctx):
+            x = ctx.spec.normalize(batch.images01(ctx.device))
+            _check_input_size(ctx.model, ctx.spec, x, opts)
+            result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling)
+            gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
+            ignore = batch.ignore.to(ctx.device)
+            pooled = {m: result.pooled(m) for m in methods}
+            for method in methods:
+                scores = {k: v.tolist() for k, v in localisation_scores(pooled[method], gt, ignore).items()}
+                for metric in ("rma", "rra"):
+                    for item, value in zip(batch.item_ids, scores[metric]):
+                        yield Record(self.name, metric, value, method=method, dataset=dataset_name, item=item)
+                    tally[method][f"nan_{metric}"] += sum(math.isnan(v) for v in scores[metric])
+                tally[method]["n"] += len(batch)
+            if result.completeness_gap is not None:
+                gaps += result.completeness_gap.tolist()
+                scale = result.heatmaps["integrated_gradients"].flatten(1).abs().sum(1).clamp(min=1e-12)
+                relative_gaps += (result.completeness_gap / scale).tolist()
+            if (sum(len(f["items"]) for f in figure) < opts.figure_images
+                    and (not figure or figure[0]["image"].shape[-2:] == batch.images.shape[-2:])):
+                figure.append(_figure_slice(batch, result, pooled, opts.figure_images))  # one size only
+        self._write_artifacts(ctx, methods, tally, gaps, relative_gaps, figure)
+
+    def _write_artifacts(self, ctx: LevelContext, methods, tally, gaps, relative_gaps, figure) -> None:
+        for method, t in tally.items():
+            if t["nan_rma"] or t["nan_rra"]:
+                log.warning("interpretability level %s, %s: %d/%d RMA and %d/%d RRA scores are NaN "
+                            "(empty mask or all-zero heatmap)", _level_index(ctx), method,
+                            t["nan_rma"], t["n"], t["nan_rra"], t["n"])
+        summary = {"methods": methods, "counts": tally}
+        if gaps:
+            summary["ig_completeness_gap"] = {"mean": sum(gaps) / len(gaps), "max": max(gaps),
+                                              "mean_relative": sum(relative_gaps) / len(relative_gaps)}
+        out = ctx.level_artifacts
+        atomic_write_json(out / "summary.json", summary)
+        if figure:
+            n = ctx.options.figure_images
+            tensors = {k: torch.cat([f[k] for f in figure])[:n]
+                       for k in figure[0] if k != "items"}
+            items = [i for f in figure for i in f["items"]][:n]
+            meta = {"item_ids": json.dumps(items), "methods": json.dumps(methods),
+                    "level": str(_level_index(ctx)), "sparsity": str(getattr(ctx.level, "sparsity", "")),
+                    "class_names": json.dumps(_class_names(ctx))}
+            atomic_save_tensors(out / HEATMAPS_FILE, tensors, metadata=meta)
+        else:  # none asked for: drop those of an earlier evaluation with other options
+            (out / HEATMAPS_FILE).unlink(missing_ok=True)
+
+    def after_levels(self, ctx: RunContext) -> None:
+        from prunelens.explain.figure import figure_from_artifacts
+
+        if any(ctx.artifacts.glob(f"level_*/{HEATMAPS_FILE}")):
+            figure_from_artifacts(ctx.artifacts, ctx.artifacts / FIGURE_FILE)
+
+
+def _check_input_size(model, spec, x: torch.Tensor, opts) -> None:
+    """A model that cannot take this image size (e.g. a ViT's fixed input) is the user's to fix."""
+    try:
+        with torch.no_grad():
+            forward(model, x[:1], spec)
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        where = ("evaluate.interpretability.image_size (and resize: shorter_crop)" if opts.source == "voc"
+                 else "the run's data.image_size")
+        raise DataError(f"the model cannot take {x.shape[-2]}x{x.shape[-1]} images ({exc}); set {where} "
+                        "to the model's input size") from None
+
+
+def _figure_slice(batch: SegmentationBatch, result, pooled: dict[str, torch.Tensor], n: int) -> dict:
+    k = min(n, len(batch))
+    out = {"image": batch.images[:k], "label_map": batch.label_map[:k],
+           "prediction": result.predictions[:k].cpu(), "target": result.targets[:k].cpu(),
+           "items": batch.item_ids[:k]}
+    out.update({f"map/{m}": v[:k].float().cpu() for m, v in pooled.items()})
+    return out
+
+
+def _level_index(ctx: LevelContext):
+    return getattr(ctx.level, "index", "")
+
+
+def _class_names(ctx: RunContext) -> list[str]:
+    try:
+        return list(ctx.data.class_names)
+    except (AttributeError, TypeError, PrunelensError):  # no names: labels show class indices
+        return []
+
+
+def _progress(batches, ctx: LevelContext):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return batches
+    return tqdm(batches, desc=f"interpretability level {_level_index(ctx)}", leave=False,
+                disable=not sys.stderr.isatty())

@@ -1,0 +1,248 @@
+"""The interpretability suite on a hand-built LevelContext: records against a Captum + Quantus
+pipeline, artifacts, Figure 2, options, VOC data."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from _explain_helpers import lively
+from _voc_fixture import make_vocdevkit
+from PIL import Image
+
+from prunelens.config import validate_section
+from prunelens.data.synthetic import SyntheticShapes
+from prunelens.errors import ConfigError, DataError, PoolError
+from prunelens.evaluate import LevelContext, RunContext, get_suite
+from prunelens.explain.figure import draw_figure2, explain_levels, figure_from_artifacts
+from prunelens.io import load_tensors
+from prunelens.models import create_model, spec_for
+from prunelens.results import records_frame
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+Suite = get_suite("interpretability")
+
+
+class _Data:
+    """Stands in for RunData: the run's synthetic test split."""
+
+    def __init__(self, n=6, size=32):
+        self.test = SyntheticShapes("test", n, size, 5, 0.5, "standard", 0)
+        self.class_names = self.test.class_names
+
+    def split(self, name, **overrides):
+        assert name == "test"
+        return self.test
+
+
+def _options(**raw):
+    return validate_section(Suite.Options, raw, "evaluate.interpretability")
+
+
+def _context(tmp_path, model, options, level=0, data=None):
+    suite_dir = tmp_path / "results" / "interpretability"
+    return LevelContext(run_dir=tmp_path, pool=None, config=None, options=options, device=torch.device("cpu"),
+                        data=data or _Data(), spec=spec_for(model), artifacts=suite_dir, batch_size=4,
+                        level=SimpleNamespace(index=level, sparsity=0.2 * level), model=model,
+                        level_artifacts=suite_dir / f"level_{level:02d}")
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return lively(create_model("small_resnet", 5, widths=(8, 16)))
+
+
+def _captum_quantus_scores(model, data, n_steps):
+    """The same work done the usual way: Captum attributions, Quantus metrics."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+
+    quantus = pytest.importorskip("quantus")
+    spec = spec_for(model)
+    x = spec.normalize(data.test.images.float() / 255)
+    masks = data.test.masks
+    target = model(x).argmax(1)
+    cam = LayerGradCam(model, spec.gradcam_layer(model)).attribute(x, target=target, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear").detach()
+    baseline = spec.normalize(torch.zeros_like(x))
+    ig = IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=n_steps)
+    ig = ig.detach().square().sum(1, keepdim=True)  # CLEVR-XAI "l2-norm,sq"
+    out = {}
+    for method, a in (("gradcam", cam), ("integrated_gradients", ig)):
+        kwargs = {"model": None, "x_batch": x.numpy(), "y_batch": target.numpy(), "a_batch": a.numpy(),
+                  "s_batch": masks.unsqueeze(1).float().numpy()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[(method, "rma")] = np.asarray(quantus.RelevanceMassAccuracy(disable_warnings=True)(**kwargs))
+            out[(method, "rra")] = np.asarray(quantus.RelevanceRankAccuracy(disable_warnings=True)(**kwargs))
+    return out
+
+
+def test_records_equal_a_captum_quantus_pipeline(tmp_path, resnet):
+    options = _options(ig_steps=8, n_images=6, batch_size=4, figure_images=3)
+    frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
+    assert set(frame["method"]) == {"gradcam", "guided_gradcam", "integrated_gradients"}
+    assert set(frame["metric"]) == {"rma", "rra"} and set(frame["dataset"]) == {"synthetic"}
+    assert len(frame) == 3 * 2 * 6 and (frame["condition"] == "").all()
+    reference = _captum_quantus_scores(resnet, _Data(), 8)
+    for (method, metric), expected in reference.items():
+        rows = frame[(frame["method"] == method) & (frame["metric"] == metric)]
+        assert rows["item"].tolist() == [f"test-{i:05d}" for i in range(6)]
+        np.testing.assert_allclose(rows["value"].to_numpy(), expected, rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{method} {metric}")
+
+
+def test_level_artifacts_and_figure(tmp_path, resnet):
+    options = _options(ig_steps=4, n_images=6, batch_size=4, figure_images=5)
+    suite = Suite()
+    for level in (0, 1):
+        list(suite.evaluate_level(_context(tmp_path, resnet, options, level)))
+    level_dir = tmp_path / "results" / "interpretability" / "level_01"
+    saved = load_tensors(level_dir / "heatmaps.safetensors")
+    assert saved["image"].shape == (5, 3, 32, 32) and saved["image"].dtype == torch.uint8
+    assert saved["map/gradcam"].shape == (5, 32, 32) and float(saved["map/gradcam"].min()) >= 0
+    assert saved["prediction"].tolist() == resnet(
+        spec_for(resnet).normalize(saved["image"].float() / 255)).argmax(1).tolist()
+    summary = json.loads((level_dir / "summary.json").read_text())
+    assert summary["counts"]["gradcam"] == {"n": 6, "nan_rma": 0, "nan_rra": 0}
+    assert summary["ig_completeness_gap"]["mean"] >= 0
+    run_ctx = RunContext(run_dir=tmp_path, pool=None, config=None, options=options, device=torch.device("cpu"),
+                         data=_Data(), spec=spec_for(resnet), artifacts=tmp_path / "results" / "interpretability")
+    suite.after_levels(run_ctx)
+    with Image.open(run_ctx.artifacts / "figure2.png") as png:
+        width, height = png.size
+    assert width > 3 * height / 10  # 4 columns; 5 images x 2 levels = 10 rows
+    assert height > 2 * width
+
+
+def test_figure_from_artifacts_selects_images_and_reports_missing_ones(tmp_path, resnet):
+    options = _options(ig_steps=4, n_images=4, figure_images=2, methods=["gradcam", "integrated_gradients"])
+    list(Suite().evaluate_level(_context(tmp_path, resnet, options, 3)))
+    suite_dir = tmp_path / "results" / "interpretability"
+    out = figure_from_artifacts(suite_dir, tmp_path / "fig.png", images=["test-00001"], methods=["gradcam"])
+    assert out.is_file()
+    with pytest.raises(DataError, match="test-00003"):
+        figure_from_artifacts(suite_dir, tmp_path / "fig.png", images=["test-00003"])
+    with pytest.raises(PoolError, match="prunelens evaluate"):
+        figure_from_artifacts(tmp_path / "nothing", tmp_path / "fig.png")
+
+
+def test_explain_levels_draws_fresh_rows_for_any_levels(tmp_path, resnet):
+    levels = [SimpleNamespace(index=i, sparsity=s, load_model=lambda: resnet) for i, s in ((0, 0.0), (4, 0.59))]
+    data = _Data()
+    rows, drawn = explain_levels(levels, data.test.images[:2].float() / 255, data.test.item_ids[:2],
+                                 methods=["gradcam", "attention"], class_names=data.class_names)
+    assert drawn == ["gradcam"]  # attention does not apply to a CNN
+    assert [r.label.splitlines()[:2] for r in rows] == [["test-00000", "level 0"], ["test-00000", "level 4"],
+                                                         ["test-00001", "level 0"], ["test-00001", "level 4"]]
+    assert "59.0% sparse" in rows[1].label
+    assert draw_figure2(rows, drawn, tmp_path / "f.png").is_file()
+
+
+def test_vit_gets_attention_methods(tmp_path):
+    torch.manual_seed(0)
+    vit = lively(create_model("small_vit", 5, image_size=32, patch_size=8, num_layers=2, hidden_dim=32,
+                              mlp_dim=64))
+    options = _options(ig_steps=4, n_images=2, figure_images=1)
+    frame = records_frame(Suite().evaluate_level(_context(tmp_path, vit, options)))
+    assert set(frame["method"]) == {"gradcam", "guided_gradcam", "integrated_gradients", "attention", "rollout"}
+    assert frame["value"].notna().all()
+
+
+def test_class_ground_truth_is_empty_for_wrong_predictions(tmp_path, resnet):
+    frames = {}
+    data = _Data(n=24)
+    for gt in ("object", "class"):
+        options = _options(ig_steps=4, n_images=24, ground_truth=gt, methods=["gradcam"])
+        frames[gt] = records_frame(Suite().evaluate_level(_context(tmp_path / gt, resnet, options, data=data)))
+    predicted = resnet(spec_for(resnet).normalize(data.test.images.float() / 255)).argmax(1)
+    right = (predicted == data.test.labels).tolist()
+    for metric in ("rma", "rra"):
+        obj = frames["object"][frames["object"]["metric"] == metric]["value"].to_numpy()
+        cls = frames["class"][frames["class"]["metric"] == metric]["value"].to_numpy()
+        for r, o, c in zip(right, obj, cls):
+            assert (c == pytest.approx(o)) if r else math.isnan(c)
+    assert 0 < sum(right) < 24  # both cases occur
+
+
+def test_voc_data_through_the_suite(tmp_path, resnet):
+    root = make_vocdevkit(tmp_path / "voc")
+    options = _options(data="voc", voc_root=str(root), image_size=32, ig_steps=4, methods=["gradcam"])
+    frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
+    assert set(frame["dataset"]) == {"voc12"}
+    assert frame["item"].unique().tolist() == ["2007_000001", "2007_000002", "2008_000003"]
+    # voc_root alone selects VOC (what `prunelens evaluate --voc-root` sets)
+    full = _options(voc_root=str(root), resize="none", ig_steps=4, methods=["integrated_gradients"])
+    frame = records_frame(Suite().evaluate_level(_context(tmp_path / "full", resnet, full)))
+    assert len(frame) == 6
+
+
+def test_options_are_validated_with_key_names():
+    with pytest.raises(ConfigError, match="voc_root"):
+        _options(data="voc")
+    with pytest.raises(ConfigError, match="evaluate.interpretability.methods"):
+        _options(methods=["lrp"])
+    with pytest.raises(ConfigError, match="evaluate.interpretability.pooling"):
+        _options(pooling={"gradcam": "mean"})
+    with pytest.raises(ConfigError, match="class_map"):
+        _options(data="voc", voc_root="/x", ground_truth="class")
+    with pytest.raises(ConfigError, match="not VOC classes"):
+        _options(class_map={0: "kitten"})
+
+
+def test_skip_reason_for_runs_without_masks():
+    imagenet = SimpleNamespace(data=SimpleNamespace(name="imagenet"))
+    ctx = SimpleNamespace(options=_options(), spec=spec_for(create_model("resnet18", 5)), config=imagenet)
+    assert "--voc-root" in Suite().skip_reason(ctx)
+    ctx.options = _options(voc_root="/data/voc")
+    assert Suite().skip_reason(ctx) is None
+
+
+def test_skip_reason_for_models_without_feature_maps():
+    fcn = create_model("fcn", 5, input_shape=(3, 8, 8), widths=(4,))
+    ctx = SimpleNamespace(options=_options(methods=["gradcam"]), spec=spec_for(fcn), config=None)
+    assert "spatial feature map" in Suite().skip_reason(ctx)
+    ctx.options = _options()
+    assert Suite().skip_reason(ctx) is None  # Integrated Gradients still applies
+
+
+def test_explain_run_draws_the_requested_images_of_a_run(tmp_path, resnet, monkeypatch):
+    import sys
+
+    from prunelens.config import RunConfig
+    from prunelens.explain.figure import explain_run
+
+    config = RunConfig(name="demo", data={"name": "synthetic", "n_test": 6, "image_size": 32, "num_classes": 5})
+    levels = [SimpleNamespace(index=i, sparsity=s, load_model=lambda: resnet) for i, s in ((0, 0.0), (2, 0.36))]
+    pool = SimpleNamespace(levels=levels, config=config, name="demo")
+    monkeypatch.setitem(sys.modules, "prunelens.pool", SimpleNamespace(Pool=lambda run_dir: pool))
+    out = explain_run(tmp_path, ["test-00004", "test-00001"], levels=[2], methods=["gradcam"])
+    assert out == tmp_path / "results" / "interpretability" / "figure2_explain.png"
+    with Image.open(out) as png:
+        assert png.size[1] > png.size[0]  # two rows (one level, two images), two columns
+    with pytest.raises(DataError, match="test-00099"):
+        explain_run(tmp_path, ["test-00099"])
+    with pytest.raises(PoolError, match="no levels"):
+        explain_run(tmp_path, ["test-00001"], levels=[7])
+
+
+def test_an_image_size_the_model_cannot_take_is_a_data_error(tmp_path):
+    torch.manual_seed(0)
+    lenet = lively(create_model("lenet5", 5, in_channels=3, input_size=32))  # fixed-size classifier
+    root = make_vocdevkit(tmp_path / "voc")
+    options = _options(data="voc", voc_root=str(root), image_size=48, methods=["gradcam"])
+    with pytest.raises(DataError, match="cannot take 48x48 images .*image_size"):
+        list(Suite().evaluate_level(_context(tmp_path, lenet, options)))
+
+
+def test_reevaluating_without_figure_images_drops_stale_heatmaps(tmp_path, resnet):
+    suite = Suite()
+    list(suite.evaluate_level(_context(tmp_path, resnet, _options(ig_steps=2, n_images=2, figure_images=1))))
+    saved = tmp_path / "results/interpretability/level_00/heatmaps.safetensors"
+    assert saved.is_file()
+    list(suite.evaluate_level(_context(tmp_path, resnet, _options(ig_steps=2, n_images=2, figure_images=0))))
+    assert not saved.exists()
