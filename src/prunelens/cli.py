@@ -66,6 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=float, default=0.95)
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("explain", help="draw the paper's Figure 2: heatmaps of chosen images across levels")
+    p.add_argument("run_dir")
+    p.add_argument("--images", nargs="+", required=True, metavar="ID",
+                   help="image ids: test-00003 … for the synthetic test split, 2007_000033 … for VOC")
+    p.add_argument("--levels", type=_int_list, help="comma-separated level indices (default: all)")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="gradcam guided_gradcam integrated_gradients attention rollout (default: all that apply)")
+    p.add_argument("-o", "--out", help="PNG path (default: RUN_DIR/results/interpretability/figure2_explain.png)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--voc-root", metavar="PATH", help="explain VOC images instead of the run's test split")
+    p.add_argument("--voc-split", default="val")
+    p.add_argument("--image-size", type=int, default=224, help="VOC images: shorter side + centre crop")
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("compare-schedules", help=(
         "one-shot vs gradual pruning of a config at the same final sparsity and epoch budget"))
     _config_args(p, optional=False)
@@ -179,6 +193,16 @@ def cmd_report(args) -> int:
 
     path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from prunelens.explain.figure import explain_run
+
+    path = explain_run(args.run_dir, args.images, args.out, levels=args.levels, methods=args.methods,
+                       device=args.device, voc_root=args.voc_root, voc_split=args.voc_split,
+                       image_size=args.image_size)
+    print(f"figure: {path}")
     return 0
 
 

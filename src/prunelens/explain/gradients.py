@@ -38,18 +38,10 @@ from prunelens.models import ArchSpec
 
 # ---- GradCAM ----------------------------------------------------------------------------------------
 def gradcam_site(model: nn.Module, spec: ArchSpec) -> tuple[nn.Module, bool]:
-    """The GradCAM layer and whether GradCAM reads its *input* instead of its output.
-
-    For a classifier that reads only the class token after the last block (torchvision's ViT),
-    the patch tokens *leaving* the last block never reach the logits: their gradient is exactly
-    zero and GradCAM would be blank. GradCAM then uses the tokens *entering* the last block, which
-    reach the class token through its attention. This is a per-architecture fact that belongs in
-    the spec (``ArchSpec.gradcam_uses_input``); until the spec has it, ViT-family specs get it here.
-    """
-    uses_input = getattr(spec, "gradcam_uses_input", None)
-    if uses_input is None:
-        uses_input = spec.family == "vit"
-    return spec.gradcam_layer(model), bool(uses_input)
+    """The GradCAM layer and whether GradCAM reads its *input* instead of its output (the spec's
+    ``gradcam_uses_input``: for torchvision's ViT the tokens leaving the last block never reach
+    the logits, so GradCAM uses the tokens entering it)."""
+    return spec.gradcam_layer(model), spec.gradcam_uses_input
 
 
 def gradcam_with_logits(model: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None,

@@ -103,6 +103,8 @@ class ArchSpec:
 
     # ---- spatial features (GradCAM, LOST) ----------------------------------------------------
     has_spatial_features = False
+    #: GradCAM reads the *input* of ``gradcam_layer`` rather than its output (see ViTSpec)
+    gradcam_uses_input = False
     #: LayerNorm LOST applies to CNN feature maps by default: over the whole map, as the
     #: reference code; token models use their features as they are
     lost_layernorm = "map"
@@ -175,6 +177,9 @@ class ViTSpec(ArchSpec):
     family = "vit"
     has_spatial_features = True
     lost_layernorm = "none"
+    # the classifier reads only the class token after the last block, so the patch tokens leaving
+    # it have exactly zero gradient; GradCAM uses the tokens entering it (pytorch-grad-cam does too)
+    gradcam_uses_input = True
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """torchvision's forward at any size multiple of the patch (interpolated positions)."""
