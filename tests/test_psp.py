@@ -193,8 +193,11 @@ def test_suites_skip_a_split_the_dataset_lacks():
         reason = suite().skip_reason(SimpleNamespace(data=data, options=suite.Options(split="test")))
         assert "no 'test' split" in reason and key in reason
     conn = get_suite("connectivity")
+    from prunelens.models import create_model
     from prunelens.models.spec import FCNSpec
-    ctx = SimpleNamespace(data=data, spec=FCNSpec(), options=conn.Options())
+    fcn = create_model("fcn", 3, input_shape=(1, 4, 4), widths=(8,))
+    pool = SimpleNamespace(levels=[SimpleNamespace(load_model=lambda: fcn)])
+    ctx = SimpleNamespace(data=data, spec=FCNSpec(), options=conn.Options(), pool=pool)
     assert conn().skip_reason(ctx) is None  # default: the dataset's evaluation split
     ctx.options = conn.Options(split="test")
     assert "evaluate.connectivity.split" in conn().skip_reason(ctx)
