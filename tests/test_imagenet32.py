@@ -131,8 +131,10 @@ def test_config_and_run_data(tmp_path):
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
-        build(tmp_path / "nowhere", "train")
+    from prunelens.config import resolve_runs
+    from prunelens.errors import ConfigError
+    with pytest.raises(ConfigError, match="data.root: dataset folder .*nowhere' does not exist"):
+        resolve_runs({"data": {"name": "imagenet32", "root": str(tmp_path / "nowhere")}})
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no train_data_batch_N"):
         build(tmp_path / "empty", "train")

@@ -21,14 +21,22 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from prunelens.data.arrays import (ArrayImages, TaskOptions, apply_task, find_files, first_n,
-                                   images_from_rows, labels_tensor, safe_unpickle)
-from prunelens.data.registry import register_dataset
+from prunelens.data.arrays import (
+    ArrayImages,
+    TaskOptions,
+    apply_task,
+    find_files,
+    first_n,
+    images_from_rows,
+    labels_tensor,
+    safe_unpickle,
+)
+from prunelens.data.registry import ExistingFolder, register_dataset
 from prunelens.errors import DataError
 
 
 class CIFAR10Options(TaskOptions):
-    root: str = Field(description="the extracted cifar-10-batches-py / cifar-100-python folder")
+    root: ExistingFolder = Field(description="the extracted cifar-10-batches-py / cifar-100-python folder")
     val_size: int = Field(5000, ge=0, description="images held out from the last training file")
 
 

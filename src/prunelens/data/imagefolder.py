@@ -12,27 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from prunelens._compat import torchvision
-from prunelens.data.registry import DatasetOptions, register_dataset
+from prunelens.data.registry import DatasetOptions, ExistingFolder, register_dataset
 from prunelens.errors import DataError
 
 
 class ImageFolderOptions(DatasetOptions):
-    root: str
+    root: ExistingFolder
     image_size: int = Field(224, ge=8)
     resize_size: int = Field(256, ge=8)
     train_dir: str = "train"
     val_dir: str = "val"
 
-    @field_validator("root")
-    @classmethod
-    def _exists(cls, root: str) -> str:
-        if not Path(root).expanduser().is_dir():
-            raise ValueError(f"dataset folder '{root}' does not exist; point data.root at the folder "
-                             "holding train/ and val/")
-        return root
 
 
 def transforms(options: ImageFolderOptions, train: bool):

@@ -24,16 +24,24 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from prunelens.data.arrays import (ArrayImages, TaskOptions, apply_task, find_files, first_n,
-                                   images_from_rows, labels_tensor, safe_unpickle)
-from prunelens.data.registry import register_dataset
+from prunelens.data.arrays import (
+    ArrayImages,
+    TaskOptions,
+    apply_task,
+    find_files,
+    first_n,
+    images_from_rows,
+    labels_tensor,
+    safe_unpickle,
+)
+from prunelens.data.registry import ExistingFolder, register_dataset
 from prunelens.errors import DataError
 
 NUM_CLASSES = 1000
 
 
 class ImageNet32Options(TaskOptions):
-    root: str = Field(description="folder with train_data_batch_* and val_data")
+    root: ExistingFolder = Field(description="folder with train_data_batch_* and val_data")
     val_size: int = Field(10000, ge=0, description="images held out from the last train batch")
 
 

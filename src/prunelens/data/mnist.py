@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from prunelens.data.registry import DatasetOptions, register_dataset
+from prunelens.data.registry import DatasetOptions, ExistingFolder, register_dataset
 from prunelens.errors import DataError
 
 _FILES = {"train": "train", "val": "train", "test": "t10k"}
@@ -23,16 +23,9 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
 
 
 class MNISTOptions(DatasetOptions):
-    root: str
+    root: ExistingFolder
     n_val: int = Field(5000, ge=0)
 
-    @field_validator("root")
-    @classmethod
-    def _exists(cls, root: str) -> str:
-        if not Path(root).expanduser().is_dir():
-            raise ValueError(f"dataset folder '{root}' does not exist; point data.root at the folder "
-                             "with the *-idx3-ubyte / *-idx1-ubyte files")
-        return root
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:

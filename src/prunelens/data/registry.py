@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from prunelens.errors import ConfigError
 
@@ -27,6 +29,17 @@ DATASET_MODULES = {
     "mnist": "prunelens.data.mnist",
     "fashion_mnist": "prunelens.data.mnist",
 }
+
+
+def _existing_folder(root: str) -> str:
+    if not Path(root).expanduser().is_dir():
+        raise ValueError(f"dataset folder '{root}' does not exist; point data.root at the folder "
+                         "that holds the dataset in its own on-disk layout")
+    return root
+
+
+#: a dataset's local folder, checked when the config is loaded (before any work starts)
+ExistingFolder = Annotated[str, AfterValidator(_existing_folder)]
 
 
 class DatasetOptions(BaseModel):
