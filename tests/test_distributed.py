@@ -419,7 +419,7 @@ def _tiny_training(tmp_path, model_name="small_resnet", uint8=True, **train):
 
 def _train(t, **kw) -> dict:
     from prunelens.pruning.train import train_level
-    (t.checkpoint.directory).mkdir(exist_ok=True)
+    t.checkpoint.directory.mkdir(parents=True, exist_ok=True)
     return train_level(t.model, t.spec, lambda e: t.loader, t.plan, t.cfg.train, torch.device("cpu"),
                        (0, "level", 1), t.checkpoint, t.masker, **kw)
 
@@ -484,23 +484,32 @@ def test_fused_optimizer_steps_like_the_default_one(tmp_path):
 
 
 def test_compile_is_redone_for_every_level(tiny_config, monkeypatch):
+    from prunelens.pruning import train
     calls = []
     monkeypatch.setattr(torch.compiler, "reset", lambda: calls.append("reset"))
+    monkeypatch.setattr(torch, "compile", lambda model, *a, **kw: calls.append("compile") or model)
+    cfg = tiny_config(train={"compile": True}).train
+    model = torch.nn.Linear(2, 2)
+    assert train.training_module(model, cfg, torch.device("cuda")) is model  # (faked) compiled
+    assert calls == ["reset", "compile"]
+    assert train.training_module(model, cfg, torch.device("cpu")) is model and len(calls) == 2
 
-    def fake_compile(model, *a, **kw):
-        calls.append("compile")
-        return model
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    prune_run(tiny_config(train={"compile": True, "epochs": 1, "max_steps_per_epoch": 1},
-                          prune={"rounds": 2}), log=lambda *_: None)
-    assert calls == ["reset", "compile"] * 3  # levels 0, 1, 2
+    made = []
+    real = train.training_module
+    monkeypatch.setattr(train, "training_module", lambda *a: made.append(a[0]) or real(*a))
+    prune_run(tiny_config(train={"epochs": 1, "max_steps_per_epoch": 1}, prune={"rounds": 2}),
+              log=lambda *_: None)
+    assert len(made) == 3  # levels 0, 1, 2: a fresh step module (and compile) after every round
 
 
-@pytest.mark.slow
-def test_compiled_training_matches_eager(tmp_path):
-    eager, compiled = _tiny_training(tmp_path / "e", "lenet5"), _tiny_training(tmp_path / "c", "lenet5",
-                                                                                 compile=True)
-    _train(eager)
-    _train(compiled)
-    for p, q in zip(eager.model.parameters(), compiled.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+def test_compile_is_ignored_on_the_cpu(tiny_config):
+    """torch 2.13's CPU Inductor gets LeNet-5's conv gradients wrong: on the CPU we train eagerly
+    (same pool, bit for bit, as without compile)."""
+    base = {"model": {"name": "fcn", "input_shape": [3, 32, 32], "widths": [16]},
+            "train": {"epochs": 1, "max_steps_per_epoch": 2}, "prune": {"rounds": 1}}
+    eager = prune_run(tiny_config(**base), log=lambda *_: None)
+    shutil.move(eager.run_dir, eager.run_dir.with_name("eager"))
+    said = []
+    compiled = prune_run(tiny_config(**{**base, "train": {**base["train"], "compile": True}}), log=said.append)
+    assert any("train.compile applies on CUDA only" in m for m in said)
+    assert _hashes(compiled.run_dir) == _hashes(eager.run_dir.with_name("eager"))

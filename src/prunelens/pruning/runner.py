@@ -166,6 +166,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
         torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN picks its fastest kernels once
     if not distributed.is_main():
         log = _quiet
+    if cfg.train.compile and device.type != "cuda":
+        log(f"{cfg.name}: train.compile applies on CUDA only; training eagerly on {device}")
     data = RunData(cfg.data, cfg.seed)
     num_classes = cfg.model.num_classes or data.num_classes
     with contextlib.ExitStack() as stack:

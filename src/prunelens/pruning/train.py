@@ -194,13 +194,17 @@ class TrainPlan:
 
 
 def training_module(model: nn.Module, train_cfg, device: torch.device) -> nn.Module:
-    """What the step loop calls: ``model`` compiled afresh if ``train.compile`` (after a pruning
-    round the old graphs are dropped, so a long pool never reaches Dynamo's recompile limit),
-    wrapped in DistributedDataParallel under torchrun (compile inside, DDP outside, as PyTorch
-    recommends). Parameters stay ``model``'s own, so the Masker and the checkpoint act on them.
+    """What the step loop calls: ``model`` compiled afresh if ``train.compile`` on CUDA (after a
+    pruning round the old graphs are dropped, so a long pool never reaches Dynamo's recompile
+    limit), wrapped in DistributedDataParallel under torchrun (compile inside, DDP outside, as
+    PyTorch recommends). Parameters stay ``model``'s own, so the Masker and the checkpoint act on
+    them.
+
+    On the CPU ``train.compile`` is ignored: it is a GPU speed option, and torch 2.13's CPU
+    Inductor computes wrong convolution gradients for LeNet-5 (max-pool followed by an MLP head).
     """
     step_model = model
-    if train_cfg.compile:
+    if train_cfg.compile and device.type == "cuda":
         torch.compiler.reset()
         step_model = torch.compile(model)
     if distributed.active():
