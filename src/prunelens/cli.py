@@ -2,10 +2,16 @@
 
 Every error a user can cause is printed as one line, ``prunelens: error: …``, with exit code 2
 and no traceback; Ctrl-C leaves everything written so far in place (re-run to resume).
+
+Under torchrun (``torchrun --nproc-per-node N -m prunelens prune|evaluate|run …``) every rank runs
+the command; ``prune`` and ``evaluate`` share the work (see :mod:`prunelens.distributed`), the other
+commands run on rank 0 alone, and output is printed by rank 0.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -122,9 +128,12 @@ def cmd_prune(args) -> int:
     from prunelens.config import load_configs
     from prunelens.pruning import prune_run
 
+    from prunelens import distributed
+
     for cfg in load_configs(args.config, args.overrides):
         pool = prune_run(cfg, force=args.force)
-        print(format_pool_table(pool))
+        if distributed.is_main():
+            print(format_pool_table(pool))
     return 0
 
 
@@ -134,12 +143,17 @@ def cmd_run(args) -> int:
     from prunelens.pruning import prune_run
     from prunelens.report import build_report
 
+    from prunelens import distributed
+
     configs = load_configs(args.config, args.overrides)
     pools = [prune_run(cfg, force=args.force) for cfg in configs]
     for pool in pools:
-        print(format_pool_table(pool))
+        if distributed.is_main():
+            print(format_pool_table(pool))
     for pool in pools:
         evaluate_run(pool.run_dir)
+    if not distributed.is_main():
+        return 0
     out = None if len(pools) == 1 else Path(configs[0].output_dir) / "report"
     path = build_report([p.run_dir for p in pools], out)
     print(f"report: {path}")
@@ -257,20 +271,59 @@ def format_pool_table(pool) -> str:
     return "\n".join(lines)
 
 
+# commands that share their work among torchrun's ranks; the others run on rank 0 alone
+DISTRIBUTED_COMMANDS = (cmd_prune, cmd_evaluate, cmd_run)
+
+
+class _Terminated(Exception):
+    """SIGTERM: torchrun stopping the ranks (one of them failed, or torchrun was interrupted)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from prunelens import distributed
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    prefix = "prunelens: error: "
+    if distributed.launched():
+        prefix = f"prunelens: error (rank {os.environ.get('RANK', '?')}): "
+        if args.func not in DISTRIBUTED_COMMANDS and os.environ.get("RANK", "0") != "0":
+            return 0
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
-    except PrunelensError as exc:
-        print(f"prunelens: error: {exc}", file=sys.stderr)
+        code = int(args.func(args) or 0)
+        distributed.shutdown()  # after a failure the process just exits: a broken group may not close
+        return code
+    except BaseException as exc:
+        if distributed.launched():  # torchrun's SIGTERM must not cut the message short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return _report(exc, prefix)
+
+
+def _report(exc: BaseException, prefix: str) -> int:
+    """Print what a user needs to know about ``exc``; return the exit code (or re-raise a bug)."""
+    from prunelens import distributed
+
+    if isinstance(exc, distributed.RemoteError):
+        return 2  # rank 0 prints it
+    if isinstance(exc, PrunelensError):
+        print(f"{prefix}{exc}", file=sys.stderr)
         return exc.exit_code
-    except BrokenPipeError:  # output piped into head & co.
+    if isinstance(exc, BrokenPipeError):  # output piped into head & co.
         return 0
-    except KeyboardInterrupt:
+    if isinstance(exc, KeyboardInterrupt):
         print("\nprunelens: interrupted; everything completed so far is kept — re-run the same "
               "command to resume", file=sys.stderr)
         return 130
+    if isinstance(exc, _Terminated):
+        print(f"{prefix}stopped by SIGTERM (torchrun stops every rank when one fails; its report "
+              f"names the rank that failed first). {distributed.RESUME_HINT}", file=sys.stderr)
+        return 143
+    raise exc
 
 
 if __name__ == "__main__":

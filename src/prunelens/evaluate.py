@@ -27,6 +27,7 @@ Writing a suite::
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -177,6 +178,11 @@ def _resolve_suites(config, suites: list[str] | None) -> tuple[list[str], list[t
     return runnable, unavailable
 
 
+# a rank done with its share of the levels waits this long for the slowest rank at the end
+# (a rank that dies is noticed at once; this only bounds a silent stall)
+EVALUATE_BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
+
+
 def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: list[int] | None = None,
                  overrides: list[str] | None = None, force: bool = False, log=print) -> None:
     """Evaluate the levels of a pool with the given suites (default: every suite that applies).
@@ -184,17 +190,18 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     ``overrides`` are ``--set`` style ``evaluate.<…>=value`` strings applied to the run's config.
     A (suite, level) whose results are intact and were made with the same options from the same
     level files is skipped unless ``force``.
-    """
-    import json
-    import time
 
+    Under torchrun (call it on every rank) rank 0 takes the run-folder lock and lists the
+    (suite, level) pairs to compute; pair k goes to rank k mod world, which alone writes its
+    results files. After a barrier rank 0 runs every suite's ``after_levels`` and writes the
+    summary, once.
+    """
+    from prunelens import distributed
     from prunelens.config import apply_overrides, validate_section
     from prunelens.data.provider import RunData
-    from prunelens.io import atomic_write_json
     from prunelens.models import spec_for
     from prunelens.pool import Pool, RunLock
     from prunelens.pruning.train import resolve_device
-    from prunelens.results import level_file, read_sidecar, results_dir, write_level
 
     pool = Pool(run_dir)
     run_dir = Path(run_dir)
@@ -205,47 +212,89 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
             raise ConfigError(f"evaluate takes only evaluate.* overrides (the pool is fixed), got {bad}")
         config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
     names, unavailable = _resolve_suites(config, suites)
-    for name, reason in unavailable:
-        log(f"{pool.name}: suite {name} skipped: {reason}")
     wanted = pool.levels if levels is None else [pool.level(i) for i in levels]
-    device = resolve_device(config.evaluate.device)
+    device = distributed.init(resolve_device(config.evaluate.device))
+    if distributed.active():
+        log = _rank_log(log, distributed.rank())
     data = RunData(config.data, config.seed)
-    with RunLock(run_dir):
-        spec = spec_for(wanted[0].load_model("cpu")) if wanted else None
-        for name in names:
-            suite = get_suite(name)()
-            options = config.evaluate.suite_options(name)
-            artifacts = results_dir(run_dir) / name
-            run_ctx = RunContext(run_dir, pool, config, options, device, data, spec, artifacts,
-                                 config.evaluate.batch_size)
-            skipped = artifacts / "skipped.json"
-            reason = suite.skip_reason(run_ctx)
-            if reason is not None:
-                atomic_write_json(skipped, {"suite": name, "reason": reason})
-                log(f"{pool.name}: suite {name} does not apply: {reason}")
+    spec = spec_for(wanted[0].load_model("cpu")) if wanted else None
+    instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
+    with contextlib.ExitStack() as stack:
+        def plan() -> dict:  # rank 0: lock the run folder, list the suites that apply and the work
+            stack.enter_context(RunLock(run_dir))
+            for name, reason in unavailable:
+                log(f"{pool.name}: suite {name} skipped: {reason}")
+            return _plan_work(run_dir, pool, config, instances, wanted, spec, data, device, force, log)
+
+        todo = distributed.share_from_main(plan)
+        for k, (name, index) in enumerate(todo["work"]):
+            if k % distributed.world_size() == distributed.rank():
+                ctx = _run_context(run_dir, pool, config, name, spec, data, device)
+                _evaluate_level(ctx, instances[name], pool.level(index), log)
+        distributed.barrier("every rank finishing its share of the levels", EVALUATE_BARRIER_TIMEOUT_S)
+        if distributed.is_main():
+            for name in todo["applicable"]:
+                instances[name].after_levels(_run_context(run_dir, pool, config, name, spec, data, device))
+            write_summary(run_dir, config.evaluate.n_boot)
+    distributed.barrier("rank 0 writing the summary")
+
+
+def _rank_log(log, rank: int):
+    return lambda message: log(f"[rank {rank}] {message}")
+
+
+def _run_context(run_dir: Path, pool, config, name: str, spec, data, device) -> RunContext:
+    from prunelens.results import results_dir
+    return RunContext(run_dir, pool, config, config.evaluate.suite_options(name), device, data, spec,
+                      results_dir(run_dir) / name, config.evaluate.batch_size)
+
+
+def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted: list, spec, data,
+               device, force: bool, log) -> dict:
+    """The suites that apply (``skipped.json`` for the others) and the (suite, level) pairs whose
+    results are missing, stale (other options or level files) or forced."""
+    from prunelens.io import atomic_write_json
+    from prunelens.results import read_sidecar
+
+    applicable, work = [], []
+    for name, suite in instances.items():
+        run_ctx = _run_context(run_dir, pool, config, name, spec, data, device)
+        skipped = run_ctx.artifacts / "skipped.json"
+        reason = suite.skip_reason(run_ctx)
+        if reason is not None:
+            atomic_write_json(skipped, {"suite": name, "reason": reason})
+            log(f"{pool.name}: suite {name} does not apply: {reason}")
+            continue
+        skipped.unlink(missing_ok=True)
+        applicable.append(name)
+        opt_hash = _options_hash(run_ctx.options)
+        for level in wanted:
+            meta = read_sidecar(run_dir, name, level.index)
+            if (not force and meta is not None and meta.get("options_hash") == opt_hash
+                    and meta.get("level_sha256") == level.info["files"]["model.safetensors"]):
                 continue
-            skipped.unlink(missing_ok=True)
-            opt_hash = _options_hash(options)
-            for level in wanted:
-                level_sha = level.info["files"]["model.safetensors"]
-                meta = read_sidecar(run_dir, name, level.index)
-                if (not force and meta is not None and meta.get("options_hash") == opt_hash
-                        and meta.get("level_sha256") == level_sha):
-                    continue
-                t0 = time.perf_counter()
-                model = level.load_model(device)
-                ctx = LevelContext(run_dir, pool, config, options, device, data, spec, artifacts,
-                                   config.evaluate.batch_size, level=level, model=model,
-                                   masks=level.load_masks(),
-                                   level_artifacts=level_file(run_dir, name, level.index).with_suffix(""))
-                records = list(suite.evaluate_level(ctx))
-                seconds = time.perf_counter() - t0
-                write_level(run_dir, name, level.index, records, {
-                    "options_hash": opt_hash, "options": json.loads(options.model_dump_json()),
-                    "level_sha256": level_sha, "wall_time_s": seconds})
-                log(f"{pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
-            suite.after_levels(run_ctx)
-        write_summary(run_dir, config.evaluate.n_boot)
+            work.append([name, level.index])
+    return {"applicable": applicable, "work": work}
+
+
+def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
+    """Run one suite on one level and write its results file (+ sidecar)."""
+    import json
+    import time
+
+    from prunelens.results import level_file, write_level
+
+    t0 = time.perf_counter()
+    run_dir, name = run_ctx.run_dir, suite.name
+    model = level.load_model(run_ctx.device)
+    ctx = LevelContext(**vars(run_ctx), level=level, model=model, masks=level.load_masks(),
+                       level_artifacts=level_file(run_dir, name, level.index).with_suffix(""))
+    records = list(suite.evaluate_level(ctx))
+    seconds = time.perf_counter() - t0
+    write_level(run_dir, name, level.index, records, {
+        "options_hash": _options_hash(run_ctx.options), "options": json.loads(run_ctx.options.model_dump_json()),
+        "level_sha256": level.info["files"]["model.safetensors"], "wall_time_s": seconds})
+    log(f"{run_ctx.pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
 
 
 def write_summary(run_dir: str | Path, n_boot: int = 1000) -> Path:

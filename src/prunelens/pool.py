@@ -38,6 +38,11 @@ def level_dir_name(index: int) -> str:
     return f"level_{index:02d}"
 
 
+def partial_dir(run_dir: str | Path, index: int) -> Path:
+    """Where a level being trained keeps its epoch checkpoint (read by every rank under torchrun)."""
+    return Path(run_dir) / f"{level_dir_name(index)}.partial"
+
+
 def versions() -> dict[str, str]:
     import prunelens
     from prunelens._compat import torchvision
@@ -215,7 +220,8 @@ def config_difference(old: dict, new: dict) -> list[str]:
 
 
 class PoolWriter:
-    """Creates or resumes a run folder for one config; the only writer of its pool."""
+    """Creates or resumes a run folder for one config; the only writer of its pool (under
+    torchrun: on rank 0 only)."""
 
     def __init__(self, run_dir: Path, config, num_classes: int) -> None:
         self.run_dir = Path(run_dir)
@@ -224,6 +230,9 @@ class PoolWriter:
         self.lock = RunLock(self.run_dir)
 
     def open(self, force: bool = False) -> PoolWriter:
+        from prunelens import distributed
+        if not distributed.is_main():
+            raise RuntimeError(f"{distributed.where()}: only rank 0 writes the pool")
         existing = self.run_dir.exists() and any(self.run_dir.iterdir())
         if existing and not (self.run_dir / POOL_FILE).is_file():
             raise PoolError(f"output folder {self.run_dir} exists and is not a prunelens run folder; "
@@ -304,7 +313,7 @@ class PoolWriter:
         return {"index": info["index"], "sparsity": info["sparsity"], "dir": level_dir_name(info["index"])}
 
     def partial_dir(self, index: int) -> Path:
-        return self.run_dir / f"{level_dir_name(index)}.partial"
+        return partial_dir(self.run_dir, index)
 
     def write_level(self, index: int, model: nn.Module, masks: dict[str, torch.Tensor], info: dict,
                     extra_files: dict[str, Path] | None = None) -> Level:

@@ -6,20 +6,28 @@ the dense training and replays the schedule from there (Frankle et al. 2020); ``
 the weights and trains at a small constant rate. Schedules: ``gradual`` prunes ``rate`` of the
 remaining weights per round; ``one_shot`` prunes to the final sparsity at once and retrains with
 the gradual schedule's total epoch budget.
+
+Under torchrun every rank runs :func:`prune_run`: rank 0 alone takes the run-folder lock and
+writes (pool.json, levels, epoch checkpoints); the masks of each round are computed on rank 0,
+broadcast, and checked identical on every rank; every rank resumes from the run folder, which
+must therefore be on a filesystem every node sees.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
 
 import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from prunelens import distributed
 from prunelens.data.provider import RunData
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors, load_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
-from prunelens.pool import Pool, PoolWriter
+from prunelens.pool import Pool, PoolWriter, partial_dir
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
                                      mask_sparsity, prunable_from_config)
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
@@ -30,30 +38,69 @@ REWIND_FILE = "rewind.safetensors"
 
 
 class _Loaders:
-    """The run's loaders; the training loader is re-seeded per (level, epoch)."""
+    """The run's loaders; the training loader is re-seeded per (level, epoch).
 
-    def __init__(self, cfg, data: RunData) -> None:
+    ``train.batch_size`` is the global batch. Single process: one shuffling loader with its own
+    generator. Under torchrun the epoch's order is that same shuffle, and a DistributedSampler
+    deals it out (rank r takes positions r, r + world, …), each rank loading
+    ``batch_size / world`` samples per step: step i of any number of ranks trains on the same
+    global batch as step i of a single process. The val/test splits are sharded the same way and
+    their metrics summed over the ranks.
+    """
+
+    def __init__(self, cfg, data: RunData, device: torch.device | None = None) -> None:
         self.cfg = cfg
         self.train_set = data.split("train")
         self.generator = torch.Generator()
-        drop_last = len(self.train_set) > cfg.train.batch_size
-        self.train = torch.utils.data.DataLoader(
-            self.train_set, batch_size=cfg.train.batch_size, shuffle=True, drop_last=drop_last,
-            generator=self.generator, num_workers=cfg.train.num_workers,
-            pin_memory=torch.cuda.is_available(), persistent_workers=cfg.train.num_workers > 0)
-        self.steps_per_epoch = len(self.train)
+        self.batch_size = distributed.per_rank_batch(cfg.train.batch_size)
+        self.drop_last = len(self.train_set) > cfg.train.batch_size
+        # workers restart every epoch: persistent ones would keep the first epoch's worker seeds and
+        # make the shuffling draws depend on whether the run was resumed
+        self.common = dict(num_workers=cfg.train.num_workers,
+                           pin_memory=device is not None and device.type == "cuda")
+        self.train = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
+                                drop_last=self.drop_last, generator=self.generator, **self.common)
+        self.steps_per_epoch = len(self.train) if not distributed.active() else len(self._sharded(0, 0))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves no training step "
                               f"for {len(self.train_set)} training samples")
-        eval_kw = dict(batch_size=cfg.train.eval_batch_size, num_workers=cfg.train.num_workers)
-        self.eval = {s: torch.utils.data.DataLoader(data.split(s), **eval_kw)
+        eval_kw = dict(batch_size=cfg.train.eval_batch_size, **self.common)
+        self.eval = {s: DataLoader(self._shard(data.split(s)), **eval_kw)
                      for s in ("val", "test") if s in data.entry.splits}
+
+    def _seed(self, level: int, epoch: int) -> None:
+        self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
+
+    def epoch_order(self, level: int, epoch: int) -> list[int]:
+        """The single-process loader's sample order of an epoch, drawn by the same DataLoader
+        machinery from the same seed (an index loader stands in for the dataset)."""
+        self._seed(level, epoch)
+        n = len(self.train_set)
+        return next(iter(DataLoader(range(n), batch_size=n, shuffle=True, generator=self.generator))).tolist()
+
+    def _sharded(self, level: int, epoch: int) -> DataLoader:
+        sampler = DistributedSampler(Subset(self.train_set, self.epoch_order(level, epoch)),
+                                     num_replicas=distributed.world_size(), rank=distributed.rank(),
+                                     shuffle=False, drop_last=True)
+        # the generator seeds this rank's workers (augmentations): the sampler does not shuffle
+        workers = torch.Generator().manual_seed(
+            derived_seed(self.cfg.seed, "workers", level, epoch, distributed.rank()))
+        return DataLoader(sampler.dataset, batch_size=self.batch_size, sampler=sampler,
+                          drop_last=self.drop_last, generator=workers, **self.common)
+
+    @staticmethod
+    def _shard(dataset):
+        if not distributed.active():
+            return dataset
+        return Subset(dataset, range(distributed.rank(), len(dataset), distributed.world_size()))
 
     def for_epoch(self, level: int) -> Callable[[int], object]:
         def loader(epoch: int):
-            self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
+            if distributed.active():
+                return self._sharded(level, epoch)
+            self._seed(level, epoch)
             return self.train
         return loader
 
@@ -110,17 +157,36 @@ def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
 
 
 def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> Pool:
-    """Build (or resume) the pool of one run config; returns the finished :class:`Pool`."""
+    """Build (or resume) the pool of one run config; returns the finished :class:`Pool`.
+
+    Under torchrun call it on every rank (see the module docstring); only rank 0 logs.
+    """
+    device = distributed.init(resolve_device(cfg.train.device))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: cuDNN picks its fastest kernels once
+    if not distributed.is_main():
+        log = _quiet
+    if cfg.train.compile and device.type != "cuda":
+        log(f"{cfg.name}: train.compile applies on CUDA only; training eagerly on {device}")
     data = RunData(cfg.data, cfg.seed)
     num_classes = cfg.model.num_classes or data.num_classes
-    device = resolve_device(cfg.train.device)
-    with PoolWriter(cfg.run_dir, cfg, num_classes).open(force=force) as writer:
+    with contextlib.ExitStack() as stack:
+        writer, done = None, []
+
+        def open_pool() -> int:  # rank 0: lock, check the config, find the complete levels
+            nonlocal writer, done
+            writer = stack.enter_context(PoolWriter(cfg.run_dir, cfg, num_classes).open(force=force))
+            done = writer.completed_levels()
+            return len(done)
+
+        n_done = distributed.share_from_main(open_pool)
+        if not distributed.is_main():
+            done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
         torch.manual_seed(derived_seed(cfg.seed, "init"))
         model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
         spec = spec_for(model)
         params = prunable_from_config(model, cfg.prune)
-        loaders = _Loaders(cfg, data)
-        done = writer.completed_levels()
+        loaders = _Loaders(cfg, data, device)
         masks = dense_masks(params)
         if done:
             load_state_dict_strict(model, done[-1].state_dict(), "the last level")
@@ -130,27 +196,50 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
         level = len(done)
         while True:
             if level > 0:
-                new_masks = _next_masks(cfg, params, masks, level)
+                new_masks = _next_masks(cfg, params, masks, level) if distributed.is_main() else masks
+                new_masks = distributed.broadcast_tensors(new_masks)
+                distributed.verify_identical(f"pruning masks of level {level}", new_masks)
                 reason = _stop_reason(cfg, level, masks, new_masks)
                 if reason is not None:
-                    writer.finish(reason)
+                    if writer is not None:
+                        writer.finish(reason)
                     log(f"{cfg.name}: pool complete ({reason})")
                     break
                 masks = new_masks
                 if cfg.prune.retrain == "rewind":
-                    rewind = load_tensors(writer.run_dir / "level_00" / REWIND_FILE)
+                    rewind = load_tensors(cfg.run_dir / "level_00" / REWIND_FILE)
                     load_state_dict_strict(model, rewind, "the rewind checkpoint")
                     model.to(device)
             _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)
             level += 1
+    distributed.barrier("rank 0 finishing the pool")
     return Pool(cfg.run_dir)
 
 
-def _build_level(cfg, writer: PoolWriter, model, spec, params, masks, loaders: _Loaders, level: int,
-                 device, log) -> None:
+def _quiet(*_args, **_kw) -> None:
+    pass
+
+
+def _levels_seen_by_this_rank(run_dir, n_done: int) -> list:
+    """The first ``n_done`` levels as read by a rank other than 0 (which wrote them)."""
+    try:
+        levels = Pool(run_dir).levels[:n_done] if n_done else []
+    except PoolError:
+        levels = []
+    if len(levels) != n_done:
+        raise distributed.DistributedError(
+            f"{distributed.where()} cannot read the run folder {run_dir} that rank 0 writes: under "
+            "torchrun across machines, output_dir must be on a filesystem every node sees")
+    return levels
+
+
+def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loaders: _Loaders,
+                 level: int, device, log) -> None:
+    """Train and measure one level; ``writer`` is None on the ranks that do not write."""
     plan = _level_plan(cfg, level, loaders.steps_per_epoch)
-    partial = writer.partial_dir(level)
-    partial.mkdir(exist_ok=True)
+    partial = partial_dir(cfg.run_dir, level)
+    if writer is not None:
+        partial.mkdir(exist_ok=True)
     masker = Masker(params, masks) if level > 0 else None
     on_step = None
     rewind_path = partial / REWIND_FILE
@@ -161,23 +250,27 @@ def _build_level(cfg, writer: PoolWriter, model, spec, params, masks, loaders: _
                               f"training ({total} steps)")
 
         def on_step(step, m):
-            if step == cfg.prune.rewind_step and not rewind_path.is_file():
+            if step == cfg.prune.rewind_step and writer is not None and not rewind_path.is_file():
                 atomic_save_tensors(rewind_path, m.state_dict())
     stats = train_level(model, spec, loaders.for_epoch(level), plan, cfg.train, device,
                         (cfg.seed, "level", level), Checkpoint(partial), masker, on_step,
-                        label=f"{cfg.name} level {level}")
-    if level == 0 and cfg.prune.retrain == "rewind" and not rewind_path.is_file():
+                        label=f"{cfg.name} level {level}", log=log)
+    if writer is not None and level == 0 and cfg.prune.retrain == "rewind" and not rewind_path.is_file():
         atomic_save_tensors(rewind_path, model.state_dict())  # rewind_step 0 with 0 epochs
     metrics = {"train_acc": stats.get("train_acc", math.nan), "train_loss": stats.get("train_loss", math.nan)}
     t_eval = time.perf_counter()
     for split, loader in loaders.eval.items():
-        result = evaluate_model(model, loader, spec, device, cfg.train.amp, cfg.train.channels_last)
+        with distributed.comm_failures(f"evaluating {cfg.name} level {level} on {split}"):
+            result = evaluate_model(model, loader, spec, device, cfg.train.amp, cfg.train.channels_last,
+                                    sharded=True)
         metrics[f"{split}_acc"], metrics[f"{split}_loss"] = result["acc"], result["loss"]
     overall, per_layer = mask_sparsity(masks)
     info = {"sparsity": overall, "layer_sparsity": per_layer, "metrics": metrics,
             "epochs": plan.epochs, "steps": plan.epochs * loaders.steps_per_epoch - plan.start_step,
             "train_time_s": stats["elapsed_s"],
             "wall_time_s": stats["elapsed_s"] + time.perf_counter() - t_eval}
+    if writer is None:
+        return
     extra = {REWIND_FILE: rewind_path} if rewind_path.is_file() else None
     writer.write_level(level, model, masks, info, extra)
     log(f"{cfg.name}: level {level:2d}  sparsity {overall:6.1%}  val acc {metrics.get('val_acc', math.nan):.3f}"

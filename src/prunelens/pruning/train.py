@@ -4,10 +4,21 @@ Determinism: at the start of every epoch the global torch RNG and the shuffling 
 reseeded from (seed, level, epoch), and the learning rate is a pure function of the step. So an
 interrupted level resumes from its last complete epoch with only the model, optimiser and step
 saved, and ends bit-identical on CPU to an uninterrupted run.
+
+Under torchrun the same loop runs on every rank with the model wrapped in
+DistributedDataParallel: the RNG seeds add the rank, the loader of each rank yields its share of
+the global batch, metrics are summed over the ranks, only rank 0 writes the epoch checkpoint and
+every rank resumes from it (checked identical on every rank).
+
+GPU speed: bf16 autocast (``train.amp``), channels_last weights and inputs, ``torch.compile``
+afresh for every level (``train.compile``), fused optimisers on CUDA, uint8 batches turned into
+floats on the device, and no host-device synchronisation inside the step loop (metrics are
+accumulated on the device and read once per epoch).
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -19,8 +30,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from prunelens import distributed
 from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors
 from prunelens.pruning.masks import Masker
 from prunelens.pruning.schedule import LRSchedule
@@ -37,13 +50,16 @@ def derived_seed(*parts: int | str) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") & (2**63 - 1)
 
 
-def make_optimizer(model: nn.Module, train_cfg, lr: float, kind: str | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, train_cfg, lr: float, kind: str | None = None,
+                   fused: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``model``'s parameters; ``fused`` (CUDA only) runs each step as one kernel."""
     kind = kind or train_cfg.optimizer
+    extra = {"fused": True} if fused else {}
     if kind == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg.momentum,
                                nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
-                               weight_decay=train_cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay)
+                               weight_decay=train_cfg.weight_decay, **extra)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay, **extra)
 
 
 # ---- optimiser state <-> safetensors + JSON --------------------------------------------------------
@@ -100,8 +116,12 @@ class Checkpoint:
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader, spec, device: torch.device, amp: bool = False,
-                   channels_last: bool = False) -> dict:
-    """Accuracy and mean cross-entropy over a loader; ``correct`` holds the per-sample 0/1."""
+                   channels_last: bool = False, sharded: bool = False) -> dict:
+    """Accuracy and mean cross-entropy over a loader; ``correct`` holds the per-sample 0/1.
+
+    ``sharded``: under torchrun the loader holds this rank's shard of the split; accuracy and
+    loss are then over every rank's shard (``correct`` stays this rank's).
+    """
     model.eval()
     correct, losses = [], []
     for x, y in loader:
@@ -110,17 +130,51 @@ def evaluate_model(model: nn.Module, loader, spec, device: torch.device, amp: bo
             logits = model(x)
         losses.append(F.cross_entropy(logits.float(), y, reduction="none"))
         correct.append(logits.argmax(1) == y)
+    if sharded and distributed.active():
+        return _reduced_accuracy(correct, losses)
     if not correct:
         return {"acc": math.nan, "loss": math.nan, "correct": torch.zeros(0, dtype=torch.bool)}
     c, l = torch.cat(correct).cpu(), torch.cat(losses).cpu()
     return {"acc": float(c.float().mean()), "loss": float(l.mean()), "correct": c}
 
 
+def _reduced_accuracy(correct: list[torch.Tensor], losses: list[torch.Tensor]) -> dict:
+    c = torch.cat(correct).cpu() if correct else torch.zeros(0, dtype=torch.bool)
+    l = torch.cat(losses).cpu() if losses else torch.zeros(0)
+    totals = torch.tensor([float(c.sum()), float(l.double().sum()), float(len(c))], dtype=torch.float64)
+    n_correct, loss_sum, n = distributed.all_reduce_sum(totals).tolist()
+    if n == 0:
+        return {"acc": math.nan, "loss": math.nan, "correct": c}
+    return {"acc": n_correct / n, "loss": loss_sum / n, "correct": c}
+
+
 def _to_device(x, y, spec, device, channels_last):
-    x = spec.normalize(x.to(device, non_blocking=True))
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:  # uint8 batches cross to the device 4x smaller; scaled to [0, 1] there
+        x = x.float().div_(255)
+    x = spec.normalize(x) if x.device.type == "cpu" else _normalize_on_device(spec, x)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True)
+
+
+def _normalize_on_device(spec, x: torch.Tensor) -> torch.Tensor:
+    """``spec.normalize(x)`` without its per-call copy of the mean and std to the device, a host
+    sync on CUDA: the base normalisation's constants are copied once per device and dtype."""
+    from prunelens.models.spec import ArchSpec
+    if type(spec).normalize is not ArchSpec.normalize:
+        return spec.normalize(x)
+    mean, std = _normalization_constants(tuple(spec.mean), tuple(spec.std), x.shape[1], x.device, x.dtype)
+    return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _normalization_constants(mean: tuple, std: tuple, channels: int, device: torch.device,
+                             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    m, s = torch.tensor(mean, dtype=dtype), torch.tensor(std, dtype=dtype)
+    if channels != m.numel():  # as ArchSpec.normalize: single-channel inputs use the channel mean
+        m, s = m.mean().expand(channels), s.mean().expand(channels)
+    return m.reshape(1, -1, 1, 1).to(device), s.reshape(1, -1, 1, 1).to(device)
 
 
 def _autocast(device: torch.device, amp: bool):
@@ -139,19 +193,41 @@ class TrainPlan:
     start_step: int = 0
 
 
+def training_module(model: nn.Module, train_cfg, device: torch.device) -> nn.Module:
+    """What the step loop calls: ``model`` compiled afresh if ``train.compile`` on CUDA (after a
+    pruning round the old graphs are dropped, so a long pool never reaches Dynamo's recompile
+    limit), wrapped in DistributedDataParallel under torchrun (compile inside, DDP outside, as
+    PyTorch recommends). Parameters stay ``model``'s own, so the Masker and the checkpoint act on
+    them.
+
+    On the CPU ``train.compile`` is ignored: it is a GPU speed option, and torch 2.13's CPU
+    Inductor computes wrong convolution gradients for LeNet-5 (max-pool followed by an MLP head).
+    """
+    step_model = model
+    if train_cfg.compile and device.type == "cuda":
+        torch.compiler.reset()
+        step_model = torch.compile(model)
+    if distributed.active():
+        step_model = DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return step_model
+
+
 def train_level(model: nn.Module, spec, loader_for_epoch: Callable[[int], object], plan: TrainPlan,
                 train_cfg, device: torch.device, seed_parts: tuple, checkpoint: Checkpoint,
                 masker: Masker | None = None, on_step: Callable[[int, nn.Module], None] | None = None,
-                label: str = "") -> dict:
+                label: str = "", log: Callable[[str], None] | None = None) -> dict:
     """Train ``model`` in place for ``plan``; returns running train accuracy/loss of the last epoch.
 
     ``loader_for_epoch(epoch)`` returns the (re-seeded) training loader of an epoch. A checkpoint
-    is written after every epoch and a matching one is resumed from.
+    is written after every epoch and a matching one is resumed from. Under torchrun, call it on
+    every rank: only rank 0 writes the checkpoint, and the model ends identical on every rank.
     """
     model.to(device)
     if train_cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, train_cfg, plan.schedule.base_lr, plan.optimizer)
+    optimizer = make_optimizer(model, train_cfg, plan.schedule.base_lr, plan.optimizer,
+                               fused=device.type == "cuda")
     if masker is not None:
         masker.attach(optimizer)
         masker.apply_()
@@ -162,29 +238,64 @@ def train_level(model: nn.Module, spec, loader_for_epoch: Callable[[int], object
         model.load_state_dict(model_state, strict=True)
         optimizer.load_state_dict(opt_state)
         start_epoch, stats, elapsed = info["epochs_done"], info["stats"], info["elapsed_s"]
-    step_model = torch.compile(model) if train_cfg.compile else model
+        if log is not None:
+            log(f"{label}: resuming after epoch {start_epoch} of {plan.epochs}")
+    distributed.verify_identical(f"{label} starting weights and masks (resuming at epoch {start_epoch})",
+                                 _model_and_masks(model, masker), {"start_epoch": start_epoch})
+    step_model = training_module(model, train_cfg, device)
     try:
         for epoch in range(start_epoch, plan.epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(derived_seed(*seed_parts, "epoch", epoch))
-            stats = _train_epoch(step_model, model, spec, loader_for_epoch(epoch), optimizer, plan,
-                                 train_cfg, device, epoch, on_step, label)
+            torch.manual_seed(derived_seed(*seed_parts, "epoch", epoch, *distributed.seed_parts()))
+            with distributed.comm_failures(f"training {label} epoch {epoch + 1}"):
+                stats = train_epoch(step_model, model, spec, loader_for_epoch(epoch), optimizer, plan,
+                                    train_cfg, device, epoch, on_step, label)
             elapsed += time.perf_counter() - t0
-            checkpoint.save(model, optimizer, {"epochs_done": epoch + 1, "stats": stats,
-                                               "elapsed_s": elapsed})
+            if distributed.is_main():
+                checkpoint.save(model, optimizer, {"epochs_done": epoch + 1, "stats": stats,
+                                                   "elapsed_s": elapsed})
     finally:
         if masker is not None:
             masker.detach()
+    _share_buffers(model)
+    distributed.verify_identical(f"{label} trained weights", model.state_dict())
     return dict(stats, elapsed_s=elapsed)
 
 
-def _train_epoch(step_model, model, spec, loader, optimizer, plan: TrainPlan, train_cfg, device,
-                 epoch: int, on_step, label: str) -> dict:
+def _model_and_masks(model: nn.Module, masker: Masker | None) -> dict[str, torch.Tensor]:
+    tensors = dict(model.state_dict())
+    if masker is not None:
+        tensors |= {f"mask:{n}": m for n, m in zip(masker.names, masker.masks)}
+    return tensors
+
+
+def _share_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP copies them from rank 0 before each forward, so after the last step every rank holds the
+    statistics of its own last batch; the level written and evaluated is rank 0's.
+    """
+    if not distributed.active():
+        return
+    buffers = dict(model.named_buffers())
+    shared = distributed.broadcast_tensors(buffers)
+    with torch.no_grad():
+        for name, buf in buffers.items():
+            buf.copy_(shared[name])
+
+
+def train_epoch(step_model: nn.Module, model: nn.Module, spec, loader, optimizer, plan: TrainPlan,
+                train_cfg, device: torch.device, epoch: int, on_step=None, label: str = "") -> dict:
+    """One epoch of steps ``epoch × steps_per_epoch …`` (those before ``plan.start_step`` skipped).
+
+    ``step_model`` is what the forward pass calls (compiled / DDP-wrapped ``model``). Returns the
+    running accuracy and loss over the epoch's samples, summed over the ranks.
+    """
     model.train()
     spe = plan.schedule.steps_per_epoch
     n_seen, correct_sum, loss_sum = 0, torch.zeros((), device=device), torch.zeros((), device=device)
     bar = tqdm(total=spe, desc=f"{label} epoch {epoch + 1}/{plan.epochs}", leave=False,
-               disable=None, dynamic_ncols=True)
+               disable=None if distributed.is_main() else True, dynamic_ncols=True)
     for i, (x, y) in enumerate(loader):
         if i >= spe:
             break
@@ -210,6 +321,12 @@ def _train_epoch(step_model, model, spec, loader, optimizer, plan: TrainPlan, tr
         n_seen += len(y)
         bar.update(1)
     bar.close()
+    if distributed.active():
+        totals = torch.tensor([float(loss_sum), float(correct_sum), float(n_seen)], dtype=torch.float64)
+        loss_total, correct_total, n_total = distributed.all_reduce_sum(totals).tolist()
+        if n_total == 0:
+            return {"train_acc": math.nan, "train_loss": math.nan}
+        return {"train_acc": correct_total / n_total, "train_loss": loss_total / n_total}
     if n_seen == 0:
         return {"train_acc": math.nan, "train_loss": math.nan}
     return {"train_acc": float(correct_sum) / n_seen, "train_loss": float(loss_sum) / n_seen}
