@@ -58,8 +58,8 @@ class DataConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(128, ge=1, description="the global batch: split over ranks under torchrun")
+    eval_batch_size: int = Field(256, ge=1, description="per rank")
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -75,7 +75,7 @@ class TrainConfig(Section):
     device: str = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the model afresh for every level (CUDA only)")
     num_workers: int = Field(0, ge=0)
 
 

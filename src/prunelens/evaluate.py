@@ -119,7 +119,7 @@ def get_suite(name: str) -> type[Suite]:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not (module + ".").startswith(f"{exc.name}."):  # a missing dependency, not the module
                 raise
             raise ConfigError(f"suite '{name}' is not available in this version of prunelens") from None
     return _REGISTRY[name]

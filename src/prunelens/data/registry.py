@@ -79,7 +79,7 @@ def dataset_entry(name: str) -> DatasetEntry:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
+            if not (module + ".").startswith(f"{exc.name}."):  # a missing dependency, not the module
                 raise
             raise ConfigError(f"dataset '{name}' is not available in this version of prunelens") from None
     return _REGISTRY[name]

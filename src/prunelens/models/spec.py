@@ -8,6 +8,7 @@ the input normalisation. Code elsewhere asks :func:`spec_for` and never tests ar
 from __future__ import annotations
 
 import fnmatch
+import functools
 import math
 from collections.abc import Callable
 
@@ -19,6 +20,17 @@ from prunelens.errors import ModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=64)
+def _stats(mean: tuple[float, ...], std: tuple[float, ...], channels: int, device: torch.device,
+           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation constants as (1, C, 1, 1) tensors, made once per device and dtype (a fresh
+    host-to-device copy at every call would synchronise a CUDA stream at every step)."""
+    m, s = torch.tensor(mean, dtype=dtype), torch.tensor(std, dtype=dtype)
+    if channels != m.numel():
+        m, s = m.mean().expand(channels), s.mean().expand(channels)
+    return m.reshape(1, -1, 1, 1).to(device), s.reshape(1, -1, 1, 1).to(device)
 
 
 class ArchSpec:
@@ -84,18 +96,12 @@ class ArchSpec:
 
         Single-channel inputs use the mean of the per-channel statistics.
         """
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
-        if x.shape[1] != mean.numel():
-            mean, std = mean.mean().expand(x.shape[1]), std.mean().expand(x.shape[1])
-        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        mean, std = _stats(tuple(self.mean), tuple(self.std), x.shape[1], x.device, x.dtype)
+        return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
-        if x.shape[1] != mean.numel():
-            mean, std = mean.mean().expand(x.shape[1]), std.mean().expand(x.shape[1])
-        return x * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)
+        mean, std = _stats(tuple(self.mean), tuple(self.std), x.shape[1], x.device, x.dtype)
+        return x * std + mean
 
     def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits for inputs of any size the architecture allows (ViTs: not only their own)."""

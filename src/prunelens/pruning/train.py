@@ -18,7 +18,6 @@ accumulated on the device and read once per epoch).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -152,29 +151,10 @@ def _to_device(x, y, spec, device, channels_last):
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:  # uint8 batches cross to the device 4x smaller; scaled to [0, 1] there
         x = x.float().div_(255)
-    x = spec.normalize(x) if x.device.type == "cpu" else _normalize_on_device(spec, x)
+    x = spec.normalize(x)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y.to(device, non_blocking=True)
-
-
-def _normalize_on_device(spec, x: torch.Tensor) -> torch.Tensor:
-    """``spec.normalize(x)`` without its per-call copy of the mean and std to the device, a host
-    sync on CUDA: the base normalisation's constants are copied once per device and dtype."""
-    from prunelens.models.spec import ArchSpec
-    if type(spec).normalize is not ArchSpec.normalize:
-        return spec.normalize(x)
-    mean, std = _normalization_constants(tuple(spec.mean), tuple(spec.std), x.shape[1], x.device, x.dtype)
-    return (x - mean) / std
-
-
-@functools.lru_cache(maxsize=32)
-def _normalization_constants(mean: tuple, std: tuple, channels: int, device: torch.device,
-                             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    m, s = torch.tensor(mean, dtype=dtype), torch.tensor(std, dtype=dtype)
-    if channels != m.numel():  # as ArchSpec.normalize: single-channel inputs use the channel mean
-        m, s = m.mean().expand(channels), s.mean().expand(channels)
-    return m.reshape(1, -1, 1, 1).to(device), s.reshape(1, -1, 1, 1).to(device)
 
 
 def _autocast(device: torch.device, amp: bool):
