@@ -104,6 +104,8 @@ class EvaluateConfig(Section):
     suites: list[str] | None = Field(None, description="default: every suite that applies")
     device: str = "auto"
     batch_size: int = Field(64, ge=1)
+    amp: bool = Field(False, description="bf16 autocast in the attribution passes (GPU)")
+    channels_last: bool = Field(False, description="channels-last model and images in the attribution passes")
     n_boot: int = Field(1000, ge=100)
 
     @field_validator("suites")

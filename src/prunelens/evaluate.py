@@ -72,6 +72,8 @@ class RunContext:
     spec: object                 # prunelens.models.ArchSpec of the run's architecture
     artifacts: Path              # RUN_DIR/results/<suite>/ : for figures across levels
     batch_size: int = 64
+    amp: bool = False            # bf16 autocast for the suite's model passes (evaluate.amp)
+    channels_last: bool = False  # channels-last model and images (evaluate.channels_last)
 
 
 @dataclass
@@ -246,7 +248,8 @@ def _rank_log(log, rank: int):
 def _run_context(run_dir: Path, pool, config, name: str, spec, data, device) -> RunContext:
     from prunelens.results import results_dir
     return RunContext(run_dir, pool, config, config.evaluate.suite_options(name), device, data, spec,
-                      results_dir(run_dir) / name, config.evaluate.batch_size)
+                      results_dir(run_dir) / name, config.evaluate.batch_size,
+                      amp=config.evaluate.amp, channels_last=config.evaluate.channels_last)
 
 
 def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted: list, spec, data,

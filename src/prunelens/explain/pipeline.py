@@ -2,6 +2,8 @@
 and (× guided backprop) Guided GradCAM; one forward pass gives both attention maps."""
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 
 import torch
@@ -70,10 +72,27 @@ class BatchExplanation:
 
 def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[str, ...] = METHODS, *,
                   spec: ArchSpec | None = None, target: torch.Tensor | int | None = None,
-                  ig: IGSettings | None = None, pooling: dict[str, str] | None = None) -> BatchExplanation:
+                  ig: IGSettings | None = None, pooling: dict[str, str] | None = None,
+                  amp: bool = False, channels_last: bool = False) -> BatchExplanation:
     """Heatmaps of normalised images ``x`` for each of ``methods`` (predicted class when ``target``
-    is None)."""
+    is None).
+
+    ``amp`` runs the model passes under bf16 autocast and ``channels_last`` converts the model and
+    images to channels-last (GPU speed options); heatmaps are returned in float32 either way.
+    """
     check_images(x)
+    if channels_last and x.dim() == 4:
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp
+                else contextlib.nullcontext())
+    with autocast:
+        result = _explain(model, x, methods, spec, target, ig, pooling)
+    result.heatmaps = {m: h.float() for m, h in result.heatmaps.items()}
+    return result
+
+
+def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooling) -> BatchExplanation:
     spec = resolve_spec(model, spec)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

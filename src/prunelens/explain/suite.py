@@ -145,7 +145,8 @@ class InterpretabilitySuite(Suite):
         for batch in _progress(iter_batches(data, opts.batch_size, sizes), ctx):
             x = ctx.spec.normalize(batch.images01(ctx.device))
             _check_input_size(ctx.model, ctx.spec, x, opts)
-            result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling)
+            result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling,
+                                   amp=ctx.amp, channels_last=ctx.channels_last)
             gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
             ignore = batch.ignore.to(ctx.device)
             pooled = {m: result.pooled(m) for m in methods}
