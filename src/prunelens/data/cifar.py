@@ -21,16 +21,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from prunelens.data.arrays import (
-    ArrayImages,
-    TaskOptions,
-    apply_task,
-    find_files,
-    first_n,
-    images_from_rows,
-    labels_tensor,
-    safe_unpickle,
-)
+from prunelens.data.arrays import (ArrayImages, TaskOptions, apply_task, find_files, first_n,
+                                   images_from_rows, labels_tensor, safe_unpickle)
 from prunelens.data.registry import ExistingFolder, register_dataset
 from prunelens.errors import DataError
 
