@@ -118,7 +118,7 @@ def test_prune_pool_show_results_and_evaluate_through_the_cli(tmp_path, capsys):
     lines = out.strip().splitlines()
     assert lines[0].startswith("run,model,level,sparsity,suite,metric") and len(lines) == 3
     code, _, err = _run_cli(capsys, "evaluate", run_dir, "--set", "prune.rate=0.1")
-    assert code == 2 and "only evaluate.* overrides" in err
+    assert code == 2 and "only evaluate.* and data.root overrides" in err
     figure = tmp_path / "fig2.png"
     code, out, _ = _run_cli(capsys, "explain", run_dir, "--images", "test-00000", "test-00003",
                             "--methods", "gradcam", "-o", str(figure))

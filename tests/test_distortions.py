@@ -202,3 +202,12 @@ def test_distort_names_the_bad_condition():
         D.distort(_images(1).float(), "contrast", "c42")
     with pytest.raises(ConfigError, match="unknown distortion"):
         D.distort(_images(1).float(), "blur", "1")
+
+
+def test_every_distortion_keeps_the_channel_count_of_grey_images():
+    from prunelens.data.distortions import DISTORTIONS, distort
+    grey = torch.rand(2, 1, 16, 16)
+    for name, recipe in DISTORTIONS.items():
+        for condition in recipe.conditions:
+            out = distort(grey, name, condition, pixel_scale=16 / 224)
+            assert out.shape == grey.shape, (name, condition)

@@ -82,3 +82,22 @@ def test_mnist_truncated_file_is_clear(tmp_path):
     cfg = resolve_runs({"data": {"name": "mnist", "root": str(tmp_path)}})[0]
     with pytest.raises(DataError, match="is truncated"):
         RunData(cfg.data, 0).split("test")
+
+
+def test_measurement_sample_is_balanced_and_not_augmented(tmp_path):
+    rng = np.random.default_rng(0)
+    for c, wnid in enumerate(("n01440764", "n01443537")):
+        folder = tmp_path / "imagenet" / "train" / wnid
+        folder.mkdir(parents=True)
+        for i in range(4):  # noise: a random crop or flip would change the pixels
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = resolve_runs({"data": {"name": "imagenet", "root": str(tmp_path / "imagenet"),
+                                 "image_size": 16, "resize_size": 20}})[0]
+    data = RunData(cfg.data, 0)
+    augmented = data.split("train")
+    torch.manual_seed(0)
+    assert not all(torch.equal(augmented[0][0], augmented[0][0]) for _ in range(5))
+    sample = data.sample("train", 4)
+    assert sorted(int(sample[i][1]) for i in range(4)) == [0, 0, 1, 1]  # both classes, not the first 4
+    assert all(torch.equal(sample[0][0], sample[0][0]) for _ in range(5))
+    assert len(data.sample("train", 100)) == 8

@@ -122,9 +122,10 @@ def test_seed_in_background_is_an_error_or_a_miss(tmp_path, data):
         for p in dead.parameters():
             p.zero_()      # every feature is 0: the seed's expansion set is empty
     with pytest.raises(SeedInBackgroundError, match="seed_in_background='miss'") as err:
-        DiscoverySuite().evaluate_level(level_ctx(tmp_path, dead, data, n_images=3))
+        DiscoverySuite().evaluate_level(level_ctx(tmp_path, dead, data, n_images=3,
+                                                  seed_in_background="error"))
     assert err.value.images == data.split("test").item_ids[:3]
-    ctx = level_ctx(tmp_path, dead, data, n_images=3, seed_in_background="miss")
+    ctx = level_ctx(tmp_path, dead, data, n_images=3)  # the default scores a miss
     records = DiscoverySuite().evaluate_level(ctx)
     assert [r.value for r in records] == [0.0] * 6
     assert not pd.read_csv(ctx.level_artifacts / "boxes.csv")["found"].any()
@@ -135,8 +136,14 @@ def test_skip_reasons(tmp_path, data):
     fcn = create_model("fcn", 4, input_shape=(3, 32, 32), widths=(8,))
     assert "spatial feature map" in suite.skip_reason(level_ctx(tmp_path, fcn, data))
     assert suite.skip_reason(level_ctx(tmp_path, small_resnet(), data)) is None
-    no_boxes = SimpleNamespace(split=lambda name: torch.utils.data.TensorDataset(torch.zeros(1)))
+    no_boxes = SimpleNamespace(split=lambda name: torch.utils.data.TensorDataset(torch.zeros(1)),
+                               eval_split="test", entry=SimpleNamespace(splits=("train", "test")))
     assert "voc_root" in suite.skip_reason(level_ctx(tmp_path, small_resnet(), no_boxes))
+    no_test = SimpleNamespace(eval_split="val", entry=SimpleNamespace(splits=("train", "val")),
+                              split=lambda name: torch.utils.data.TensorDataset(torch.zeros(1)))
+    assert "voc_root" in suite.skip_reason(level_ctx(tmp_path, small_resnet(), no_test))  # ImageNet: val
+    wrong = level_ctx(tmp_path, small_resnet(), no_test, synthetic_split="test")
+    assert "no 'test' split" in suite.skip_reason(wrong)
 
 
 def test_default_image_count_and_options():

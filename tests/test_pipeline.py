@@ -201,3 +201,23 @@ def test_corrupt_level_is_detected_and_rebuilt(tiny_config):
     prune_run(cfg, log=lambda *_: None)  # rebuilds level 1 and what follows it
     assert _hashes(cfg.run_dir) == before
     assert list((cfg.run_dir / "stale").iterdir())  # the later level was kept aside, not deleted
+
+
+def test_a_mismatched_epoch_checkpoint_is_ignored_and_the_level_retrained(tiny_config, capsys):
+    """A kill between the checkpoint's two renames leaves new tensors with an old JSON."""
+    from prunelens.pruning.train import Checkpoint
+    cfg = tiny_config(prune={"rounds": 1})
+    prune_run(cfg, log=lambda *_: None)
+    reference = _hashes(cfg.run_dir)
+    # rebuild level 1 from a damaged partial state: its JSON no longer matches the tensors
+    import shutil
+    partial = cfg.run_dir / "level_01.partial"
+    shutil.rmtree(cfg.run_dir / "level_01")
+    partial.mkdir()
+    (partial / "train_state.safetensors").write_bytes(b"garbage")
+    (partial / "train_state.json").write_text('{"epochs_done": 1, "tensors_sha256": "0"}')
+    assert Checkpoint(partial).load() is None
+    messages = []
+    prune_run(cfg, log=messages.append)
+    assert any("ignored" in m and "the level restarts" in m for m in messages)
+    assert _hashes(cfg.run_dir) == reference

@@ -142,9 +142,10 @@ def test_sharpness_suite_records(tmp_path):
     records = list(suite().evaluate_level(ctx))
     inc = {s: [r.value for r in records if r.method == f"sigma={s}"] for s in ("0.01", "0.1")}
     assert len(inc["0.01"]) == 3 and len(inc["0.1"]) == 3
-    train = data.split("train")
-    x = torch.stack([train[i][0] for i in range(16)])
-    _, direct = loss_increase(model, [(x[:8], train.labels[:8]), (x[8:], train.labels[8:16])], 0.1,
+    sample = data.sample("train", 16)  # the suite's images: evenly spaced over the split
+    x = torch.stack([sample[i][0] for i in range(16)])
+    y = torch.tensor([sample[i][1] for i in range(16)])
+    _, direct = loss_increase(model, [(x[:8], y[:8]), (x[8:], y[8:])], 0.1,
                               3, masks=masks, params=list(masks), transform=spec.normalize)
     assert inc["0.1"] == pytest.approx(direct.tolist(), rel=1e-5, abs=1e-7)
     eig = [r.value for r in records if r.metric == "hessian_top_eigenvalue"]

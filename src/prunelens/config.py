@@ -154,6 +154,7 @@ class RunConfig(Section):
         d = self.model_dump(mode="json")
         for key in ("name", "output_dir", "evaluate"):
             d.pop(key)
+        d["data"].pop("root", None)  # where the dataset lies is not what it is
         for key in ("device", "num_workers", "eval_batch_size", "compile"):
             d["train"].pop(key)
         return d

@@ -209,9 +209,10 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     run_dir = Path(run_dir)
     config = pool.config
     if overrides:
-        bad = [o for o in overrides if not o.startswith("evaluate.")]
+        bad = [o for o in overrides if not o.startswith(("evaluate.", "data.root="))]
         if bad:
-            raise ConfigError(f"evaluate takes only evaluate.* overrides (the pool is fixed), got {bad}")
+            raise ConfigError(f"evaluate takes only evaluate.* and data.root overrides (the pool is "
+                              f"fixed), got {bad}")
         config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
     names, unavailable = _resolve_suites(config, suites)
     wanted = pool.levels if levels is None else [pool.level(i) for i in levels]

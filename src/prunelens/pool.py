@@ -97,8 +97,12 @@ class Level:
         for name in self.info["files"]:
             self._verified(name)
 
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """A safetensors file of the level (e.g. ``rewind.safetensors``), verified by its sha256."""
+        return load_tensors(self._verified(name))
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return load_tensors(self._verified("model.safetensors"))
+        return self.tensors("model.safetensors")
 
     def load_masks(self) -> dict[str, torch.Tensor]:
         return load_tensors(self._verified("masks.safetensors"))
@@ -145,7 +149,9 @@ class Pool:
     @cached_property
     def config(self):
         from prunelens.config import RunConfig, validate_section
-        return validate_section(RunConfig, self.info["config"], f"{self.run_dir}/pool.json config")
+        from prunelens.data.registry import folders_unchecked
+        with folders_unchecked():
+            return validate_section(RunConfig, self.info["config"], f"{self.run_dir}/pool.json config")
 
     @cached_property
     def levels(self) -> list[Level]:
@@ -295,12 +301,15 @@ class PoolWriter:
             try:
                 level = Level(pool, path, _read_json(path / "level.json", ""))
                 level.verify()
-            except PoolError:
+            except (PoolError, KeyError, TypeError, AttributeError):  # missing, corrupt or malformed
                 break
             good.append(level)
             index += 1
+        # what follows the first bad level was built on it: keep it aside, including a partially
+        # trained level after it; only the partial state of the next level to build is resumed
+        keep = {lv.path for lv in good} | {self.partial_dir(len(good))}
         for leftover in sorted(self.run_dir.glob("level_*")):
-            if leftover.name.endswith(".partial") or leftover in {lv.path for lv in good}:
+            if leftover in keep:
                 continue
             stale = self.run_dir / "stale"
             stale.mkdir(exist_ok=True)

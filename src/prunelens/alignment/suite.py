@@ -122,7 +122,7 @@ def _test_images(ctx: LevelContext, n: int, variant: str = "standard"):
         if "variant" not in accepted:
             return None
         kwargs["variant"] = variant
-    split = ctx.data.split("test", **kwargs)
+    split = ctx.data.split(ctx.data.eval_split, **kwargs)
     count = min(n, len(split))
     picks = torch.linspace(0, len(split) - 1, count).round().long().tolist() if count else []
     items = [split[i] for i in picks]

@@ -47,9 +47,9 @@ def missing_split(ctx: RunContext, split: str, key: str) -> str | None:
             f"set {key} to one of them")
 
 
-def first_images(ctx: RunContext, split: str, n: int) -> torch.utils.data.Dataset:
-    dataset = ctx.data.split(split)
-    return torch.utils.data.Subset(dataset, range(min(n, len(dataset)))) if n < len(dataset) else dataset
+def sample_images(ctx: RunContext, split: str, n: int) -> torch.utils.data.Dataset:
+    """``n`` images of ``split``, evenly spaced, without random augmentation: the same at every level."""
+    return ctx.data.sample(split, n)
 
 
 def item_ids(dataset) -> list[str]:
@@ -220,7 +220,7 @@ class ConnectivitySuite(Suite):
     def _ablation(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
                   ) -> Iterator[Record]:
         opts: ConnectivityOptions = ctx.options
-        data = first_images(ctx, opts.split or ctx.data.eval_split, opts.n_images)
+        data = sample_images(ctx, opts.split or ctx.data.eval_split, opts.n_images)
         ids = item_ids(data)
         batches = list(loader(data, ctx.batch_size))
         chosen = {"none": torch.zeros(0, dtype=torch.long),
@@ -272,7 +272,7 @@ class PSPSuite(Suite):
 
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: PSPOptions = ctx.options
-        data = first_images(ctx, opts.split, opts.n_images)
+        data = sample_images(ctx, opts.split, opts.n_images)
         base = data.dataset if isinstance(data, torch.utils.data.Subset) else data
         num_classes = int(getattr(base, "num_classes", None) or ctx.data.num_classes)
         with warnings.catch_warnings():
@@ -334,7 +334,7 @@ class SharpnessSuite(Suite):
 
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: SharpnessOptions = ctx.options
-        x, y = stacked(first_images(ctx, opts.split, max(opts.n_images, opts.hessian_images)),
+        x, y = stacked(sample_images(ctx, opts.split, max(opts.n_images, opts.hessian_images)),
                        ctx.batch_size)
         params = list(ctx.spec.prunable(ctx.model))
         masks = {n: ctx.masks[n] for n in params if ctx.masks and n in ctx.masks}

@@ -272,4 +272,8 @@ def distort(images: torch.Tensor, dataset: str, condition: str, seed: int = 0,
     generator = torch.Generator().manual_seed(condition_seed(seed, dataset, condition))
     ctx = DistortionContext(generator, pixel_scale, amplitude)
     out = quantize(recipe.apply(images, condition, ctx))  # recipes on grey images work on 1 channel
-    return out.expand(-1, images.shape[1], -1, -1) if out.shape[1] == 1 else out
+    if out.shape[1] == images.shape[1]:
+        return out
+    if out.shape[1] == 1:
+        return out.expand(-1, images.shape[1], -1, -1)
+    return quantize(luminance(out))  # a colour recipe (false colour) on grey images: back to grey

@@ -61,11 +61,11 @@ class ImageFolderSplit(torch.utils.data.Dataset):
         return self.inner[i]
 
 
-def _build(options: ImageFolderOptions, split: str, seed: int) -> ImageFolderSplit:
+def _build(options: ImageFolderOptions, split: str, seed: int, augment: bool = True) -> ImageFolderSplit:
     root = Path(options.root).expanduser()
     folder = root / (options.train_dir if split == "train" else options.val_dir)
     try:
-        return ImageFolderSplit(folder, transforms(options, train=split == "train"))
+        return ImageFolderSplit(folder, transforms(options, train=split == "train" and augment))
     except (FileNotFoundError, RuntimeError) as exc:  # ImageFolder: no class folders / no images
         raise DataError(f"cannot read {folder}: {exc}") from None
 

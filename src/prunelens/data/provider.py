@@ -1,6 +1,7 @@
 """``RunData``: the datasets of a run, built from its config on first use and cached."""
 from __future__ import annotations
 
+import inspect
 from functools import cached_property
 
 import torch
@@ -34,13 +35,21 @@ class RunData:
             self._cache[key] = self.entry.build(self.options, split, self.seed, **overrides)
         return self._cache[key]
 
-    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0,
-               num_workers: int = 0, **overrides) -> torch.utils.data.DataLoader:
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return torch.utils.data.DataLoader(self.split(split, **overrides), batch_size=batch_size,
-                                           shuffle=shuffle, generator=generator,
-                                           num_workers=num_workers,
-                                           persistent_workers=num_workers > 0)
+    def measurement_split(self, split: str) -> torch.utils.data.Dataset:
+        """``split`` without random augmentation (evaluation transforms), for measuring a model on
+        training images (PSP-entropy, sharpness): the same images at every level."""
+        if "augment" in inspect.signature(self.entry.build).parameters:
+            return self.split(split, augment=False)
+        return self.split(split)
+
+    def sample(self, split: str, n: int) -> torch.utils.data.Dataset:
+        """``n`` images of :meth:`measurement_split` evenly spaced over the split (splits stored by
+        class stay balanced), the same at every level."""
+        dataset = self.measurement_split(split)
+        if n >= len(dataset):
+            return dataset
+        picks = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
+        return torch.utils.data.Subset(dataset, picks)
 
     @property
     def eval_split(self) -> str:

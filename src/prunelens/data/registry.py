@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+import contextlib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
 
@@ -31,8 +33,22 @@ DATASET_MODULES = {
 }
 
 
+_CHECK_FOLDERS: ContextVar[bool] = ContextVar("check_dataset_folders", default=True)
+
+
+@contextlib.contextmanager
+def folders_unchecked():
+    """Validate configs without looking at the disk (reading a stored run's config: its dataset
+    may be elsewhere now; the loaders still check when data is read)."""
+    token = _CHECK_FOLDERS.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_FOLDERS.reset(token)
+
+
 def _existing_folder(root: str) -> str:
-    if not Path(root).expanduser().is_dir():
+    if _CHECK_FOLDERS.get() and not Path(root).expanduser().is_dir():
         raise ValueError(f"dataset folder '{root}' does not exist; point data.root at the folder "
                          "that holds the dataset in its own on-disk layout")
     return root

@@ -45,13 +45,15 @@ class DiscoveryOptions(SuiteOptions):
     voc_year: Literal[2007, 2012] | None = Field(None, description="default: from the folder name")
     image_set: str = Field("trainval", description="VOC ImageSets/Main/<image_set>.txt")
     no_hard: bool = Field(False, description="drop truncated/difficult VOC objects (LOST --no_hard)")
-    synthetic_split: Literal["train", "val", "test"] = "test"
+    synthetic_split: str | None = Field(None, description="split of the run's dataset whose boxes are "
+                                        "used (default: its evaluation split)")
     k_patches: int = Field(100, ge=1, description="LOST: candidates for the seed expansion")
     layernorm: Literal["auto", "map", "channels", "none"] = Field("auto", description=(
         "auto: over the whole feature map for CNNs (as LOST's code), none for ViT keys / Swin tokens"))
     tie_break: Literal["reference", "index"] = "reference"
-    seed_in_background: Literal["error", "miss"] = Field("error", description=(
-        "error (as the reference) or score the image as a miss (IoU 0)"))
+    seed_in_background: Literal["error", "miss"] = Field("miss", description=(
+        "score the image as a miss (IoU 0; counted in summary.json) or stop with an error as the "
+        "reference does — a deeply pruned level can have dead feature maps"))
     figure_images: int = Field(6, ge=0, le=32)
     figure_levels: int = Field(8, ge=2, le=32)
 
@@ -140,13 +142,14 @@ class DiscoverySuite(Suite):
     def dataset(self, ctx: RunContext) -> BoxDataset:
         """The box dataset the options name (built once per suite instance)."""
         opts: DiscoveryOptions = ctx.options
-        key = (opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard, opts.synthetic_split)
+        split = None if opts.voc_root is not None else opts.synthetic_split or ctx.data.eval_split
+        key = (opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard, split)
         if key not in self._datasets:
             if opts.voc_root is not None:
                 from prunelens.data.voc_annotations import VOCBoxes
                 self._datasets[key] = VOCBoxes(opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard)
             else:
-                self._datasets[key] = SyntheticBoxes(ctx.data.split(opts.synthetic_split))
+                self._datasets[key] = SyntheticBoxes(ctx.data.split(split))
         return self._datasets[key]
 
     @staticmethod
@@ -165,9 +168,14 @@ class DiscoverySuite(Suite):
         if not ctx.spec.has_spatial_features:
             return f"LOST needs a spatial feature map; the '{ctx.spec.family}' architecture has none"
         opts: DiscoveryOptions = ctx.options
-        if opts.voc_root is None and not hasattr(ctx.data.split(opts.synthetic_split), "boxes"):
-            return ("the run's dataset has no object boxes; give a Pascal VOC folder as "
-                    "evaluate.discovery.voc_root")
+        if opts.voc_root is None:
+            split = opts.synthetic_split or ctx.data.eval_split
+            if split not in ctx.data.entry.splits:
+                return (f"the run's dataset has no '{split}' split; set evaluate.discovery.synthetic_split "
+                        f"to one of {', '.join(ctx.data.entry.splits)}")
+            if not hasattr(ctx.data.split(split), "boxes"):
+                return ("the run's dataset has no object boxes; give a Pascal VOC folder as "
+                        "evaluate.discovery.voc_root")
         return None
 
     # ---- per level ---------------------------------------------------------------------------

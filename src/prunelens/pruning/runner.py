@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from prunelens import distributed
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
-from prunelens.io import atomic_save_tensors, load_tensors
+from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
 from prunelens.pool import Pool, PoolWriter, partial_dir
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
@@ -207,7 +207,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
                     break
                 masks = new_masks
                 if cfg.prune.retrain == "rewind":
-                    rewind = load_tensors(cfg.run_dir / "level_00" / REWIND_FILE)
+                    rewind = Pool(cfg.run_dir).level(0).tensors(REWIND_FILE)
                     load_state_dict_strict(model, rewind, "the rewind checkpoint")
                     model.to(device)
             _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)

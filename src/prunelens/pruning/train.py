@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from prunelens import distributed
-from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors
+from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors, sha256_file
 from prunelens.pruning.masks import Masker
 from prunelens.pruning.schedule import LRSchedule
 
@@ -87,6 +87,7 @@ class Checkpoint:
     """The partial state of a level being trained: ``<dir>/train_state.{safetensors,json}``."""
 
     directory: Path
+    ignored: str | None = None  # why :meth:`load` ignored a checkpoint that was there
 
     @property
     def tensors_path(self) -> Path:
@@ -97,20 +98,32 @@ class Checkpoint:
         return self.directory / "train_state.json"
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict) -> None:
+        """Tensors first, then the JSON naming their sha256: the JSON is the commit point, so a
+        kill between the two renames leaves a pair that :meth:`load` recognises as mismatched."""
         opt_tensors, opt_plain = flatten_optimizer(optimizer.state_dict())
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
         atomic_save_tensors(self.tensors_path, tensors)
-        atomic_write_json(self.json_path, dict(info, optimizer=opt_plain))
+        atomic_write_json(self.json_path, dict(info, optimizer=opt_plain,
+                                               tensors_sha256=sha256_file(self.tensors_path)))
 
     def load(self) -> tuple[dict, dict, dict] | None:
-        """(model state, optimiser state, info), or None when there is no complete checkpoint."""
+        """(model state, optimiser state, info), or None when there is no intact checkpoint (then
+        ``ignored`` says why, if one was there)."""
+        self.ignored = None
         if not (self.tensors_path.is_file() and self.json_path.is_file()):
             return None
-        info = json.loads(self.json_path.read_text())
-        tensors = load_tensors(self.tensors_path)
-        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
-        return model_state, unflatten_optimizer(opt_tensors, info.pop("optimizer")), info
+        try:
+            info = json.loads(self.json_path.read_text())
+            if info.get("tensors_sha256") != sha256_file(self.tensors_path):
+                raise ValueError("its two files do not match (interrupted while being written)")
+            tensors = load_tensors(self.tensors_path)
+            model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+            optimizer = unflatten_optimizer(opt_tensors, info.pop("optimizer"))
+            return model_state, optimizer, {k: info[k] for k in ("epochs_done", "stats", "elapsed_s")}
+        except Exception as exc:  # noqa: BLE001 - any damage: retrain the level from its start
+            self.ignored = f"checkpoint in {self.directory} ignored ({exc}); the level restarts"
+            return None
 
 
 @torch.no_grad()
@@ -213,6 +226,8 @@ def train_level(model: nn.Module, spec, loader_for_epoch: Callable[[int], object
         masker.apply_()
     start_epoch, stats, elapsed = plan.start_step // plan.schedule.steps_per_epoch, {}, 0.0
     resumed = checkpoint.load()
+    if checkpoint.ignored and log is not None:
+        log(f"{label}: {checkpoint.ignored}")
     if resumed is not None:
         model_state, opt_state, info = resumed
         model.load_state_dict(model_state, strict=True)
