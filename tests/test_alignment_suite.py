@@ -199,6 +199,9 @@ def test_model_vs_human_datasets_are_compared_with_the_human_trials(tmp_path):
     model = TinyImageNetModel()
     ctx = _ctx(tmp_path, model, {"n_images": 0, "mvh_root": str(tmp_path / "mvh"),
                                  "mvh_datasets": ["colour", "edge", "sketch"]}, spec=ArchSpec())
+    with pytest.raises(ConfigError, match="needs its own mapping"):  # a 'synthetic' run's labels
+        AlignmentSuite().evaluate_level(ctx)
+    ctx.config = SimpleNamespace(data=SimpleNamespace(name="imagenet"), model=ctx.config.model)
     with pytest.warns(UserWarning, match="'sketch' not found"):
         frame = records_frame(AlignmentSuite().evaluate_level(ctx))
     assert set(frame["dataset"]) == {"colour", "edge"}
@@ -265,7 +268,7 @@ class _ClassSortedSplit(torch.utils.data.Dataset):
 
 def test_any_labelled_dataset_becomes_an_ood_benchmark(tmp_path):
     data = SimpleNamespace(entry=SimpleNamespace(build=lambda options, split, seed: None),
-                           split=lambda name, **kw: _ClassSortedSplit())
+                           split=lambda name, **kw: _ClassSortedSplit(), eval_split="test")
     model = nn.Sequential(nn.Flatten(), nn.Linear(768, 3))
     ctx = LevelContext(
         run_dir=tmp_path, pool=None,

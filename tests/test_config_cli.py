@@ -58,6 +58,7 @@ BAD_CONFIGS = [
     ({"name": "../escape"}, "name: String should match pattern"),
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "run names must differ"),
     ({"runs": "a"}, "runs: expected a non-empty list"),
+    ({"prune": {"schedule": "one_shot", "retrain": "rewind"}}, "rewinding (a replay from rewind_step) cannot match"),
 ]
 
 

@@ -171,3 +171,14 @@ def test_seed_group_comparison_resamples_seeds():
     summary = group_summary(frame(*parts), groups, n_boot=200)
     assert summary.loc[summary["level"] == 1, "mean"].item() == pytest.approx(0.3 + np.mean(gains))
     assert summary["n_seeds"].eq(4).all()
+
+
+def test_reference_accuracy_split_is_chosen_per_group():
+    import pandas as pd
+
+    from prunelens.report.sweet_spots import accuracy_rows
+    rows = pd.DataFrame({
+        "group": ["cnn", "cnn", "imagenet"], "suite": ["accuracy"] * 3, "metric": ["accuracy"] * 3,
+        "dataset": ["test", "val", "val"], "value": [1.0, 0.0, 1.0]})
+    chosen = accuracy_rows(rows)
+    assert sorted(zip(chosen["group"], chosen["dataset"])) == [("cnn", "test"), ("imagenet", "val")]

@@ -86,7 +86,9 @@ class PruneConfig(Section):
     rounds: int | None = Field(None, ge=1)
     schedule: Literal["gradual", "one_shot"] = "gradual"
     retrain: Literal["lrr", "rewind", "finetune"] = "lrr"
-    epochs: int | None = Field(None, ge=0, description="retraining epochs per round; default train.epochs")
+    epochs: int | None = Field(None, ge=0, description=(
+        "retraining epochs per round (lrr, finetune; default train.epochs); rewind replays the "
+        "dense schedule from rewind_step instead"))
     rewind_step: int = Field(0, ge=0, description="retrain: rewind resets weights to this step")
     finetune_lr: float = Field(1e-3, gt=0)
     exclude_first_layer: bool = False
@@ -95,6 +97,14 @@ class PruneConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names")
     min_alive_units: float = Field(0.2, ge=0, lt=1, description=(
         "stop when some layer has fewer than this fraction of units with an incoming connection"))
+
+    @model_validator(mode="after")
+    def _one_shot_budget(self) -> PruneConfig:
+        if self.schedule == "one_shot" and self.retrain == "rewind":
+            raise ValueError("schedule one_shot retrains with the gradual schedule's epoch budget, "
+                             "which rewinding (a replay from rewind_step) cannot match: use retrain "
+                             "lrr or finetune")
+        return self
 
 
 class EvaluateConfig(Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -81,28 +82,30 @@ def read_sidecar(run_dir: str | Path, suite: str, level: int) -> dict | None:
     side = path.with_suffix(".json")
     if not (path.is_file() and side.is_file()):
         return None
+    meta = _sidecar(side)
+    return meta if meta is not None and meta.get("sha256") == sha256_file(path) else None
+
+
+def _sidecar(side: Path) -> dict | None:
     try:
         meta = json.loads(side.read_text())
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return meta if meta.get("sha256") == sha256_file(path) else None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("level"), int) else None
 
 
-def _read_level_csv(path: Path) -> pd.DataFrame:
-    side = path.with_suffix(".json")
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise PoolError(f"results file {path} has no readable sidecar {side.name}; delete both and "
-                        "re-run `prunelens evaluate` for that suite") from None
+def _read_level_csv(path: Path) -> tuple[pd.DataFrame, dict]:
+    fix = "delete both files and re-run `prunelens evaluate` for that suite"
+    meta = _sidecar(path.with_suffix(".json"))
+    if meta is None:
+        raise PoolError(f"results file {path} has no readable sidecar {path.with_suffix('.json').name}; {fix}")
     if meta.get("sha256") != sha256_file(path):
-        raise PoolError(f"results file {path} does not match its recorded sha256 (corrupt or edited); "
-                        "delete it and re-run `prunelens evaluate` for that suite")
+        raise PoolError(f"results file {path} does not match its recorded sha256 (corrupt or edited); {fix}")
     frame = pd.read_csv(path, dtype={c: str for c in RECORD_COLUMNS if c != "value"},
                         keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
     frame["value"] = frame["value"].astype(float)
-    frame["level"] = int(meta["level"])
-    return frame
+    frame["level"] = meta["level"]
+    return frame, meta
 
 
 def load_results(run_dirs: str | Path | Sequence[str | Path], suite: str | Sequence[str] | None = None
@@ -116,13 +119,19 @@ def load_results(run_dirs: str | Path | Sequence[str | Path], suite: str | Seque
     frames = []
     for run_dir in run_dirs:
         pool = Pool(run_dir)
-        sparsity = {lv.index: lv.sparsity for lv in pool.levels}
+        levels = {lv.index: lv for lv in pool.levels}
+        sparsity = {i: lv.sparsity for i, lv in levels.items()}
         for path in sorted(results_dir(run_dir).glob("*/level_*.csv")):
             if suites is not None and path.parent.name not in suites:
                 continue
-            frame = _read_level_csv(path)
-            if frame["level"].iloc[0] not in sparsity if len(frame) else False:
+            frame, meta = _read_level_csv(path)
+            level = levels.get(meta["level"])
+            if level is None:
                 continue  # results of a level the pool no longer has
+            if meta.get("level_sha256") not in (None, level.info["files"].get("model.safetensors")):
+                warnings.warn(f"{path} was computed from an earlier version of level {meta['level']} "
+                              "(rebuilt since): left out; re-run `prunelens evaluate`", stacklevel=2)
+                continue
             frame["run"] = pool.name
             frame["model"] = pool.config.model.name
             frame["sparsity"] = frame["level"].map(sparsity)

@@ -95,7 +95,7 @@ def classify(model: torch.nn.Module, spec, batches: Iterable[torch.Tensor], mapp
     """Category index (into ``mapping.categories``) of every image of ``batches`` (x in [0, 1])."""
     out = []
     for x in batches:
-        logits = model(spec.normalize(x.to(device, non_blocking=True)))
+        logits = spec.forward(model, spec.normalize(x.to(device, non_blocking=True)))
         if logits.shape[-1] != mapping.num_outputs:
             raise ConfigError(f"evaluate.alignment.{option}: the decision mapping expects "
                               f"{mapping.num_outputs} model outputs, the model gives {logits.shape[-1]}")
@@ -231,8 +231,13 @@ def mvh_trials(ctx: LevelContext, subj: str) -> tuple[list[pd.DataFrame], list[s
     if opts.mvh_decision_mapping:
         mapping = DecisionMapping.from_groups(opts.mvh_decision_mapping, ctx.data.class_names,
                                               "evaluate.alignment.mvh_decision_mapping")
+    elif ctx.config.data.name in ("imagenet", "imagefolder"):
+        mapping = DecisionMapping.imagenet16()  # torchvision's class order = sorted ImageNet wnids
     else:
-        mapping = DecisionMapping.imagenet16()
+        raise ConfigError(
+            f"the model-vs-human decision rule maps torchvision's ImageNet class order to the 16 "
+            f"categories; a model trained on '{ctx.config.data.name}' needs its own mapping: give "
+            "evaluate.alignment.mvh_decision_mapping (category -> class names)")
     observer = Observer(ctx, mapping, subj, "mvh_decision_mapping")
     frames = []
     for name in tqdm(present, desc="alignment: model-vs-human", leave=False, disable=None):

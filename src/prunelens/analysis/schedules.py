@@ -4,7 +4,9 @@
 data: ``<name>-gradual`` (``prune.schedule: gradual``, as configured) and ``<name>-one-shot``,
 pruned in one step to the sparsity the gradual pool *reached* (its stop rule may end it before
 ``max_sparsity``) and retrained for the same total number of epochs (rounds × epochs per round).
-Both start from the same dense level 0 (same seed and training settings). It then evaluates the
+Each pool trains its own dense level 0 with the same seed and settings (identical on a CPU, where
+training is deterministic). Rewinding has no equal-budget one-shot counterpart here, so
+``retrain: rewind`` is refused (use ``lrr`` or ``finetune``). It then evaluates the
 dense and the final level of each with the ``accuracy``, ``psp`` and ``sharpness`` suites and
 writes the comparison of the two final levels:
 
@@ -67,6 +69,10 @@ def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[s
     from prunelens.io import atomic_write_bytes, atomic_write_json
     from prunelens.pruning import prune_run
 
+    if cfg.prune.retrain == "rewind":
+        raise ConfigError("compare-schedules needs prune.retrain lrr or finetune: a rewound level "
+                          "replays the dense schedule from prune.rewind_step, which has no one-shot "
+                          "counterpart with the same epoch budget")
     pools = {"gradual": prune_run(gradual_config(cfg), force=force, log=log)}
     pools["one_shot"] = prune_run(one_shot_config(cfg, pools["gradual"]), force=force, log=log)
     for pool in pools.values():

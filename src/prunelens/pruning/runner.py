@@ -1,7 +1,8 @@
 """Build a pool: train the dense model (level 0), then prune and retrain level after level.
 
-Retraining modes: ``lrr`` keeps the weights and replays the full learning-rate schedule (Renda
-et al. 2020); ``rewind`` resets the surviving weights to their values at step ``rewind_step`` of
+Retraining modes: ``lrr`` keeps the weights and replays the learning-rate schedule from its start,
+over ``prune.epochs`` (default: all of ``train.epochs``, as Renda et al. 2020; step milestones are in
+epochs of that replay); ``rewind`` resets the surviving weights to their values at step ``rewind_step`` of
 the dense training and replays the schedule from there (Frankle et al. 2020); ``finetune`` keeps
 the weights and trains at a small constant rate. Schedules: ``gradual`` prunes ``rate`` of the
 remaining weights per round; ``one_shot`` prunes to the final sparsity at once and retrains with

@@ -207,10 +207,15 @@ def compare_to_dense(frame: pd.DataFrame, groups: Mapping[str, str] | None = Non
 
 def accuracy_rows(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``table`` (records, summaries or comparisons) holding the reference accuracy:
-    the accuracy suite's, on the test split where it has one."""
+    the accuracy suite's, on the test split for each group (or run) that has one — a run on
+    ImageNet has only its validation split."""
     acc = table[(table["suite"] == ACCURACY["suite"]) & (table["metric"] == ACCURACY["metric"])]
-    preferred = acc[acc["dataset"] == "test"]
-    return preferred if len(preferred) else acc
+    key = next((k for k in ("group", "run") if k in acc.columns), None)
+    is_test = acc["dataset"] == "test"
+    if key is None:
+        return acc[is_test] if is_test.any() else acc
+    group_has_test = is_test.groupby(acc[key]).transform("any")
+    return acc[is_test | ~group_has_test]
 
 
 def sweet_spots(comparisons: pd.DataFrame) -> pd.DataFrame:
