@@ -78,7 +78,8 @@ def make_run(root: Path, name: str, seed: int = 0, evaluated_levels: int = N_LEV
         atomic_write_json(level_dir / "level.json", {
             "index": level, "sparsity": sparsity, "layer_sparsity": {"fc.weight": sparsity},
             "metrics": {"train_acc": 0.9, "train_loss": 0.3, "val_acc": 0.8, "val_loss": 0.5,
-                        "test_acc": 0.6 + 0.05 * level, "test_loss": 0.5},
+                        "test_acc": 0.6 + 0.05 * level,
+                        "test_loss": EVIL if level == 1 else 0.5},  # level.json is not hashed: escape it
             "epochs": 1, "steps": 10, "wall_time_s": 1.5,
             "files": {f: sha256_file(level_dir / f) for f in ("model.safetensors", "masks.safetensors")}})
         entries.append({"index": level, "sparsity": sparsity, "dir": level_dir.name})

@@ -134,8 +134,8 @@ def _pool_tables(c: ReportContent) -> str:
     parts = []
     for r in c.runs:
         table = c.pools[r.name]
-        rows = [(esc(int(t.level)), esc(f"{t.sparsity:.1%}"), _fmt(t.train_acc), _fmt(t.val_acc),
-                 _fmt(t.test_acc), _fmt(t.test_loss), esc(_fmt(t.epochs)), esc(_fmt(t.steps)),
+        rows = [(esc(int(t.level)), esc(f"{t.sparsity:.1%}"), esc(_fmt(t.train_acc)), esc(_fmt(t.val_acc)),
+                 esc(_fmt(t.test_acc)), esc(_fmt(t.test_loss)), esc(_fmt(t.epochs)), esc(_fmt(t.steps)),
                  esc(_fmt(t.wall_time_s, 1)),
                  f'<span title="{esc(t.model_sha256)}">{esc(str(t.model_sha256)[:12])}</span>',
                  f'<span title="{esc(t.masks_sha256)}">{esc(str(t.masks_sha256)[:12])}</span>')
