@@ -59,6 +59,7 @@ BAD_CONFIGS = [
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "run names must differ"),
     ({"runs": "a"}, "runs: expected a non-empty list"),
     ({"prune": {"schedule": "one_shot", "retrain": "rewind"}}, "rewinding (a replay from rewind_step) cannot match"),
+    ({"train": {"device": "gpu"}}, "train.device: 'gpu' is not a device: use auto, cpu, cuda or cuda:N"),
 ]
 
 
@@ -84,10 +85,27 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, message):
     assert code == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_a_clear_error(tmp_path, capsys):
+    from conftest import tiny_config_dict
+    raw = tiny_config_dict(tmp_path)
+    raw["train"]["device"] = "cuda"
+    code, _, err = _run_cli(capsys, "prune", str(_write(tmp_path, raw)))
+    assert code == 2 and "device 'cuda' is not available on this machine" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_invalid_yaml_names_the_line(tmp_path, capsys):
     path = _write(tmp_path, "train:\n  epochs: [1,\nprune: {}\n")
     code, _, err = _run_cli(capsys, "prune", str(path))
     assert code == 2 and "is not valid YAML" in err and "line" in err
+
+
+def test_non_utf8_config_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    code, _, err = _run_cli(capsys, "prune", str(path))
+    assert code == 2 and "is not UTF-8 text" in err
 
 
 def test_yaml_is_loaded_safely(tmp_path, capsys):

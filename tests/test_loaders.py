@@ -101,3 +101,23 @@ def test_measurement_sample_is_balanced_and_not_augmented(tmp_path):
     assert sorted(int(sample[i][1]) for i in range(4)) == [0, 0, 1, 1]  # both classes, not the first 4
     assert all(torch.equal(sample[0][0], sample[0][0]) for _ in range(5))
     assert len(data.sample("train", 100)) == 8
+
+
+def test_unreadable_files_are_clear_errors(tmp_path):
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((4, 28, 28)), True)
+    gz = tmp_path / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-20])  # truncated download
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(4), False)
+    cfg = resolve_runs({"data": {"name": "mnist", "root": str(tmp_path)}})[0]
+    with pytest.raises(DataError, match="cannot read .*t10k-images-idx3-ubyte.gz .*download it again"):
+        RunData(cfg.data, 0).split("test")
+    _imagenet_tree(tmp_path / "imagenet", n_per_class=1)
+    broken = tmp_path / "imagenet" / "val" / "n01440764" / "n01440764_0.JPEG"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    cfg = resolve_runs({"data": {"name": "imagenet", "root": str(tmp_path / "imagenet")}})[0]
+    with pytest.raises(DataError, match="cannot read image file .*n01440764_0.JPEG"):
+        RunData(cfg.data, 0).split("val")[0]
+    from prunelens.data.images import open_image
+    with pytest.raises(DataError, match="does not exist"):
+        with open_image(tmp_path / "missing.png"):
+            pass

@@ -161,15 +161,19 @@ def test_ctrl_c_exits_cleanly_and_resumes(tmp_path):
 
 
 def test_second_process_on_a_run_folder_is_refused(tmp_path):
+    from prunelens.pool import RunLock
     config = _write_config(tmp_path, "locked")
-    first = _cli("prune", str(config))
-    _wait_for(tmp_path / "runs" / "locked" / "pool.json", first)
-    second = _cli("prune", str(config))
-    out, err = second.communicate()
-    first.kill()
-    first.wait()
+    run_dir = tmp_path / "runs" / "locked"
+    with RunLock(run_dir):  # another prunelens process holds the run folder
+        second = _cli("prune", str(config))
+        out, err = second.communicate()
+        evaluate = _cli("evaluate", str(run_dir))
+        _, err_evaluate = evaluate.communicate()
     assert second.returncode == 2
-    assert "in use by another prunelens process" in err and "Traceback" not in err
+    assert f"in use by another prunelens process (pid {os.getpid()})" in err and "Traceback" not in err
+    assert not (run_dir / "pool.json").exists()
+    assert evaluate.returncode == 2  # no pool yet: refused before the lock matters
+    assert _cli("prune", str(config)).wait() == 0  # released: the run goes ahead
 
 
 def test_run_folder_of_another_config_is_refused_unless_force(tiny_config, capsys):
@@ -221,3 +225,27 @@ def test_a_mismatched_epoch_checkpoint_is_ignored_and_the_level_retrained(tiny_c
     prune_run(cfg, log=messages.append)
     assert any("ignored" in m and "the level restarts" in m for m in messages)
     assert _hashes(cfg.run_dir) == reference
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: (d / "pool.json").write_text("[]"), "does not hold a JSON object"),
+    (lambda d: (d / "pool.json").write_text('{"levels": []}'), "lacks name"),
+    (lambda d: (d / "level_00" / "level.json").write_text('{"index": 0}'), "lacks sparsity"),
+])
+def test_malformed_pool_files_are_clear_errors(tiny_config, capsys, damage, message):
+    from prunelens.cli import main
+    cfg = tiny_config(prune={"rounds": 1}, train={"epochs": 1})
+    prune_run(cfg, log=lambda *_: None)
+    damage(cfg.run_dir)
+    assert main(["pool", "show", str(cfg.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_evaluating_a_pool_without_levels_is_a_clear_error(tiny_config, capsys):
+    from prunelens.cli import main
+    from prunelens.pool import PoolWriter
+    cfg = tiny_config()
+    PoolWriter(cfg.run_dir, cfg, 4).open().close()  # a run interrupted during level 0
+    assert main(["evaluate", str(cfg.run_dir)]) == 2
+    assert "no complete level to evaluate yet" in capsys.readouterr().err

@@ -10,6 +10,7 @@ commands run on rank 0 alone, and output is printed by rank 0.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -89,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare-schedules", help=(
         "one-shot vs gradual pruning of a config at the same final sparsity and epoch budget"))
     _config_args(p, optional=False)
-    p.add_argument("-o", "--out", help="folder for both pools and the comparison "
-                                       "(default: OUTPUT_DIR/<name>-schedules)")
+    p.add_argument("-o", "--out", help="folder for the comparison (default: OUTPUT_DIR/<name>-schedules); "
+                                       "the two pools go to OUTPUT_DIR/<name>-gradual and <name>-one-shot")
     p.set_defaults(func=cmd_compare_schedules)
 
     p = sub.add_parser("pool", help="inspect a pool")
@@ -166,11 +167,12 @@ def cmd_evaluate(args) -> int:
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"evaluate.device={args.device}")
+    # paths as JSON strings: the override parser reads YAML, where '#' would start a comment
     if args.voc_root:
-        overrides += [f"evaluate.{s}.voc_root={args.voc_root}" for s in ("interpretability", "discovery")
-                      if args.suites is None or s in args.suites]
+        overrides += [f"evaluate.{s}.voc_root={json.dumps(args.voc_root)}"
+                      for s in ("interpretability", "discovery") if args.suites is None or s in args.suites]
     if args.mvh_root:
-        overrides.append(f"evaluate.alignment.mvh_root={args.mvh_root}")
+        overrides.append(f"evaluate.alignment.mvh_root={json.dumps(args.mvh_root)}")
     evaluate_run(args.run_dir, suites=args.suites, levels=args.levels, overrides=overrides,
                  force=args.force)
     return 0

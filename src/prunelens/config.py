@@ -19,10 +19,11 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from prunelens.errors import ConfigError, PrunelensError
 
@@ -56,6 +57,20 @@ class DataConfig(Section):
         return validate_section(dataset_entry(self.name).options, self.model_extra or {}, "data")
 
 
+def _device(name: str) -> str:
+    from prunelens.pruning.train import parse_device
+    if name != "auto":
+        try:
+            parse_device(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return name
+
+
+#: "auto" or a torch device string (availability is checked when the device is used)
+Device = Annotated[str, AfterValidator(_device)]
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1, description="the global batch: split over ranks under torchrun")
@@ -72,7 +87,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the model afresh for every level (CUDA only)")
@@ -112,7 +127,7 @@ class EvaluateConfig(Section):
 
     model_config = ConfigDict(extra="allow")
     suites: list[str] | None = Field(None, description="default: every suite that applies")
-    device: str = "auto"
+    device: Device = "auto"
     batch_size: int = Field(64, ge=1)
     amp: bool = Field(False, description="bf16 autocast in the attribution passes (GPU)")
     channels_last: bool = Field(False, description="channels-last model and images in the attribution passes")
@@ -211,7 +226,9 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -38,7 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, PoolError
 from prunelens.results import Record
 
 # suite name -> module that registers it (imported on first use)
@@ -216,6 +216,9 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
         config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
     names, unavailable = _resolve_suites(config, suites)
     wanted = pool.levels if levels is None else [pool.level(i) for i in levels]
+    if not wanted:
+        raise PoolError(f"{run_dir} has no complete level to evaluate yet: run `prunelens prune` "
+                        "on its config first" if levels is None else "--levels selects no level")
     device = distributed.init(resolve_device(config.evaluate.device))
     if distributed.active():
         log = _rank_log(log, distributed.rank())

@@ -50,6 +50,20 @@ def versions() -> dict[str, str]:
             "torchvision": torchvision().__version__, "prunelens": prunelens.__version__}
 
 
+POOL_KEYS = ("name", "config", "config_hash", "num_classes", "levels")
+LEVEL_KEYS = ("index", "sparsity", "layer_sparsity", "metrics", "epochs", "wall_time_s", "files")
+
+
+def _checked(info, keys: tuple[str, ...], path: Path, fix: str) -> dict:
+    """``info`` if it is a mapping with ``keys``, else a PoolError naming the file."""
+    if not isinstance(info, dict):
+        raise PoolError(f"{path} does not hold a JSON object: {fix}")
+    missing = [k for k in keys if k not in info]
+    if missing:
+        raise PoolError(f"{path} lacks {', '.join(missing)}: {fix}")
+    return info
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
@@ -126,9 +140,12 @@ class Pool:
         if not self.run_dir.is_dir():
             raise PoolError(f"run folder {self.run_dir} does not exist; create it with "
                             "`prunelens prune CONFIG` (or check the path)")
-        self.info = _read_json(self.run_dir / POOL_FILE,
-                               "this is not a prunelens run folder, or its pool.json was damaged; "
-                               "re-run `prunelens prune` on its config")
+        fix = ("this is not a prunelens run folder, or its pool.json was damaged; re-run "
+               "`prunelens prune` on its config")
+        self.info = _checked(_read_json(self.run_dir / POOL_FILE, fix), POOL_KEYS,
+                             self.run_dir / POOL_FILE, fix)
+        if not all(isinstance(e, dict) and {"index", "dir"} <= set(e) for e in self.info["levels"]):
+            raise PoolError(f"{self.run_dir / POOL_FILE} has malformed level entries: {fix}")
 
     @property
     def name(self) -> str:
@@ -158,9 +175,9 @@ class Pool:
         out = []
         for entry in self.info["levels"]:
             path = self.run_dir / entry["dir"]
-            info = _read_json(path / "level.json",
-                              f"delete {path} and re-run `prunelens prune` to rebuild the level")
-            out.append(Level(self, path, info))
+            fix = f"delete {path} and re-run `prunelens prune` to rebuild the level"
+            out.append(Level(self, path, _checked(_read_json(path / "level.json", fix), LEVEL_KEYS,
+                                                  path / "level.json", fix)))
         return out
 
     def level(self, index: int) -> Level:
@@ -239,7 +256,7 @@ class PoolWriter:
         from prunelens import distributed
         if not distributed.is_main():
             raise RuntimeError(f"{distributed.where()}: only rank 0 writes the pool")
-        existing = self.run_dir.exists() and any(self.run_dir.iterdir())
+        existing = self.run_dir.exists() and any(p.name != LOCK_FILE for p in self.run_dir.iterdir())
         if existing and not (self.run_dir / POOL_FILE).is_file():
             raise PoolError(f"output folder {self.run_dir} exists and is not a prunelens run folder; "
                             "choose another name/output_dir or move that folder away")
@@ -299,9 +316,10 @@ class PoolWriter:
             if not path.is_dir():
                 break
             try:
-                level = Level(pool, path, _read_json(path / "level.json", ""))
+                level = Level(pool, path, _checked(_read_json(path / "level.json", ""), LEVEL_KEYS,
+                                                   path / "level.json", ""))
                 level.verify()
-            except (PoolError, KeyError, TypeError, AttributeError):  # missing, corrupt or malformed
+            except PoolError:  # missing, corrupt or malformed: rebuilt from here on
                 break
             good.append(level)
             index += 1

@@ -343,8 +343,10 @@ def ablation_correct(model: nn.Module, module: nn.Module, units: torch.Tensor,
                      transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
     """Per-image correctness (bool) with the outputs of ``units`` of ``module`` set to 0.
 
-    Zeroing a unit's output removes it from the network (as if all its incoming weights and bias
-    were pruned). Units are output channels (dim 1) of a conv, the last dim of a Linear.
+    Without a normalisation after the layer, zeroing a unit's output removes it from the network
+    (as if all its incoming weights and bias were pruned); a BatchNorm after a conv maps the zero
+    to its shift β − γμ/σ, so the unit then sends a constant instead. Units are output channels
+    (dim 1) of a conv, the last dim of a Linear.
     """
     dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
     handle = module.register_forward_hook(_zero_units_hook(units, dim)) if len(units) else None

@@ -58,7 +58,12 @@ class ImageFolderSplit(torch.utils.data.Dataset):
         return len(self.inner)
 
     def __getitem__(self, i: int):
-        return self.inner[i]
+        from PIL import UnidentifiedImageError
+        try:
+            return self.inner[i]
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image file {self.inner.samples[i][0]} ({exc}); replace or "
+                            "remove it") from None
 
 
 def _build(options: ImageFolderOptions, split: str, seed: int, augment: bool = True) -> ImageFolderSplit:

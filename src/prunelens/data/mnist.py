@@ -34,7 +34,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise DataError(f"{path} (or {path.name}.gz) is missing")
-    raw = (gzip.open if found.suffix == ".gz" else open)(found, "rb").read()
+    try:
+        with (gzip.open if found.suffix == ".gz" else open)(found, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+        raise DataError(f"cannot read {found} ({exc}); download it again") from None
     header = np.frombuffer(raw[:4 + 4 * ndim], dtype=">u4")
     if header[0] != _MAGIC[ndim]:
         raise DataError(f"{found} is not an IDX file of {ndim} dimension(s) (magic {header[0]})")

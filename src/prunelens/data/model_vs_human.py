@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunelens.data.images import open_image
 from prunelens.errors import DataError
 
 #: the 16 entry-level categories, in the benchmark's (alphabetical) order
@@ -221,10 +222,10 @@ class ModelVsHumanDataset(torch.utils.data.Dataset):
 
 def load_image(path: Path) -> torch.Tensor:
     """An image file as a float RGB tensor (3, H, W) in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             rgb = np.asarray(img.convert("RGB"))
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None

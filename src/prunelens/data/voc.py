@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from prunelens.data.segmentation import SegmentationBatch
+from prunelens.data.images import open_image
 from prunelens.errors import DataError
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -54,11 +55,10 @@ def read_split(voc: Path, split: str) -> list[str]:
 
 def read_label_map(path: Path) -> np.ndarray:
     """Palette indices (H, W) uint8 of a VOC segmentation PNG."""
-    from PIL import Image
 
     if not path.is_file():
         raise DataError(f"segmentation mask {path} does not exist")
-    with Image.open(path) as png:
+    with open_image(path) as png:
         if png.mode not in ("P", "L"):
             raise DataError(f"segmentation mask {path} is a {png.mode} image; VOC masks are palette "
                             "PNGs (mode P) whose indices are the classes — convert colours to indices")
@@ -100,11 +100,10 @@ class VOCSegmentation:
         """(H, W) of every item after the resize policy (reads only image headers)."""
         if self.resize == "shorter_crop":
             return [(self.image_size, self.image_size)] * len(self)
-        from PIL import Image
 
         out = []
         for i in range(len(self)):
-            with Image.open(self.paths(i)[0]) as img:
+            with open_image(self.paths(i)[0]) as img:
                 out.append((img.height, img.width))
         return out
 
@@ -125,7 +124,7 @@ class VOCSegmentation:
         if not image_path.is_file():
             raise DataError(f"VOC image {image_path} (listed in the {self.split} split) does not exist")
         labels = Image.fromarray(read_label_map(mask_path))
-        with Image.open(image_path) as raw:
+        with open_image(image_path) as raw:
             image = raw.convert("RGB")
         if image.size != labels.size:
             raise DataError(f"segmentation mask {mask_path} is {labels.size[0]}x{labels.size[1]} but its "

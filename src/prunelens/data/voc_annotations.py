@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunelens.data.images import open_image
 from prunelens.errors import DataError
 
 YEARS = ("2007", "2012")
@@ -166,11 +167,10 @@ class VOCBoxes:
 
     def image(self, i: int) -> torch.Tensor:
         """The image as float (3, H, W) in [0, 1] (RGB, as ``ToTensor`` gives it)."""
-        from PIL import Image
 
         path = self.image_path(i)
         try:
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 array = np.asarray(img.convert("RGB"))
         except OSError as exc:
             raise DataError(f"cannot read VOC image {path}: {exc}") from None

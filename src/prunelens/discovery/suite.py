@@ -231,7 +231,10 @@ def _saved_levels(folder: Path) -> list[tuple[dict, pd.DataFrame]]:
     for summary_file in folder.glob("level_*/summary.json"):
         boxes_file = summary_file.with_name("boxes.csv")
         if boxes_file.is_file():
-            summary = json.loads(summary_file.read_text())
+            try:
+                summary = json.loads(summary_file.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # a damaged figure input: that level is left out of the figure
             out.append((summary, pd.read_csv(boxes_file, dtype={"item": str})))
     return sorted(out, key=lambda lv: (lv[0].get("level") is None, lv[0].get("level") or 0))
 

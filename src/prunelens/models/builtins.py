@@ -25,6 +25,8 @@ class FCN(nn.Module):
                  widths: Sequence[int] = (1024, 1024, 1024)) -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
+        if not self.input_shape or min(self.input_shape) < 1 or any(int(w) < 1 for w in widths):
+            raise ValueError(f"input_shape {tuple(input_shape)} and widths {tuple(widths)} must be positive")
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         fan_in = int(torch.tensor(self.input_shape).prod())
         for i, width in enumerate(widths, start=1):
@@ -74,6 +76,9 @@ class SmallResNet(nn.Module):
         basic_block = torchvision().models.resnet.BasicBlock
         widths = [int(w) for w in widths]
         blocks = [int(blocks)] * len(widths) if isinstance(blocks, int) else [int(b) for b in blocks]
+        if not widths or min(widths) < 1 or len(blocks) != len(widths) or min(blocks) < 1 or stem_stride < 1:
+            raise ValueError(f"widths {widths} must be positive, one per stage, with as many blocks "
+                             f"counts {blocks} (each >= 1) and stem_stride {stem_stride} >= 1")
         self.conv1 = nn.Conv2d(3, widths[0], 3, stem_stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)

@@ -55,7 +55,7 @@ def create_model(name: str, num_classes: int, weights: str | Path | None = None,
     _check_options(name, build, options)
     try:
         model = build(num_classes=num_classes, **options)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError, RuntimeError) as exc:  # option values it cannot take
         raise ModelError(f"cannot build model '{name}' with options {options}: {exc}") from None
     if weights is not None:
         load_state_dict_strict(model, read_weights(name, weights), f"weights '{weights}'")

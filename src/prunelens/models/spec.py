@@ -257,9 +257,6 @@ class FCNSpec(ArchSpec):
 
     family = "fcn"
 
-    def input_shape(self, model: nn.Module) -> tuple[int, ...]:
-        return model.input_shape
-
     def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
         return tensor.reshape(tensor.shape[0], *model.input_shape)
 

@@ -171,6 +171,12 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
         log(f"{cfg.name}: train.compile applies on CUDA only; training eagerly on {device}")
     data = RunData(cfg.data, cfg.seed)
     num_classes = cfg.model.num_classes or data.num_classes
+    # model and data first: a mistake in either is reported before the run folder is touched
+    torch.manual_seed(derived_seed(cfg.seed, "init"))
+    model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
+    spec = spec_for(model)
+    params = prunable_from_config(model, cfg.prune)
+    loaders = _Loaders(cfg, data, device)
     with contextlib.ExitStack() as stack:
         writer, done = None, []
 
@@ -183,11 +189,6 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
         n_done = distributed.share_from_main(open_pool)
         if not distributed.is_main():
             done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
-        torch.manual_seed(derived_seed(cfg.seed, "init"))
-        model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
-        spec = spec_for(model)
-        params = prunable_from_config(model, cfg.prune)
-        loaders = _Loaders(cfg, data, device)
         masks = dense_masks(params)
         if done:
             load_state_dict_strict(model, done[-1].state_dict(), "the last level")

@@ -33,15 +33,31 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from prunelens import distributed
+from prunelens.errors import ConfigError
 from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors, sha256_file
 from prunelens.pruning.masks import Masker
 from prunelens.pruning.schedule import LRSchedule
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), or a torch device string that this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = parse_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' is not available on this machine (torch {torch.__version__} "
+                          "sees no CUDA GPU); use device auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}' does not exist: this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"'{name}' is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def derived_seed(*parts: int | str) -> int:
