@@ -50,7 +50,7 @@ def versions() -> dict[str, str]:
             "torchvision": torchvision().__version__, "prunelens": prunelens.__version__}
 
 
-POOL_KEYS = ("name", "config", "config_hash", "num_classes", "levels")
+POOL_KEYS = ("name", "config", "levels")
 LEVEL_KEYS = ("index", "sparsity", "layer_sparsity", "metrics", "epochs", "wall_time_s", "files")
 
 
@@ -152,12 +152,15 @@ class Pool:
         return self.info["name"]
 
     @property
-    def config_hash(self) -> str:
-        return self.info["config_hash"]
+    def config_hash(self) -> str | None:
+        return self.info.get("config_hash")
 
     @property
     def num_classes(self) -> int:
-        return int(self.info["num_classes"])
+        if not isinstance(self.info.get("num_classes"), int):
+            raise PoolError(f"{self.run_dir / POOL_FILE} does not record num_classes: re-run "
+                            "`prunelens prune` on its config")
+        return self.info["num_classes"]
 
     @property
     def complete(self) -> bool:
