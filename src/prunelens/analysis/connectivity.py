@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunelens.pruning.masks import alive_units_fraction  # noqa: F401 - part of this API
+
 
 # ---- masks as unit images ------------------------------------------------------------------------
 def unit_masks(mask: torch.Tensor, input_shape: Iterable[int] | None = None) -> torch.Tensor:
@@ -55,12 +57,6 @@ def connections_per_unit(units: torch.Tensor) -> torch.Tensor:
 def connections_per_input(units: torch.Tensor) -> torch.Tensor:
     """Number of units every input (channel, pixel) still feeds, (C, H, W)."""
     return units.sum(0)
-
-
-def alive_units_fraction(mask: torch.Tensor) -> float:
-    """Fraction of units (rows / output channels, dim 0) with at least one incoming connection."""
-    mask = mask.detach().bool()
-    return float(mask.flatten(1).any(1).float().mean()) if mask.ndim > 1 else float(mask.any())
 
 
 def effective_mask(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -160,6 +160,12 @@ def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, dict[str, floa
     return (1.0 - alive / total if total else 0.0), per_layer
 
 
+def alive_units_fraction(mask: torch.Tensor) -> float:
+    """Fraction of units (rows / output channels, dim 0) with at least one incoming connection."""
+    mask = mask.detach().bool()
+    return float(mask.flatten(1).any(1).float().mean()) if mask.ndim > 1 else float(mask.any())
+
+
 def alive_unit_fraction(masks: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per layer: fraction of output units (rows / output channels) with any incoming connection."""
-    return {n: float(m.reshape(m.shape[0], -1).any(1).float().mean()) for n, m in masks.items()}
+    """Per layer: :func:`alive_units_fraction` of each mask."""
+    return {n: alive_units_fraction(m) for n, m in masks.items()}
