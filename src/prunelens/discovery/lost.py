@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 
 from prunelens.errors import ModelError
@@ -62,7 +63,15 @@ class LostResult(NamedTuple):
 
 
 def similarity(features: torch.Tensor) -> torch.Tensor:
-    """Patch similarity A = F Fᵀ, (B, N, N), raw dot products (LOST Sec. 3.1)."""
+    """Patch similarity A = F Fᵀ, (B, N, N), raw dot products (LOST Sec. 3.1).
+
+    On a CPU the product goes through numpy: its BLAS computes F Fᵀ as a symmetric rank-k update
+    (half the multiply-adds, the result exactly symmetric), while torch's bmm computes every entry:
+    2-3x slower at 196 patches × 768/2048 features (``benchmarks/lost.py``, similarity row).
+    """
+    if features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64):
+        f = features.detach().numpy()
+        return torch.from_numpy(f @ np.swapaxes(f, 1, 2))
     return features @ features.transpose(1, 2)
 
 
