@@ -157,3 +157,15 @@ def test_bad_ig_settings_raise_config_errors(resnet):
         integrated_gradients(resnet, images(), internal_batch_size=0)
     with pytest.raises(ConfigError, match="noise"):
         integrated_gradients(resnet, images(), noise_samples=-1)
+
+
+def test_cpu_chunks_keep_each_activation_below_the_fresh_pages_size(resnet, monkeypatch):
+    from prunelens.explain import integrated
+
+    x = images(1, 32)
+    largest = integrated._row_bytes(resnet, x)[1]
+    assert 0 < largest < row_memory_bytes(resnet, x)
+    monkeypatch.setattr(integrated, "CPU_FRESH_PAGES_BYTES", 3 * largest)
+    assert rows_per_chunk(resnet, x, 1e6, fold_bn=False) == 3
+    monkeypatch.setattr(integrated, "CPU_FRESH_PAGES_BYTES", 1)
+    assert rows_per_chunk(resnet, x, 1e6, fold_bn=False) == 1
