@@ -11,10 +11,10 @@ deterministic ones are checked to agree to one 8-bit level.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from _timing import best_time
 from scipy.ndimage import gaussian_filter
 
 from prunelens.data import distortions as D
@@ -65,15 +65,6 @@ def ours(images: torch.Tensor, scale: float) -> dict:
             for n, recipe in D.DISTORTIONS.items() for c in recipe.conditions}
 
 
-def best_of(fn, repeats: int) -> tuple[float, dict]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="images")
@@ -88,8 +79,8 @@ def main() -> None:
     scale = args.size / D.REFERENCE_SIZE
     hwc = images.permute(0, 2, 3, 1).double().numpy()
 
-    t_ours, got = best_of(lambda: ours(images, scale), args.repeats)
-    t_peer, ref = best_of(lambda: peer(hwc, scale), args.repeats)
+    t_ours, got = best_time(lambda: ours(images, scale), args.repeats)
+    t_peer, ref = best_time(lambda: peer(hwc, scale), args.repeats)
     worst = 0.0
     for (name, cond), out in got.items():
         if name in ("phase-scrambling", "uniform-noise") and cond not in ("0", "0.0"):

@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
+
+from _timing import best_time
 
 CONFIGS = {  # name: (grid h, grid w, feature dim, stride)
     "vit_b_32@448": (14, 14, 768, 32),
@@ -60,15 +61,6 @@ def blob_features(n, h, w, dim, seed):
     inside = ((rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)).reshape(n, h * w, 1)
     noise = torch.randn(n, h * w, dim, generator=gen)
     return (torch.where(inside, obj, background) + 1.5 * noise).float().contiguous()
-
-
-def best_time(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
@@ -118,7 +110,7 @@ def main() -> None:
                     for a in gram_np]
 
         ours()  # warm-up
-        per_image = lambda fn: best_time(fn, args.repeats) / args.n_images  # noqa: E731
+        per_image = lambda fn: best_time(fn, args.repeats)[0] / args.n_images  # noqa: E731
         t_ours, t_peer = per_image(ours), per_image(peer)
         g_ours = per_image(lambda: synced([similarity(f) for f in batches]))
         g_peer = per_image(lambda: [f @ f.T for f in feats_np])

@@ -12,11 +12,11 @@ results are checked to be identical before the times are printed.
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import numpy as np
 import torch
+from _timing import best_time
 
 from prunelens.analysis.connectivity import _use_direct, pair_histograms
 
@@ -36,15 +36,6 @@ def per_unit_loop(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.add.at(sc, (dy[same], dx[same]), 1)
         np.add.at(dc, (dy[other], dx[other]), 1)
     return sc, dc
-
-
-def best_time(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), out
 
 
 def main() -> None:

@@ -88,6 +88,21 @@ def read_level_results(ctx: RunContext, suite: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def save_figures_vs_sparsity(ctx: RunContext, suite: str, metrics: list[tuple[str, str, str]]) -> None:
+    """``<metric>_vs_sparsity.png`` for each (metric, title, y label) of ``suite`` that has results,
+    when the suite's options ask for figures."""
+    if not ctx.options.figures:
+        return
+    frame = read_level_results(ctx, suite)
+    if frame.empty:
+        return
+    for metric, title, ylabel in metrics:
+        sub = frame[frame["metric"] == metric]
+        if not sub.empty:
+            figures.save(figures.metric_vs_sparsity(sub, title, ylabel),
+                         ctx.artifacts / f"{metric}_vs_sparsity.png")
+
+
 # ---- connectivity --------------------------------------------------------------------------------
 class ConnectivityOptions(SuiteOptions):
     radius: float = Field(2.0, gt=0, description="pairs with |d| <= radius (pixels) are local")
@@ -238,18 +253,10 @@ class ConnectivitySuite(Suite):
                          method=view.name, condition=condition)
 
     def after_levels(self, ctx: RunContext) -> None:
-        if not ctx.options.figures:
-            return
-        frame = read_level_results(ctx, self.name)
-        if frame.empty:
-            return
-        for metric, ylabel in (("locality_score", "locality score (1 = random mask)"),
-                               ("alive_units_fraction", "fraction of units with inputs"),
-                               ("connections_per_unit", "connections per unit")):
-            sub = frame[frame["metric"] == metric]
-            if not sub.empty:
-                figures.save(figures.metric_vs_sparsity(sub, metric.replace("_", " "), ylabel),
-                             ctx.artifacts / f"{metric}_vs_sparsity.png")
+        save_figures_vs_sparsity(ctx, self.name, [
+            ("locality_score", "locality score", "locality score (1 = random mask)"),
+            ("alive_units_fraction", "alive units fraction", "fraction of units with inputs"),
+            ("connections_per_unit", "connections per unit", "connections per unit")])
 
 
 # ---- PSP-entropy ---------------------------------------------------------------------------------
@@ -298,13 +305,8 @@ class PSPSuite(Suite):
                           stacklevel=2)
 
     def after_levels(self, ctx: RunContext) -> None:
-        if not ctx.options.figures:
-            return
-        frame = read_level_results(ctx, self.name)
-        if frame.empty:
-            return
-        fig = figures.metric_vs_sparsity(frame, "PSP-entropy per layer", "mean PSP-entropy (bits)")
-        figures.save(fig, ctx.artifacts / "psp_entropy_vs_sparsity.png")
+        save_figures_vs_sparsity(ctx, self.name, [
+            ("psp_entropy", "PSP-entropy per layer", "mean PSP-entropy (bits)")])
 
 
 # ---- sharpness -----------------------------------------------------------------------------------
@@ -361,14 +363,6 @@ class SharpnessSuite(Suite):
                                    "converged": top.converged, "images": opts.hessian_images})
 
     def after_levels(self, ctx: RunContext) -> None:
-        if not ctx.options.figures:
-            return
-        frame = read_level_results(ctx, self.name)
-        if frame.empty:
-            return
-        for metric, ylabel in (("loss_increase", "loss increase"),
-                               ("hessian_top_eigenvalue", "top Hessian eigenvalue")):
-            sub = frame[frame["metric"] == metric]
-            if not sub.empty:
-                figures.save(figures.metric_vs_sparsity(sub, metric.replace("_", " "), ylabel),
-                             ctx.artifacts / f"{metric}_vs_sparsity.png")
+        save_figures_vs_sparsity(ctx, self.name, [
+            ("loss_increase", "loss increase", "loss increase"),
+            ("hessian_top_eigenvalue", "hessian top eigenvalue", "top Hessian eigenvalue")])

@@ -67,7 +67,7 @@ def similarity(features: torch.Tensor) -> torch.Tensor:
 
     On a CPU the product goes through numpy: its BLAS computes F Fᵀ as a symmetric rank-k update
     (half the multiply-adds, the result exactly symmetric), while torch's bmm computes every entry:
-    2-3x slower at 196 patches × 768/2048 features (``benchmarks/lost.py``, similarity row).
+    about 2x slower at 196 patches × 768/2048 features (``benchmarks/lost.py``, similarity row).
     """
     if features.device.type == "cpu" and features.dtype in (torch.float32, torch.float64):
         f = features.detach().numpy()
