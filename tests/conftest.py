@@ -31,3 +31,32 @@ def tiny_config(tmp_path):
     def make(**sections):
         return resolve_runs(tiny_config_dict(tmp_path, **sections))[0]
     return make
+
+
+def write_manifest(run_dir, name: str, config: dict, level_dirs, complete: bool = True,
+                   num_classes: int = 2, **extra) -> None:
+    """A format-2 pool.json for hand-made levels (each folder holding its level.json)."""
+    from prunelens.io import atomic_write_json
+    from prunelens.runfolder import FORMAT, level_entry, read_json, sealed
+
+    entries = [level_entry(read_json(d / "level.json", ""), d / "level.json") for d in level_dirs]
+    atomic_write_json(run_dir / "pool.json", sealed({
+        "format": FORMAT, "name": name, "config": config, "num_classes": num_classes,
+        "levels": entries, "complete": complete, "stop_reason": None,
+        "versions": {"python": "3.11", "torch": torch.__version__, "prunelens": "0.1.0"}, **extra}))
+
+
+def hand_made_pool(run_dir, sparsities, name: str = "hand-made"):
+    """A verified run folder whose levels hold only a level.json (for suites' figures across levels)."""
+    from prunelens.io import atomic_write_json
+    from prunelens.runfolder import RunFolder
+
+    dirs = []
+    for index, sparsity in enumerate(sparsities):
+        level_dir = run_dir / f"level_{index:02d}"
+        atomic_write_json(level_dir / "level.json", {
+            "index": index, "sparsity": sparsity, "layer_sparsity": {}, "metrics": {},
+            "epochs": 1, "wall_time_s": 0.0, "files": {}})
+        dirs.append(level_dir)
+    write_manifest(run_dir, name, {"name": name, "model": {"name": "small_resnet"}}, dirs)
+    return RunFolder(run_dir)

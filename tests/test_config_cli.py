@@ -25,7 +25,7 @@ def test_embedded_default_has_a_cnn_and_a_vit():
     assert [r.model.name for r in runs] == ["small_resnet", "small_vit"]
     assert all(r.data.name == "synthetic" for r in runs)
     assert runs[1].train.optimizer == "adamw" and runs[0].train.optimizer == "sgd"
-    assert runs[0].pool_hash() != runs[1].pool_hash()
+    assert runs[0].identity_hash() != runs[1].identity_hash()
 
 
 def test_overrides_apply_to_every_run_and_parse_yaml_values():
@@ -33,12 +33,12 @@ def test_overrides_apply_to_every_run_and_parse_yaml_values():
     assert all(r.prune.rate == 0.3 and r.train.milestones == [1, 2] for r in runs)
 
 
-def test_pool_hash_ignores_evaluation_and_runtime_settings():
+def test_identity_ignores_evaluation_and_runtime_settings():
     base = resolve_runs({"name": "a"})[0]
     same = resolve_runs({"name": "b", "output_dir": "elsewhere", "train": {"device": "cpu"},
                          "evaluate": {"batch_size": 8}})[0]
     other = resolve_runs({"name": "a", "prune": {"rate": 0.3}})[0]
-    assert base.pool_hash() == same.pool_hash() != other.pool_hash()
+    assert base.identity_hash() == same.identity_hash() != other.identity_hash()
 
 
 BAD_CONFIGS = [

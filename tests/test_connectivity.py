@@ -405,12 +405,14 @@ def test_locality_figure_across_levels(tmp_path):
     model, masks = pruned_fcn()
     suite = get_suite("connectivity")
     opts = suite.Options(n_images=0, figures=False)
-    levels = [SimpleNamespace(index=0, sparsity=0.0), SimpleNamespace(index=1, sparsity=0.9)]
+    from conftest import hand_made_pool
+    pool = hand_made_pool(tmp_path, (0.0, 0.9))
+    levels = pool.levels
     dense = {n: torch.ones_like(m) for n, m in masks.items()}
     for level, level_masks in zip(levels, (dense, masks)):
         records = list(suite().evaluate_level(make_context(tmp_path, model, level_masks, opts)))
         write_level(tmp_path, "connectivity", level.index, records, meta={})
-    ctx = RunContext(run_dir=tmp_path, pool=SimpleNamespace(levels=levels), config=None,
+    ctx = RunContext(run_dir=tmp_path, pool=pool, config=None,
                      options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
                      artifacts=tmp_path / "results" / "connectivity")
     suite().after_levels(ctx)

@@ -21,7 +21,7 @@ from conftest import tiny_config_dict
 
 from prunelens import distributed
 from prunelens.config import resolve_runs
-from prunelens.pool import Pool
+from prunelens.runfolder import RunFolder as Pool
 from prunelens.pruning import prune_run
 
 ROOT = Path(__file__).resolve().parents[1]

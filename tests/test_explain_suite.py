@@ -215,11 +215,12 @@ def test_explain_run_draws_the_requested_images_of_a_run(tmp_path, resnet, monke
 
     from prunelens.config import RunConfig
     from prunelens.explain.figure import explain_run
+    from prunelens.runfolder import Layout
 
     config = RunConfig(name="demo", data={"name": "synthetic", "n_test": 6, "image_size": 32, "num_classes": 5})
     levels = [SimpleNamespace(index=i, sparsity=s, load_model=lambda: resnet) for i, s in ((0, 0.0), (2, 0.36))]
-    pool = SimpleNamespace(levels=levels, config=config, name="demo")
-    monkeypatch.setitem(sys.modules, "prunelens.pool", SimpleNamespace(Pool=lambda run_dir: pool))
+    pool = SimpleNamespace(levels=levels, config=config, name="demo", layout=Layout(tmp_path))
+    monkeypatch.setattr("prunelens.runfolder.RunFolder", lambda run_dir: pool)
     out = explain_run(tmp_path, ["test-00004", "test-00001"], levels=[2], methods=["gradcam"])
     assert out == tmp_path / "results" / "interpretability" / "figure2_explain.png"
     with Image.open(out) as png:

@@ -82,8 +82,10 @@ def test_weights_errors_name_the_problem(tmp_path, monkeypatch):
         def __reduce__(self):
             return (print, ("unpickled!",))
     torch.save({"conv1.weight": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(ModelError, match="pickled objects are refused"):
+    with pytest.raises(ModelError, match="pickled Python objects besides tensors") as refused:
         create_model("small_resnet", 3, weights=tmp_path / "evil.pth")
+    # one line, and never the advice to load it unsafely
+    assert "\n" not in str(refused.value) and "weights_only" not in str(refused.value)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     with pytest.raises(ModelError, match="never downloads them: put the file from https://"):
         create_model("resnet18", 1000, weights="IMAGENET1K_V1")

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from prunelens._compat import torchvision
-from prunelens.pool import Pool
+from prunelens.runfolder import RunFolder as Pool
 from prunelens.pruning import prune_run, sparsity
 
 
@@ -161,7 +161,7 @@ def test_ctrl_c_exits_cleanly_and_resumes(tmp_path):
 
 
 def test_second_process_on_a_run_folder_is_refused(tmp_path):
-    from prunelens.pool import RunLock
+    from prunelens.runfolder import RunLock
     config = _write_config(tmp_path, "locked")
     run_dir = tmp_path / "runs" / "locked"
     with RunLock(run_dir):  # another prunelens process holds the run folder
@@ -182,7 +182,7 @@ def test_run_folder_of_another_config_is_refused_unless_force(tiny_config, capsy
     prune_run(cfg, log=lambda *_: None)
     before = _hashes(cfg.run_dir)
     other = tiny_config(prune={"rounds": 1, "rate": 0.3})
-    with pytest.raises(PoolError, match=r"different config \(prune.rate: 0.5 -> 0.3\)"):
+    with pytest.raises(PoolError, match=r"different config \(prune.rate: 0.5 in the run folder vs 0.3 now\)"):
         prune_run(other, log=lambda *_: None)
     assert _hashes(cfg.run_dir) == before  # nothing lost
     prune_run(other, force=True, log=lambda *_: None)
@@ -229,8 +229,10 @@ def test_a_mismatched_epoch_checkpoint_is_ignored_and_the_level_retrained(tiny_c
 
 @pytest.mark.parametrize("damage,message", [
     (lambda d: (d / "pool.json").write_text("[]"), "does not hold a JSON object"),
-    (lambda d: (d / "pool.json").write_text('{"levels": []}'), "lacks name"),
-    (lambda d: (d / "level_00" / "level.json").write_text('{"index": 0}'), "lacks sparsity"),
+    (lambda d: (d / "pool.json").write_text('{"format": 2, "levels": []}'), "lacks name"),
+    (lambda d: (d / "pool.json").write_text('{"levels": []}'), "run `prunelens pool upgrade"),
+    (lambda d: (d / "level_00" / "level.json").write_text('{"index": 0}'),
+     "level_00/level.json does not match the sha256 recorded in pool.json"),
 ])
 def test_malformed_pool_files_are_clear_errors(tiny_config, capsys, damage, message):
     from prunelens.cli import main
@@ -244,7 +246,7 @@ def test_malformed_pool_files_are_clear_errors(tiny_config, capsys, damage, mess
 
 def test_evaluating_a_pool_without_levels_is_a_clear_error(tiny_config, capsys):
     from prunelens.cli import main
-    from prunelens.pool import PoolWriter
+    from prunelens.pruning.store import PoolWriter
     cfg = tiny_config()
     PoolWriter(cfg.run_dir, cfg, 4).open().close()  # a run interrupted during level 0
     assert main(["evaluate", str(cfg.run_dir)]) == 2

@@ -163,12 +163,14 @@ def test_psp_figure_across_levels(tmp_path):
     from prunelens.results import Record, write_level
 
     suite = get_suite("psp")
-    levels = [SimpleNamespace(index=i, sparsity=s) for i, s in enumerate((0.0, 0.5, 0.8))]
+    from conftest import hand_made_pool
+    pool = hand_made_pool(tmp_path, (0.0, 0.5, 0.8))
+    levels = pool.levels
     for level in levels[:2]:  # level 2 not evaluated yet: skipped
         rows = [Record("psp", "psp_entropy", 1.0 + level.sparsity + 0.1 * i, method="conv1", item=str(i))
                 for i in range(4)]
         write_level(tmp_path, "psp", level.index, rows, meta={})
-    ctx = RunContext(run_dir=tmp_path, pool=SimpleNamespace(levels=levels), config=None,
+    ctx = RunContext(run_dir=tmp_path, pool=pool, config=None,
                      options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
                      artifacts=tmp_path / "results" / "psp")
     from prunelens.analysis.suites import read_level_results

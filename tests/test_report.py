@@ -21,12 +21,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_manifest
 from prunelens.errors import PoolError, PrunelensError
 from prunelens.io import atomic_save_tensors, atomic_write_json, sha256_file
 from prunelens.report import build_report, write_report
 from prunelens.report.figures import (FIGURES, MAX_LINES, _at_resolution, _draw, _fit_lines, _rows,
                                       draw_figures)
-from prunelens.report.runs import pool_table, read_run
+from prunelens.report.runs import pool_table
+from prunelens.runfolder import RunFolder
 from prunelens.report.sweet_spots import compare_to_dense, group_summary, sweet_spots
 from prunelens.results import Record, write_level
 
@@ -79,10 +81,10 @@ def make_run(root: Path, name: str, seed: int = 0, evaluated_levels: int = N_LEV
             "index": level, "sparsity": sparsity, "layer_sparsity": {"fc.weight": sparsity},
             "metrics": {"train_acc": 0.9, "train_loss": 0.3, "val_acc": 0.8, "val_loss": 0.5,
                         "test_acc": 0.6 + 0.05 * level,
-                        "test_loss": EVIL if level == 1 else 0.5},  # level.json is not hashed: escape it
+                        "test_loss": EVIL if level == 1 else 0.5},  # escaped like every value read from a run
             "epochs": 1, "steps": 10, "wall_time_s": 1.5,
             "files": {f: sha256_file(level_dir / f) for f in ("model.safetensors", "masks.safetensors")}})
-        entries.append({"index": level, "sparsity": sparsity, "dir": level_dir.name})
+        entries.append(level_dir)
         if level >= evaluated_levels:
             continue
         records = _records(level, rng)
@@ -90,10 +92,7 @@ def make_run(root: Path, name: str, seed: int = 0, evaluated_levels: int = N_LEV
             write_level(run_dir, suite, level, [r for r in records if r.suite == suite], meta={})
         frame = pd.DataFrame([asdict(r) for r in records])
         frames.append(frame.assign(run=name, model="small_resnet", level=level, sparsity=sparsity))
-    atomic_write_json(run_dir / "pool.json", {
-        "name": name, "config": config, "config_hash": f"hash-{name}", "levels": entries,
-        "complete": True, "versions": {"python": "3.11", "torch": torch.__version__,
-                                       "torchvision": "0.28", "prunelens": "0.1.0"}})
+    write_manifest(run_dir, name, config, entries)
     return run_dir, pd.concat(frames, ignore_index=True) if frames else None
 
 
@@ -109,15 +108,15 @@ def report(tmp_path_factory):
     atomic_write_json(run_a / "results" / "sharpness" / "skipped.json",
                       {"reason": "needs the training loss (no train split)"})
     frame = pd.concat([frame_a, frame_b], ignore_index=True)
-    index = write_report([read_run(run_a), read_run(run_b)], frame, root / "out")
+    index = write_report([RunFolder(run_a), RunFolder(run_b)], frame, root / "out")
     return index, frame, [run_a, run_b]
 
 
 # ---- readers --------------------------------------------------------------------------------------
 def test_read_run_reads_manifest_and_levels(tmp_path):
     run_dir, _ = make_run(tmp_path, "r")
-    run = read_run(run_dir)
-    assert (run.name, run.model, run.seed, run.complete) == ("r", "small_resnet", 0, True)
+    run = RunFolder(run_dir)
+    assert (run.name, run.config.model.name, run.config.seed, run.complete) == ("r", "small_resnet", 0, True)
     table = pool_table(run)
     assert list(table["level"]) == list(range(N_LEVELS))
     assert table["test_acc"].tolist() == pytest.approx([0.6, 0.65, 0.7, 0.75])
@@ -125,15 +124,15 @@ def test_read_run_reads_manifest_and_levels(tmp_path):
 
 
 def test_read_run_errors_name_the_file(tmp_path):
-    with pytest.raises(PoolError, match="pool.json not found"):
-        read_run(tmp_path / "nothing")
+    with pytest.raises(PoolError, match="nothing does not exist"):
+        RunFolder(tmp_path / "nothing")
     run_dir, _ = make_run(tmp_path, "r")
     (run_dir / "level_02" / "level.json").unlink()
-    with pytest.raises(PoolError, match=r"level_02/level\.json not found.*level 2"):
-        read_run(run_dir)
+    with pytest.raises(PoolError, match=r"level_02/level\.json is missing: delete .*level_02"):
+        RunFolder(run_dir).levels
     (run_dir / "pool.json").write_text("{not json")
     with pytest.raises(PoolError, match="pool.json is not readable JSON"):
-        read_run(run_dir)
+        RunFolder(run_dir)
 
 
 # ---- figures --------------------------------------------------------------------------------------
@@ -229,7 +228,8 @@ def test_html_is_self_contained_and_escaped(report):
                     "Sweet spots", "Not evaluated, and why", "Runs: config and provenance"):
         assert f">{section}</h2>" in text
     assert "<b>confirmed</b> when both CI lower bounds are" in text  # the rule, stated
-    assert "hash-cnn" in text and sha256_file(runs[0] / "level_03" / "model.safetensors") in text
+    assert RunFolder(runs[0]).identity_hash in text
+    assert sha256_file(runs[0] / "level_03" / "model.safetensors") in text
 
 
 def test_html_lists_what_was_not_evaluated(report):
@@ -246,7 +246,7 @@ def test_report_of_a_run_without_results(tmp_path):
     assert none is None
     empty = pd.DataFrame(columns=["run", "model", "level", "sparsity", "suite", "metric", "method",
                                   "dataset", "condition", "item", "value"])
-    text = write_report([read_run(run_dir)], empty, tmp_path / "out", n_boot=100).read_text()
+    text = write_report([RunFolder(run_dir)], empty, tmp_path / "out", n_boot=100).read_text()
     for suite in ("interpretability", "discovery", "alignment", "connectivity", "psp", "sharpness"):
         assert f"suite &#x27;{suite}&#x27; on r: no results in" in text
     assert "per-image accuracy on r: the accuracy suite has no results; level.json" in text
@@ -266,7 +266,7 @@ def test_sweet_spot_tables_written(report):
 
 def test_out_dir_is_replaced_whole_and_foreign_folders_refused(tmp_path):
     run_dir, frame = make_run(tmp_path, "r", evaluated_levels=2)
-    run = read_run(run_dir)
+    run = RunFolder(run_dir)
     frame = frame[frame["suite"] == "accuracy"]
     out = tmp_path / "out"
     write_report([run], frame, out, n_boot=100)
@@ -283,7 +283,6 @@ def test_out_dir_is_replaced_whole_and_foreign_folders_refused(tmp_path):
 
 
 def test_build_report_from_run_folders(tmp_path):
-    pytest.importorskip("prunelens.pool", reason="load_results needs prunelens.pool (lead, in progress)")
     run_dir, _ = make_run(tmp_path, "r")
     index = build_report([run_dir], tmp_path / "out")
     assert index.is_file() and "Pool of r" in index.read_text()

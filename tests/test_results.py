@@ -10,7 +10,8 @@ import pytest
 
 from prunelens.errors import PoolError
 from prunelens.pruning import prune_run
-from prunelens.results import Record, level_file, load_results, summarize, write_level
+from prunelens.results import Record, load_results, summarize, write_level
+from prunelens.runfolder import Layout, sealed
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,7 @@ def test_several_runs_load_together(run_dir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
     info = json.loads((other / "pool.json").read_text())
-    info["name"] = "other"
-    (other / "pool.json").write_text(json.dumps(info))
+    (other / "pool.json").write_text(json.dumps(sealed({**info, "name": "other"})))
     for d in (run_dir, other):
         write_level(d, "toy", 1, RECORDS, {})
     frame = load_results([run_dir, other])
@@ -92,11 +92,11 @@ def test_damaged_results_are_clear_errors(run_dir):
 
 
 def test_results_of_a_rebuilt_level_are_left_out(run_dir):
-    from prunelens.pool import Pool
+    from prunelens.runfolder import RunFolder as Pool
     sha = Pool(run_dir).level(1).info["files"]["model.safetensors"]
     write_level(run_dir, "toy", 1, RECORDS, {"level_sha256": sha})
     write_level(run_dir, "toy", 0, RECORDS, {"level_sha256": "an-older-level-0"})
     with pytest.warns(UserWarning, match="earlier version of level 0"):
         frame = load_results(run_dir)
     assert set(frame["level"]) == {1}
-    assert level_file(run_dir, "toy", 0).is_file()  # kept on disk, just not shown
+    assert Layout(run_dir).result_csv("toy", 0).is_file()  # kept on disk, just not shown

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from prunelens.analysis.schedules import compare_schedules, retrain_epochs, side_by_side
-from prunelens.pool import Pool
+from prunelens.runfolder import RunFolder as Pool
 from prunelens.results import load_results
 
 SMALL_SUITES = {"psp": {"n_images": 64, "figures": False},

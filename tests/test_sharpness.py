@@ -161,13 +161,15 @@ def test_sharpness_figures_across_levels(tmp_path):
     from prunelens.results import Record, write_level
 
     suite = get_suite("sharpness")
-    levels = [SimpleNamespace(index=i, sparsity=s) for i, s in enumerate((0.0, 0.6))]
+    from conftest import hand_made_pool
+    pool = hand_made_pool(tmp_path, (0.0, 0.6))
+    levels = pool.levels
     for level in levels:
         rows = [Record("sharpness", "loss_increase", 0.1 * (1 + level.index) + 0.01 * d,
                        method="sigma=0.05", item=str(d)) for d in range(3)]
         rows.append(Record("sharpness", "hessian_top_eigenvalue", 3.0 + level.index))
         write_level(tmp_path, "sharpness", level.index, rows, meta={})
-    ctx = RunContext(run_dir=tmp_path, pool=SimpleNamespace(levels=levels), config=None,
+    ctx = RunContext(run_dir=tmp_path, pool=pool, config=None,
                      options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
                      artifacts=tmp_path / "results" / "sharpness")
     suite().after_levels(ctx)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+from types import SimpleNamespace
 import pandas as pd
 import pytest
 from scipy import stats
 
-from prunelens.report.runs import RunInfo, seed_groups
+from prunelens.config import resolve_runs
+from prunelens.report.runs import seed_groups
 from prunelens.report.sweet_spots import (DIRECTIONS, compare_to_dense, group_summary, mean_ci,
                                           sweet_spots)
 from prunelens.results import bootstrap_mean_ci
@@ -141,16 +143,16 @@ def test_descriptive_and_unknown_metrics_are_not_compared():
     assert compare_to_dense(f, n_boot=100).empty
 
 
-def _run(name: str, seed: int, lr: float = 0.1) -> RunInfo:
-    config = {"name": name, "seed": seed, "model": {"name": "small_resnet"},
-              "train": {"lr": lr, "device": "cpu"}, "evaluate": {"device": "cpu"}}
-    return RunInfo(run_dir=None, name=name, config=config, config_hash="", complete=True, versions={},
-                   levels=())
+def _run(name: str, seed: int, lr: float = 0.1, device: str = "cpu") -> SimpleNamespace:
+    """What seed_groups reads of a run folder: its name, config and experiment hash."""
+    config = resolve_runs({"name": name, "seed": seed, "model": {"name": "small_resnet"},
+                           "train": {"lr": lr, "device": device}, "evaluate": {"device": "cpu"}})[0]
+    return SimpleNamespace(name=name, config=config, experiment_hash=config.experiment_hash())
 
 
 def test_seed_groups_pool_runs_that_differ_only_by_seed():
-    runs = [_run("a-s0", 0), _run("a-s1", 1), _run("b", 0, lr=0.01)]
-    runs[1].config["train"]["device"] = "cuda"  # a runtime setting: still a replicate
+    # a runtime setting (the device) does not change the experiment: still a replicate
+    runs = [_run("a-s0", 0), _run("a-s1", 1, device="auto"), _run("b", 0, lr=0.01)]
     groups = seed_groups(runs)
     assert groups["a-s0"] == groups["a-s1"] == "a-s0 (seeds 0, 1)"
     assert groups["b"] == "b"

@@ -10,13 +10,23 @@ commands run on rank 0 alone, and output is printed by rank 0.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 from prunelens.errors import PrunelensError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (exit code 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"prunelens: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
@@ -31,10 +41,10 @@ def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunelens", description=(
+    parser = _Parser(prog="prunelens", description=(
         "Prune vision models into a pool of checkpoints and measure what pruning does to them."))
     parser.add_argument("--version", action="version", version=f"prunelens {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("run", help="prune → evaluate → report, on a config or the embedded demo")
     _config_args(p, optional=True)
@@ -69,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the HTML report of one or several runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--out", help="output folder (default: RUN_DIR/report of the first run)")
-    p.add_argument("--n-boot", type=int, help="bootstrap resamples (default: the run's evaluate.n_boot)")
-    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--n-boot", type=_n_boot, help="bootstrap resamples, at least 100 (default: the "
+                   "run's evaluate.n_boot)")
+    p.add_argument("--confidence", type=_confidence, default=0.95, help="level of the confidence "
+                   "intervals, between 0 and 1 (default 0.95)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("explain", help="draw the paper's Figure 2: heatmaps of chosen images across levels")
@@ -84,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--voc-root", metavar="PATH", help="explain VOC images instead of the run's test split")
     p.add_argument("--voc-split", default="val")
-    p.add_argument("--image-size", type=int, default=224, help="VOC images: shorter side + centre crop")
+    p.add_argument("--image-size", type=_positive_int, default=224,
+                   help="VOC images: shorter side + centre crop")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compare-schedules", help=(
@@ -100,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir")
     show.add_argument("--layers", action="store_true", help="also print per-layer sparsity")
     show.set_defaults(func=cmd_pool_show)
+    upgrade = pool_sub.add_parser("upgrade", help="bring a run folder of an earlier prunelens to this "
+                                                  "version's format (verifies every level first)")
+    upgrade.add_argument("run_dir")
+    upgrade.set_defaults(func=cmd_pool_upgrade)
 
     p = sub.add_parser("config", help="print the resolved config (defaults filled in)")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
@@ -115,9 +132,43 @@ def _suite_names() -> list[str]:
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"level indices are >= 0, got '{text}'")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _n_boot(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"at least 100 bootstrap resamples are needed for a "
+                                         f"percentile interval, got {value}")
+    return value
+
+
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a confidence level is between 0 and 1 (e.g. 0.95), got {text}")
+    return value
 
 
 def _version() -> str:
@@ -235,15 +286,22 @@ def cmd_compare_schedules(args) -> int:
 
 
 def cmd_pool_show(args) -> int:
-    from prunelens.pool import Pool
+    from prunelens.runfolder import RunFolder
 
-    pool = Pool(args.run_dir)
+    pool = RunFolder(args.run_dir)
     print(format_pool_table(pool))
     if args.layers:
         for level in pool.levels:
             print(f"\nlevel {level.index}:")
             for name, s in level.layer_sparsity.items():
                 print(f"  {name:<60} {s:7.2%}")
+    return 0
+
+
+def cmd_pool_upgrade(args) -> int:
+    from prunelens.pruning.store import upgrade_pool
+
+    upgrade_pool(args.run_dir)
     return 0
 
 
@@ -254,22 +312,24 @@ def cmd_config(args) -> int:
 
     for cfg in load_configs(args.config, args.overrides):
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
-        print(f"# run folder: {cfg.run_dir}   pool hash: {cfg.pool_hash()}\n---")
+        print(f"# run folder: {cfg.run_dir}   identity: {cfg.identity_hash()}   experiment: "
+              f"{cfg.experiment_hash()}\n---")
     return 0
 
 
 def format_pool_table(pool) -> str:
+    """The pool table (:meth:`prunelens.runfolder.RunFolder.table`) as text."""
     def pct(v):
         return "    -" if v is None or v != v else f"{v:6.1%}"
     cfg = pool.config
     head = (f"{pool.name}: {cfg.model.name} on {cfg.data.name}, {cfg.prune.scope} {cfg.prune.retrain}, "
             f"{pool.run_dir}" + ("" if pool.complete else "  [incomplete]"))
-    lines = [head, f"{'level':>5} {'sparsity':>9} {'train':>7} {'val':>7} {'test':>7} {'epochs':>6} {'time':>7}"]
-    for lv in pool.levels:
-        m = lv.metrics
-        lines.append(f"{lv.index:>5} {pct(lv.sparsity):>9} {pct(m.get('train_acc')):>7} "
-                     f"{pct(m.get('val_acc')):>7} {pct(m.get('test_acc')):>7} {lv.info['epochs']:>6} "
-                     f"{lv.info['wall_time_s']:>6.0f}s")
+    lines = [head, f"{'level':>5} {'sparsity':>9} {'of all':>7} {'train':>7} {'val':>7} {'test':>7} "
+                   f"{'epochs':>6} {'time':>7}"]
+    for row in pool.table():
+        lines.append(f"{row['level']:>5} {pct(row['sparsity']):>9} {pct(row['sparsity_all']):>7} "
+                     f"{pct(row['train_acc']):>7} {pct(row['val_acc']):>7} {pct(row['test_acc']):>7} "
+                     f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s")
     return "\n".join(lines)
 
 
@@ -289,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     from prunelens import distributed
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed, one line)
+        return int(exc.code or 0)
+    warnings.showwarning = _show_note
     prefix = "prunelens: error: "
     if distributed.launched():
         prefix = f"prunelens: error (rank {os.environ.get('RANK', '?')}): "
@@ -313,8 +377,11 @@ def _report(exc: BaseException, prefix: str) -> int:
     if isinstance(exc, distributed.RemoteError):
         return 2  # rank 0 prints it
     if isinstance(exc, PrunelensError):
-        print(f"{prefix}{exc}", file=sys.stderr)
+        print(f"{prefix}{_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_FAULTS:
+        print(f"{prefix}{_environment_fault(exc)}", file=sys.stderr)
+        return 2
     if isinstance(exc, BrokenPipeError):  # output piped into head & co.
         return 0
     if isinstance(exc, KeyboardInterrupt):
@@ -326,6 +393,34 @@ def _report(exc: BaseException, prefix: str) -> int:
               f"names the rank that failed first). {distributed.RESUME_HINT}", file=sys.stderr)
         return 143
     raise exc
+
+
+#: what the machine can refuse a command, and what the user can do about it
+_ENVIRONMENT_FAULTS = {
+    errno.ENOSPC: "free some space (or point the command at another disk)",
+    errno.EDQUOT: "free some space within your quota (or use another disk)",
+    errno.EROFS: "the file system is read-only: copy the folder somewhere writable, or give an "
+                 "output folder there (-o / output_dir)",
+    errno.EACCES: "you may not write there: fix the folder's permissions or use another folder",
+    errno.EPERM: "you may not write there: fix the folder's permissions or use another folder",
+    errno.EFBIG: "the file is larger than this system allows: raise the file-size limit",
+}
+
+
+def _environment_fault(exc: OSError) -> str:
+    where = f" {exc.filename}" if exc.filename else ""
+    return (f"cannot write{where}: {exc.strerror or os.strerror(exc.errno)}; "
+            f"{_ENVIRONMENT_FAULTS[exc.errno]}. Everything written before is kept: re-run the same "
+            "command to continue")
+
+
+def _one_line(message: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", message.strip())
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each: ``prunelens: note: …``."""
+    print(f"prunelens: note: {_one_line(str(message))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

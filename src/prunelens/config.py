@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
+from prunelens.options import Options
+
+#: run names (and every name read back from a run folder): no path separators, no leading dot
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Section(Options):
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class ModelConfig(Section):
@@ -149,7 +152,7 @@ class EvaluateConfig(Section):
 
 
 class RunConfig(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field("run", pattern=NAME_PATTERN)
     seed: int = 0
     output_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -174,19 +177,130 @@ class RunConfig(Section):
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def pool_dict(self) -> dict[str, Any]:
-        """The settings that determine the pool (hashed; evaluation and runtime settings excluded)."""
+    def resolved(self) -> dict[str, Any]:
+        """The config with every default filled in, the model's and the dataset's options included:
+        what a run folder records, so that a later version whose defaults differ still knows the
+        values this run used."""
+        from prunelens.data.registry import folders_unchecked
+        from prunelens.models.registry import option_defaults
+
         d = self.model_dump(mode="json")
+        model = {k: d["model"][k] for k in ("name", "num_classes", "weights")}
+        d["model"] = _json({**model, **option_defaults(self.model.name), **self.model.options})
+        with folders_unchecked():  # where the data lies is recorded, not checked, here
+            options = self.data.options.model_dump(mode="json")
+        d["data"] = _json({"name": self.data.name, **options})
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the pool a config builds: :meth:`resolved` without the run's name, output
+        folder, evaluation settings, dataset location and the settings that only say where or how
+        fast it trains (:data:`RUNTIME_KEYS`)."""
+        d = self.resolved()
         for key in ("name", "output_dir", "evaluate"):
             d.pop(key)
         d["data"].pop("root", None)  # where the dataset lies is not what it is
-        for key in ("device", "num_workers", "eval_batch_size", "compile"):
+        for key in RUNTIME_KEYS:
             d["train"].pop(key)
         return d
 
-    def pool_hash(self) -> str:
-        blob = json.dumps(self.pool_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def identity_hash(self) -> str:
+        """The run's identity as 16 hex digits (see :func:`digest`)."""
+        return digest(self.identity())
+
+    def experiment_hash(self) -> str:
+        """The identity without the seed: runs that share it are seeds of one experiment."""
+        return digest({k: v for k, v in self.identity().items() if k != "seed"})
+
+
+#: train settings that change where or how fast a run computes, not what it trains
+RUNTIME_KEYS = ("device", "num_workers", "eval_batch_size", "compile")
+
+
+def canonical_json(obj) -> str:
+    """One spelling of a JSON value: sorted keys, no spaces (what every hash is taken of)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def digest(obj) -> str:
+    """sha256 of :func:`canonical_json`, 16 hex digits."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+def _json(obj):
+    """``obj`` as JSON would give it back (tuples become lists)."""
+    return json.loads(json.dumps(obj))
+
+
+# ---- configs stored by earlier versions -----------------------------------------------------------
+#: keys a later version renamed: (section, old) -> new
+RENAMED_KEYS: dict[tuple[str, str], str] = {}
+
+
+def config_from_stored(raw: dict, where: str) -> tuple[RunConfig, list[str]]:
+    """The config a run folder recorded, read with this version: renamed keys are migrated, keys
+    this version no longer has are left out (and returned, so callers can say so) and keys it
+    added take their defaults. Dataset folders are not checked (the data may be elsewhere now)."""
+    from prunelens.data.registry import folders_unchecked
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys")
+    dropped: list[str] = []
+    known = _known_keys(raw, dropped)
+    try:
+        with folders_unchecked():
+            return validate_section(RunConfig, known, where), dropped
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}. This version of prunelens cannot read that value") from None
+
+
+def _known_keys(raw: dict, dropped: list[str]) -> dict:
+    out = {}
+    for key, value in raw.items():
+        if key not in RunConfig.model_fields:
+            dropped.append(key)
+        elif isinstance(value, dict) and key in _SECTION_KEYS:
+            out[key] = _known_section(key, value, dropped)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_section(section: str, raw: dict, dropped: list[str]) -> dict:
+    raw = {RENAMED_KEYS.get((section, k), k): v for k, v in raw.items()}
+    known = _SECTION_KEYS[section](raw)
+    dropped += [f"{section}.{k}" for k in raw if k not in known]
+    return {k: v for k, v in raw.items() if k in known}
+
+
+def _model_keys(raw: dict) -> set[str]:
+    from prunelens.models.registry import accepted_options
+    accepted = accepted_options(str(raw.get("name", ModelConfig().name)))
+    base = set(ModelConfig.model_fields)
+    return set(raw) if accepted is None else base | set(accepted)
+
+
+def _data_keys(raw: dict) -> set[str]:
+    from prunelens.data.registry import dataset_entry
+    try:
+        options = dataset_entry(str(raw.get("name", DataConfig().name))).options
+    except ConfigError:
+        return set(raw)  # an unknown dataset: validation names it
+    return set(DataConfig.model_fields) | set(options.model_fields)
+
+
+def _evaluate_keys(raw: dict) -> set[str]:
+    from prunelens.evaluate import available_suites
+    return set(EvaluateConfig.model_fields) | set(available_suites())
+
+
+_SECTION_KEYS = {
+    "model": _model_keys,
+    "data": _data_keys,
+    "train": lambda raw: set(TrainConfig.model_fields),
+    "prune": lambda raw: set(PruneConfig.model_fields),
+    "evaluate": _evaluate_keys,
+}
 
 
 # ---- validation with messages that name the key --------------------------------------------------
@@ -203,17 +317,22 @@ def _describe(err: dict, prefix: str, model: type[BaseModel]) -> str:
         more = f" (did you mean '{hint[0]}'?)" if hint else (f"; known keys: {', '.join(choices)}" if choices else "")
         return f"unknown key '{where}'{more}"
     got = err.get("input")
-    got_s = "" if isinstance(got, dict) or repr(got) in err["msg"] else f" (got {got!r})"
+    got_s = "" if isinstance(got, dict) or repr(got) in err["msg"] else f" (got {_short(got)})"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}{got_s}"
 
 
 def validate_section(model: type[BaseModel], raw: dict, prefix: str = ""):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {raw!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {_short(raw)}")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0], prefix, model)) from None
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # ---- files and overrides --------------------------------------------------------------------------
@@ -226,19 +345,28 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = _safe_yaml(path.read_text(encoding="utf-8"), f"config file {path}")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path}{where} is not valid YAML: "
-                          f"{getattr(exc, 'problem', exc)}") from None
     if raw is None:
-        return {}
+        raise ConfigError(f"config file {path} is empty: write at least the settings that differ from "
+                          "the defaults (`prunelens config` prints them all), or run `prunelens run` "
+                          "without a file for the embedded demo")
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(raw).__name__}")
     return raw
+
+
+def _safe_yaml(text: str, what: str):
+    """``yaml.safe_load`` with its failures (bad syntax, nesting too deep) as one-line errors."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to be a prunelens config") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -246,9 +374,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects KEY=VALUE (e.g. prune.rate=0.3), got '{text}'")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
+        parsed = _safe_yaml(value, f"--set {key.strip()}") if value.strip() else ""
+    except ConfigError as exc:
+        if "nested too deeply" in str(exc):
+            raise
+        parsed = value  # not YAML: the text as it is
     return key.strip().split("."), parsed
 
 

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from prunelens.errors import ConfigError, PoolError
+from prunelens.options import Options
 from prunelens.results import Record
 
 # suite name -> module that registers it (imported on first use)
@@ -53,10 +53,8 @@ SUITE_MODULES = {
 }
 
 
-class SuiteOptions(BaseModel):
-    """Base of every suite's options: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+class SuiteOptions(Options):
+    """Base of every suite's options: unknown keys are errors, integers and booleans strict."""
 
 
 @dataclass
@@ -64,7 +62,7 @@ class RunContext:
     """What a suite sees of a run."""
 
     run_dir: Path
-    pool: object                 # prunelens.pool.Pool
+    pool: object                 # prunelens.runfolder.RunFolder
     config: object               # prunelens.config.RunConfig of the run
     options: SuiteOptions        # this suite's validated options
     device: torch.device
@@ -80,7 +78,7 @@ class RunContext:
 class LevelContext(RunContext):
     """A run context plus one level: its model (eval mode, on ``device``) and masks."""
 
-    level: object = None          # prunelens.pool.Level
+    level: object = None          # prunelens.runfolder.Level
     model: nn.Module = None
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     level_artifacts: Path = None  # RUN_DIR/results/<suite>/level_XX/
@@ -202,11 +200,11 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     from prunelens.config import apply_overrides, validate_section
     from prunelens.data.provider import RunData
     from prunelens.models import spec_for
-    from prunelens.pool import Pool, RunLock
     from prunelens.pruning.train import resolve_device
+    from prunelens.runfolder import RunFolder, RunLock
 
-    pool = Pool(run_dir)
-    run_dir = Path(run_dir)
+    pool = RunFolder(run_dir)
+    run_dir = pool.run_dir
     config = pool.config
     if overrides:
         bad = [o for o in overrides if not o.startswith(("evaluate.", "data.root="))]
@@ -223,16 +221,24 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     if distributed.active():
         log = _rank_log(log, distributed.rank())
     data = RunData(config.data, config.seed)
-    spec = spec_for(wanted[0].load_model("cpu")) if wanted else None
+    spec = spec_for(wanted[0].load_model("cpu"))
     instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
     with contextlib.ExitStack() as stack:
-        def plan() -> dict:  # rank 0: lock the run folder, list the suites that apply and the work
+        def plan() -> dict:  # rank 0: list the work; lock the run folder only if there is some
+            args = (run_dir, pool, config, instances, wanted, spec, data, device, force)
+            if _plan_work(*args, write=False)["idle"] and summary_is_current(run_dir, config.evaluate.n_boot):
+                log(f"{pool.name}: every result is up to date")
+                return {"idle": True}
             stack.enter_context(RunLock(run_dir))
             for name, reason in unavailable:
                 log(f"{pool.name}: suite {name} skipped: {reason}")
-            return _plan_work(run_dir, pool, config, instances, wanted, spec, data, device, force, log)
+            return _plan_work(*args, write=True, log=log)
 
         todo = distributed.share_from_main(plan)
+        if todo.get("idle"):
+            return
+        if todo["work"]:
+            data.check_against(pool.class_names, f"run {pool.name}")
         for k, (name, index) in enumerate(todo["work"]):
             if k % distributed.world_size() == distributed.rank():
                 ctx = _run_context(run_dir, pool, config, name, spec, data, device)
@@ -250,38 +256,51 @@ def _rank_log(log, rank: int):
 
 
 def _run_context(run_dir: Path, pool, config, name: str, spec, data, device) -> RunContext:
-    from prunelens.results import results_dir
+    from prunelens.runfolder import Layout
     return RunContext(run_dir, pool, config, config.evaluate.suite_options(name), device, data, spec,
-                      results_dir(run_dir) / name, config.evaluate.batch_size,
+                      Layout(run_dir).suite(name), config.evaluate.batch_size,
                       amp=config.evaluate.amp, channels_last=config.evaluate.channels_last)
 
 
 def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted: list, spec, data,
-               device, force: bool, log) -> dict:
+               device, force: bool, write: bool, log=print) -> dict:
     """The suites that apply (``skipped.json`` for the others) and the (suite, level) pairs whose
-    results are missing, stale (other options or level files) or forced."""
+    results are missing, stale (other options or level files) or forced. Without ``write`` nothing
+    is written; ``idle`` then says whether there is nothing to do at all."""
     from prunelens.io import atomic_write_json
     from prunelens.results import read_sidecar
 
-    applicable, work = [], []
+    applicable, work, idle = [], [], True
     for name, suite in instances.items():
         run_ctx = _run_context(run_dir, pool, config, name, spec, data, device)
         skipped = run_ctx.artifacts / "skipped.json"
         reason = suite.skip_reason(run_ctx)
         if reason is not None:
-            atomic_write_json(skipped, {"suite": name, "reason": reason})
-            log(f"{pool.name}: suite {name} does not apply: {reason}")
+            idle &= _json_equals(skipped, {"suite": name, "reason": reason})
+            if write:
+                atomic_write_json(skipped, {"suite": name, "reason": reason})
+                log(f"{pool.name}: suite {name} does not apply: {reason}")
             continue
-        skipped.unlink(missing_ok=True)
+        idle &= not skipped.exists()
+        if write:
+            skipped.unlink(missing_ok=True)
         applicable.append(name)
         opt_hash = _options_hash(run_ctx.options)
         for level in wanted:
             meta = read_sidecar(run_dir, name, level.index)
             if (not force and meta is not None and meta.get("options_hash") == opt_hash
-                    and meta.get("level_sha256") == level.info["files"]["model.safetensors"]):
+                    and meta.get("level_sha256") == level.model_sha256):
                 continue
             work.append([name, level.index])
-    return {"applicable": applicable, "work": work}
+    return {"applicable": applicable, "work": work, "idle": idle and not work}
+
+
+def _json_equals(path: Path, expected: dict) -> bool:
+    import json
+    try:
+        return json.loads(path.read_text()) == expected
+    except (OSError, ValueError):
+        return False
 
 
 def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
@@ -289,26 +308,55 @@ def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
     import json
     import time
 
-    from prunelens.results import level_file, write_level
+    from prunelens.results import write_level
+    from prunelens.runfolder import Layout
 
     t0 = time.perf_counter()
     run_dir, name = run_ctx.run_dir, suite.name
     model = level.load_model(run_ctx.device)
     ctx = LevelContext(**vars(run_ctx), level=level, model=model, masks=level.load_masks(),
-                       level_artifacts=level_file(run_dir, name, level.index).with_suffix(""))
+                       level_artifacts=Layout(run_dir).level_artifacts(name, level.index))
     records = list(suite.evaluate_level(ctx))
     seconds = time.perf_counter() - t0
     write_level(run_dir, name, level.index, records, {
         "options_hash": _options_hash(run_ctx.options), "options": json.loads(run_ctx.options.model_dump_json()),
-        "level_sha256": level.info["files"]["model.safetensors"], "wall_time_s": seconds})
+        "level_sha256": level.model_sha256, "wall_time_s": seconds})
     log(f"{run_ctx.pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
 
 
 def write_summary(run_dir: str | Path, n_boot: int = 1000) -> Path:
-    """``RUN_DIR/results/summary.csv``: per-level mean, 95 % bootstrap CI, n, n_nan."""
-    from prunelens.io import atomic_write_bytes
-    from prunelens.results import load_results, results_dir, summarize
+    """``RUN_DIR/results/summary.csv``: per-level mean, 95 % bootstrap CI, n, n_nan; beside it
+    ``summary.json`` names the results files it covers, so an up-to-date summary is not redone."""
+    from prunelens.io import atomic_write_bytes, atomic_write_json
+    from prunelens.results import load_results, summarize
+    from prunelens.runfolder import Layout
 
-    path = results_dir(run_dir) / "summary.csv"
+    path = Layout(run_dir).summary_csv
+    covered = _results_covered(run_dir)
     atomic_write_bytes(path, summarize(load_results(run_dir), n_boot=n_boot).to_csv(index=False).encode())
+    atomic_write_json(path.with_suffix(".json"), {"n_boot": n_boot, "covers": covered})
     return path
+
+
+def _results_covered(run_dir: str | Path) -> dict[str, str]:
+    """``<suite>/level_XX.csv`` → sha256 of every results file with a readable sidecar."""
+    import json
+
+    from prunelens.runfolder import Layout
+
+    out = {}
+    for side in sorted(Layout(run_dir).results.glob("*/level_*.json")):
+        try:
+            out[f"{side.parent.name}/{side.stem}.csv"] = str(json.loads(side.read_text())["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            out[f"{side.parent.name}/{side.stem}.csv"] = "unreadable"
+    return out
+
+
+def summary_is_current(run_dir: str | Path, n_boot: int) -> bool:
+    """Whether summary.csv was written from the results files there are now, with ``n_boot``."""
+    from prunelens.runfolder import Layout
+
+    path = Layout(run_dir).summary_csv
+    return path.is_file() and _json_equals(path.with_suffix(".json"),
+                                           {"n_boot": n_boot, "covers": _results_covered(run_dir)})

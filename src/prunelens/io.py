@@ -1,20 +1,44 @@
-"""Atomic writes and hashes: every artifact is written to a temporary file and renamed."""
+"""Atomic writes and hashes: every artifact is written to a temporary file and renamed.
+
+Files are created with the permissions the umask allows (as ``open`` would), not the 0600 of a
+temporary file, so a colleague can read a shared run folder. A full disk raises ``OSError``
+(ENOSPC) naming the file, whichever library was writing.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A temporary file beside ``path`` with the permissions a new file gets under the umask."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, new_file_mode())
+    return fd, tmp
+
+
+def new_file_mode() -> int:
+    return 0o666 & ~current_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -34,18 +58,30 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically (contiguous CPU copies of the tensors)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary(path)
     os.close(fd)
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
+        try:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp,
+                      metadata=metadata)
+        except SafetensorError as exc:
+            raise _as_os_error(exc, path) from None
+        os.chmod(tmp, new_file_mode())  # safetensors writes the file anew
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> Exception:
+    """safetensors reports a failed write as text (``… (os error 28)``): the OSError it was."""
+    code = re.search(r"(?:code: |os error )(\d+)", str(exc))
+    if code is None:
+        return exc
+    number = int(code.group(1))
+    return OSError(number, os.strerror(number), str(path))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from prunelens.errors import PoolError
 from prunelens.io import atomic_write_bytes, sha256_file
+from prunelens.runfolder import Layout, RunFolder, check_name
 
 RECORD_COLUMNS = ("suite", "metric", "method", "dataset", "condition", "item", "value")
 KEY_COLUMNS = ("run", "model", "level", "sparsity", "suite", "metric", "method", "dataset", "condition")
@@ -45,14 +46,6 @@ class Record:
     item: str = ""
 
 
-def results_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "results"
-
-
-def level_file(run_dir: str | Path, suite: str, level: int) -> Path:
-    return results_dir(run_dir) / suite / f"level_{level:02d}.csv"
-
-
 def records_frame(records: Iterable[Record]) -> pd.DataFrame:
     rows = [asdict(r) for r in records]
     frame = pd.DataFrame(rows, columns=[f.name for f in fields(Record)])
@@ -64,7 +57,7 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
 def write_level(run_dir: str | Path, suite: str, level: int, records: Iterable[Record],
                 meta: dict) -> Path:
     """Write (replacing) the records of one (suite, level), with a sidecar of ``meta`` + sha256."""
-    path = level_file(run_dir, suite, level)
+    path = Layout(run_dir).result_csv(suite, level)
     frame = records_frame(records)
     bad = frame.loc[frame["suite"] != suite, "suite"].unique()
     if len(bad):
@@ -78,7 +71,7 @@ def write_level(run_dir: str | Path, suite: str, level: int, records: Iterable[R
 
 def read_sidecar(run_dir: str | Path, suite: str, level: int) -> dict | None:
     """The sidecar of a complete, intact (suite, level) result, or None."""
-    path = level_file(run_dir, suite, level)
+    path = Layout(run_dir).result_csv(suite, level)
     side = path.with_suffix(".json")
     if not (path.is_file() and side.is_file()):
         return None
@@ -101,6 +94,8 @@ def _read_level_csv(path: Path) -> tuple[pd.DataFrame, dict]:
         raise PoolError(f"results file {path} has no readable sidecar {path.with_suffix('.json').name}; {fix}")
     if meta.get("sha256") != sha256_file(path):
         raise PoolError(f"results file {path} does not match its recorded sha256 (corrupt or edited); {fix}")
+    if meta.get("suite", path.parent.name) != path.parent.name or path.stem != f"level_{meta['level']:02d}":
+        raise PoolError(f"results file {path} and its sidecar disagree on suite or level; {fix}")
     frame = pd.read_csv(path, dtype={c: str for c in RECORD_COLUMNS if c != "value"},
                         keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
     frame["value"] = frame["value"].astype(float)
@@ -111,24 +106,23 @@ def _read_level_csv(path: Path) -> tuple[pd.DataFrame, dict]:
 def load_results(run_dirs: str | Path | Sequence[str | Path], suite: str | Sequence[str] | None = None
                  ) -> pd.DataFrame:
     """All records of one or several runs as one tidy DataFrame (see module docstring)."""
-    from prunelens.pool import Pool
-
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
     suites = [suite] if isinstance(suite, str) else suite
     frames = []
     for run_dir in run_dirs:
-        pool = Pool(run_dir)
+        pool = RunFolder(run_dir)
         levels = {lv.index: lv for lv in pool.levels}
         sparsity = {i: lv.sparsity for i, lv in levels.items()}
-        for path in sorted(results_dir(run_dir).glob("*/level_*.csv")):
+        for path in sorted(pool.layout.results.glob("*/level_*.csv")):
+            check_name(path.parent.name, "suite folder")
             if suites is not None and path.parent.name not in suites:
                 continue
             frame, meta = _read_level_csv(path)
             level = levels.get(meta["level"])
             if level is None:
                 continue  # results of a level the pool no longer has
-            if meta.get("level_sha256") not in (None, level.info["files"].get("model.safetensors")):
+            if meta.get("level_sha256") not in (None, level.model_sha256):
                 warnings.warn(f"{path} was computed from an earlier version of level {meta['level']} "
                               "(rebuilt since): left out; re-run `prunelens evaluate`", stacklevel=2)
                 continue

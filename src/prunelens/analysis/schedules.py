@@ -54,7 +54,7 @@ def one_shot_config(cfg, gradual_pool):
     final = gradual_pool.levels[-1]
     if final.index == 0:
         raise ConfigError(f"the gradual pool of {cfg.name} stopped before any pruning round "
-                          f"({gradual_pool.info.get('stop_reason', 'no reason recorded')}); "
+                          f"({gradual_pool.stop_reason or 'no reason recorded'}); "
                           "nothing to compare")
     return _variant(cfg, f"{cfg.name}-one-shot", schedule="one_shot", rounds=final.index,
                     max_sparsity=round(final.sparsity, 6), min_alive_units=0.0)
@@ -83,7 +83,7 @@ def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[s
     atomic_write_json(out / "comparison.json", {
         schedule: {"run_dir": str(pool.run_dir), "final_level": pool.levels[-1].index,
                    "sparsity": pool.levels[-1].sparsity, "retrain_epochs": retrain_epochs(pool),
-                   "stop_reason": pool.info.get("stop_reason")}
+                   "stop_reason": pool.stop_reason}
         for schedule, pool in pools.items()})
     from prunelens.analysis import figures
     figures.save(figures.schedule_comparison(table), out / "comparison.png")
@@ -98,9 +98,9 @@ def retrain_epochs(pool) -> int:
 
 # ---- the table ---------------------------------------------------------------------------------------
 def _final_rows(run_dir: str | Path, suites: Sequence[str] | None) -> tuple[pd.DataFrame, float]:
-    from prunelens.pool import Pool
+    from prunelens.runfolder import RunFolder
 
-    final = Pool(run_dir).levels[-1]
+    final = RunFolder(run_dir).levels[-1]
     frame = load_results(run_dir, suite=list(suites) if suites else None)
     return frame[frame["level"] == final.index], final.sparsity
 

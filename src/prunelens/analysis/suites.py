@@ -23,7 +23,7 @@ from prunelens.analysis.psp_entropy import psp_entropy
 from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
 from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
 from prunelens.io import atomic_write_json
-from prunelens.results import Record, level_file, read_sidecar
+from prunelens.results import Record, load_results
 
 
 # ---- helpers shared by the suites ----------------------------------------------------------------
@@ -76,16 +76,7 @@ def finite(value: float) -> float:
 
 def read_level_results(ctx: RunContext, suite: str) -> pd.DataFrame:
     """This run's intact results of ``suite``, with each level's sparsity (for plots across levels)."""
-    frames = []
-    for level in getattr(ctx.pool, "levels", []):
-        if read_sidecar(ctx.run_dir, suite, level.index) is None:
-            continue
-        frame = pd.read_csv(level_file(ctx.run_dir, suite, level.index), keep_default_na=False,
-                            dtype={c: str for c in ("method", "dataset", "condition", "item")},
-                            na_values={"value": ["", "nan", "NaN"]})
-        frame["sparsity"] = float(level.sparsity)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return load_results(ctx.run_dir, suite=suite)
 
 
 def save_figures_vs_sparsity(ctx: RunContext, suite: str, metrics: list[tuple[str, str, str]]) -> None:

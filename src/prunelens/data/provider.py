@@ -63,3 +63,35 @@ class RunData:
     @property
     def class_names(self) -> list[str]:
         return list(self.split(self.entry.splits[-1]).class_names)
+
+    def checked_class_names(self) -> list[str]:
+        """The class names, after checking that every split has the same ones in the same order
+        (a label means the same class in training and evaluation)."""
+        names = {split: list(self.split(split).class_names) for split in self.entry.splits}
+        first, reference = next(iter(names.items()))
+        for split, other in names.items():
+            if other != reference:
+                raise DataError(f"dataset '{self.config.name}': the {split} split's classes differ "
+                                f"from the {first} split's ({_class_difference(reference, other)}); "
+                                "every split needs the same class folders")
+        return reference
+
+    def check_against(self, class_names: list[str] | None, where: str) -> None:
+        """The evaluation split has the classes a pool was trained on (``class_names``), in order."""
+        if class_names is None:
+            return
+        own = self.class_names
+        if own != class_names:
+            raise DataError(f"the {self.eval_split} split of dataset '{self.config.name}' does not have "
+                            f"the classes {where} was trained on ({_class_difference(class_names, own)}): "
+                            "point data.root at the dataset the pool was built from")
+
+
+def _class_difference(expected: list[str], found: list[str]) -> str:
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    if not missing and not extra:
+        return "same classes in another order"
+    parts = [f"missing {', '.join(map(str, missing[:5]))}" if missing else "",
+             f"extra {', '.join(map(str, extra[:5]))}" if extra else ""]
+    return "; ".join(p for p in parts if p)

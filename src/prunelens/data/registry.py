@@ -15,9 +15,10 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator
 
 from prunelens.errors import ConfigError
+from prunelens.options import Options
 
 # name -> module that registers it; imported on first use
 DATASET_MODULES = {
@@ -58,10 +59,8 @@ def _existing_folder(root: str) -> str:
 ExistingFolder = Annotated[str, AfterValidator(_existing_folder)]
 
 
-class DatasetOptions(BaseModel):
-    """Base of every dataset's options: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+class DatasetOptions(Options):
+    """Base of every dataset's options: unknown keys are errors, integers and booleans strict."""
 
 
 @dataclass(frozen=True)

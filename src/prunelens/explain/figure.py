@@ -159,9 +159,9 @@ def explain_run(run_dir: str | Path, images: Sequence[str], out: str | Path | No
     from prunelens.data.provider import RunData
     from prunelens.data.segmentation import SyntheticSegmentation
     from prunelens.data.voc import VOCSegmentation
-    from prunelens.pool import Pool
+    from prunelens.runfolder import RunFolder
 
-    pool = Pool(run_dir)
+    pool = RunFolder(run_dir)
     chosen = [lv for lv in pool.levels if levels is None or lv.index in levels]
     if not chosen:
         raise PoolError(f"run {run_dir} has no levels {list(levels or [])}")
@@ -174,5 +174,5 @@ def explain_run(run_dir: str | Path, images: Sequence[str], out: str | Path | No
     batch = segset.batch([segset.item_ids.index(i) for i in images])
     rows, drawn = explain_levels(chosen, batch.images01(), batch.item_ids, methods=methods,
                                  device=device, class_names=[] if voc_root else data.class_names)
-    out = Path(out) if out is not None else Path(run_dir) / "results" / "interpretability" / "figure2_explain.png"
-    return draw_figure2(rows, drawn, out, title=str(pool.name) if hasattr(pool, "name") else None)
+    out = Path(out) if out is not None else pool.layout.suite("interpretability") / "figure2_explain.png"
+    return draw_figure2(rows, drawn, out, title=pool.name)

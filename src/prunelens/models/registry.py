@@ -7,6 +7,7 @@ downloads anything.
 from __future__ import annotations
 
 import inspect
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 from prunelens._compat import torchvision
 from prunelens.errors import ModelError
 from prunelens.models import builtins
+from prunelens.options import _union_members, strict_scalar_error
 
 _TORCHVISION = ("resnet18", "resnet50", "vit_b_32", "swin_v2_t")
 _BUILTINS: dict[str, Callable[..., nn.Module]] = {
@@ -38,14 +40,40 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     raise ModelError(f"unknown model '{name}'; available: {', '.join(list_models())}")
 
 
-def _check_options(name: str, build: Callable[..., nn.Module], options: dict) -> None:
+def accepted_options(name: str) -> dict[str, inspect.Parameter] | None:
+    """The options architecture ``name`` takes (its builder's parameters but ``num_classes``), or
+    None where they cannot be listed (torchvision builders forward ``**kwargs``)."""
     if name in _TORCHVISION:
-        return  # torchvision builders forward **kwargs to the architecture class
-    accepted = [p for p in inspect.signature(build).parameters if p != "num_classes"]
+        return None
+    params = inspect.signature(_builder(name)).parameters
+    return {p: v for p, v in params.items() if p != "num_classes"}
+
+
+def option_defaults(name: str) -> dict:
+    """The default value of every option of architecture ``name`` that has one (none for
+    torchvision's, whose defaults live in their classes)."""
+    try:
+        accepted = accepted_options(name) or {}
+    except ModelError:
+        return {}
+    return {p: v.default for p, v in accepted.items() if v.default is not inspect.Parameter.empty}
+
+
+def _check_options(name: str, build: Callable[..., nn.Module], options: dict) -> None:
+    accepted = accepted_options(name)
+    if accepted is None:
+        return
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ModelError(f"model '{name}' has no option {', '.join(map(repr, unknown))}; "
                          f"its options are: {', '.join(accepted)}")
+    annotations = {p: v.annotation for p, v in inspect.signature(build, eval_str=True).parameters.items()}
+    for option, value in options.items():
+        kinds = set(_union_members(annotations.get(option)))
+        if not kinds & {float, str} and kinds & {int, bool}:
+            problem = strict_scalar_error(value, int in kinds, bool in kinds)
+            if problem:
+                raise ModelError(f"option '{option}' of model '{name}' {problem}")
 
 
 def create_model(name: str, num_classes: int, weights: str | Path | None = None,
@@ -95,15 +123,23 @@ def _read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file or a pickle with objects: both are the user's to fix
-        raise ModelError(f"cannot read weights file {path}: {exc}. Give a safetensors file or a "
-                         "tensor-only .pth (pickled objects are refused)") from None
+    except pickle.UnpicklingError:  # weights_only refused an object: never retried without it
+        raise ModelError(f"weights file {path} holds pickled Python objects besides tensors, which "
+                         "prunelens never loads: save its state dict as safetensors (or a tensor-only "
+                         ".pth) where it was made, and give that file") from None
+    except Exception as exc:  # corrupt file: the user's to fix
+        raise ModelError(f"cannot read weights file {path} ({_first_line(exc)}): give a safetensors "
+                         "file or a tensor-only .pth") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"weights file {path} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

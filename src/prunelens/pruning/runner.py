@@ -28,12 +28,13 @@ from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
-from prunelens.pool import Pool, PoolWriter, partial_dir
+from prunelens.pruning.store import PoolWriter
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
                                      mask_sparsity, prunable_from_config)
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
                                      resolve_device, train_level)
+from prunelens.runfolder import Layout, RunFolder
 
 REWIND_FILE = "rewind.safetensors"
 
@@ -157,8 +158,8 @@ def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
     return None
 
 
-def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> Pool:
-    """Build (or resume) the pool of one run config; returns the finished :class:`Pool`.
+def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> RunFolder:
+    """Build (or resume) the pool of one run config; returns the finished :class:`RunFolder`.
 
     Under torchrun call it on every rank (see the module docstring); only rank 0 logs.
     """
@@ -170,7 +171,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
     if cfg.train.compile and device.type != "cuda":
         log(f"{cfg.name}: train.compile applies on CUDA only; training eagerly on {device}")
     data = RunData(cfg.data, cfg.seed)
-    num_classes = cfg.model.num_classes or data.num_classes
+    class_names = data.checked_class_names()
+    num_classes = cfg.model.num_classes or len(class_names)
     # model and data first: a mistake in either is reported before the run folder is touched
     torch.manual_seed(derived_seed(cfg.seed, "init"))
     model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
@@ -182,7 +184,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
 
         def open_pool() -> int:  # rank 0: lock, check the config, find the complete levels
             nonlocal writer, done
-            writer = stack.enter_context(PoolWriter(cfg.run_dir, cfg, num_classes).open(force=force))
+            writer = stack.enter_context(
+                PoolWriter(cfg.run_dir, cfg, num_classes, class_names, log).open(force=force))
             done = writer.completed_levels()
             return len(done)
 
@@ -209,13 +212,13 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> P
                     break
                 masks = new_masks
                 if cfg.prune.retrain == "rewind":
-                    rewind = Pool(cfg.run_dir).level(0).tensors(REWIND_FILE)
+                    rewind = RunFolder(cfg.run_dir).level(0).tensors(REWIND_FILE)
                     load_state_dict_strict(model, rewind, "the rewind checkpoint")
                     model.to(device)
             _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)
             level += 1
     distributed.barrier("rank 0 finishing the pool")
-    return Pool(cfg.run_dir)
+    return RunFolder(cfg.run_dir)
 
 
 def _quiet(*_args, **_kw) -> None:
@@ -225,7 +228,7 @@ def _quiet(*_args, **_kw) -> None:
 def _levels_seen_by_this_rank(run_dir, n_done: int) -> list:
     """The first ``n_done`` levels as read by a rank other than 0 (which wrote them)."""
     try:
-        levels = Pool(run_dir).levels[:n_done] if n_done else []
+        levels = RunFolder(run_dir).levels[:n_done] if n_done else []
     except PoolError:
         levels = []
     if len(levels) != n_done:
@@ -239,7 +242,7 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
                  level: int, device, log) -> None:
     """Train and measure one level; ``writer`` is None on the ranks that do not write."""
     plan = _level_plan(cfg, level, loaders.steps_per_epoch)
-    partial = partial_dir(cfg.run_dir, level)
+    partial = Layout(cfg.run_dir).partial(level)
     if writer is not None:
         partial.mkdir(exist_ok=True)
     masker = Masker(params, masks) if level > 0 else None

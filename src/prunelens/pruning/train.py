@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from prunelens import distributed
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, DivergedError
 from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors, sha256_file
 from prunelens.pruning.masks import Masker
 from prunelens.pruning.schedule import LRSchedule
@@ -332,12 +332,15 @@ def train_epoch(step_model: nn.Module, model: nn.Module, spec, loader, optimizer
         n_seen += len(y)
         bar.update(1)
     bar.close()
+    loss_total, correct_total, n_total = float(loss_sum), float(correct_sum), float(n_seen)
     if distributed.active():
-        totals = torch.tensor([float(loss_sum), float(correct_sum), float(n_seen)], dtype=torch.float64)
+        totals = torch.tensor([loss_total, correct_total, n_total], dtype=torch.float64)
         loss_total, correct_total, n_total = distributed.all_reduce_sum(totals).tolist()
-        if n_total == 0:
-            return {"train_acc": math.nan, "train_loss": math.nan}
-        return {"train_acc": correct_total / n_total, "train_loss": loss_total / n_total}
-    if n_seen == 0:
+    if not math.isfinite(loss_total):
+        raise DivergedError(f"{label}: the training loss became {loss_total} in epoch {epoch + 1}: "
+                            "training diverged; lower train.lr (or clip gradients) and re-run: the "
+                            "levels before this one are kept and this one restarts from its last "
+                            "complete epoch")
+    if n_total == 0:
         return {"train_acc": math.nan, "train_loss": math.nan}
-    return {"train_acc": float(correct_sum) / n_seen, "train_loss": float(loss_sum) / n_seen}
+    return {"train_acc": correct_total / n_total, "train_loss": loss_total / n_total}

@@ -9,6 +9,7 @@ the bootstrap). The folder is built aside and swapped in whole.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -19,15 +20,16 @@ import pandas as pd
 import prunelens
 from prunelens.errors import PrunelensError
 from prunelens.evaluate import available_suites
-from prunelens.io import atomic_write_bytes
+from prunelens.io import atomic_write_bytes, current_umask
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
-from prunelens.report.runs import (RunInfo, pool_accuracy_rows, pool_table, read_run, seed_groups,
-                                   skip_reasons, suite_pngs)
+from prunelens.report.runs import pool_accuracy_rows, pool_table, seed_groups, skip_reasons, suite_pngs
 from prunelens.report.sweet_spots import (ACCURACY, DIRECTIONS, accuracy_rows, compare_to_dense,
                                           group_summary, sweet_spots)
 
-__all__ = ["build_report", "write_report", "read_run", "seed_groups", "compare_to_dense",
+from prunelens.runfolder import RunFolder
+
+__all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense",
            "sweet_spots", "group_summary", "draw_figures"]
 
 MARKER = ".prunelens-report"
@@ -42,12 +44,12 @@ def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Pat
 
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
-    runs = [read_run(d) for d in run_dirs]
+    runs = [RunFolder(d) for d in run_dirs]
     frame = load_results([r.run_dir for r in runs])
     return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence, seed=seed)
 
 
-def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Path | None = None,
+def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | Path | None = None,
                  *, n_boot: int | None = None, confidence: float = 0.95, seed: int = 0) -> Path:
     """:func:`build_report` on runs already read and their results frame (columns of
     :func:`prunelens.results.load_results`)."""
@@ -59,7 +61,7 @@ def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Pa
                              "(the `name` key of its config) or report them separately")
     out_dir = Path(out_dir) if out_dir is not None else runs[0].run_dir / "report"
     if n_boot is None:
-        n_boot = int(runs[0].config.get("evaluate", {}).get("n_boot", 1000))
+        n_boot = runs[0].config.evaluate.n_boot
     groups = seed_groups(runs)
     frame = _with_pool_accuracy(frame, runs)
 
@@ -70,6 +72,7 @@ def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Pa
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         summary = group_summary(frame, groups, n_boot, confidence, seed)
         figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
@@ -91,28 +94,29 @@ def write_report(runs: Sequence[RunInfo], frame: pd.DataFrame, out_dir: str | Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_leftovers(out_dir)
     return out_dir / "index.html"
 
 
 # ---- inputs the results do not hold --------------------------------------------------------------
-def _with_pool_accuracy(frame: pd.DataFrame, runs: Sequence[RunInfo]) -> pd.DataFrame:
+def _with_pool_accuracy(frame: pd.DataFrame, runs: Sequence[RunFolder]) -> pd.DataFrame:
     """Add ``level.json`` test accuracy for runs without accuracy-suite results."""
     have = set(accuracy_rows(frame)["run"])
     extra = [pool_accuracy_rows(r) for r in runs if r.name not in have and r.levels]
     return pd.concat([frame, *extra], ignore_index=True) if extra else frame
 
 
-def _not_evaluated(runs: Sequence[RunInfo], frame: pd.DataFrame, comparisons: pd.DataFrame
+def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: pd.DataFrame
                    ) -> list[tuple[str, str, str]]:
     """(suite, what, why) for every suite, level and metric the report cannot show."""
     out = []
     for run in runs:
         if not run.complete:
             out.append(("", f"pool of {run.name}", "incomplete (pruning stopped or still running): "
-                        f"only levels {_levels([lv['index'] for lv in run.levels])} exist"))
+                        f"only levels {_levels([lv.index for lv in run.levels])} exist"))
         rows = frame[frame["run"] == run.name]
         reasons = skip_reasons(run)
-        pool_levels = {int(lv["index"]) for lv in run.levels}
+        pool_levels = {lv.index for lv in run.levels}
         for suite in available_suites():
             measured = rows[rows["suite"] == suite]
             if measured.empty:
@@ -151,7 +155,7 @@ def _write_csv(path: Path, table: pd.DataFrame) -> Path:
     return Path(path.name)
 
 
-def _copy_suite_images(runs: Sequence[RunInfo], dest: Path) -> dict[str, list[tuple[str, Path]]]:
+def _copy_suite_images(runs: Sequence[RunFolder], dest: Path) -> dict[str, list[tuple[str, Path]]]:
     images: dict[str, list[tuple[str, Path]]] = {}
     for run in runs:
         for suite, paths in suite_pngs(run).items():
@@ -168,6 +172,13 @@ def _check_out_dir(out_dir: Path) -> None:
                                                        or (out_dir / MARKER).is_file())):
         raise PrunelensError(f"report: {out_dir} exists and is not a prunelens report folder; "
                              "choose another -o folder (the report replaces its folder whole)")
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Build and old-report folders that interrupted reports of ``out_dir`` left beside it."""
+    for pattern in (f".{out_dir.name}.build-*", f".{out_dir.name}.old-*"):
+        for path in out_dir.parent.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

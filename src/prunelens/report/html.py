@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from prunelens.report.figures import Figure
-from prunelens.report.runs import RunInfo
+from prunelens.runfolder import RunFolder
 from prunelens.report.sweet_spots import DIRECTIONS
 from prunelens.report.sweet_spots import __doc__ as SWEET_SPOT_RULE
 
@@ -69,7 +69,7 @@ details{margin:.4em 0}
 class ReportContent:
     """Everything the page shows (built by :func:`prunelens.report.write_report`)."""
 
-    runs: Sequence[RunInfo]
+    runs: Sequence[RunFolder]
     groups: dict[str, str]
     pools: dict[str, pd.DataFrame]
     figures: list[Figure]
@@ -107,6 +107,10 @@ def _table(header: Sequence[str], rows: Iterable[Sequence], text_cols: int = 1,
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _pct(value) -> str:
+    return "–" if value is None or value != value else f"{value:.1%}"
+
+
 def _ci(delta, lo, hi) -> str:
     return esc(f"{_fmt(delta)} [{_fmt(lo)}, {_fmt(hi)}]")
 
@@ -117,14 +121,15 @@ def _link(path: Path, text: str) -> str:
 
 # ---- sections ------------------------------------------------------------------------------------
 def _provenance(c: ReportContent) -> str:
-    rows = [(esc(r.name), esc(r.model), esc(r.dataset), esc(r.seed), esc(c.groups.get(r.name, r.name)),
-             esc(r.config_hash), esc(len(r.levels)), "yes" if r.complete else "<b>no</b>",
+    rows = [(esc(r.name), esc(r.config.model.name), esc(r.config.data.name), esc(r.config.seed),
+             esc(c.groups.get(r.name, r.name)), esc(r.identity_hash), esc(len(r.levels)),
+             "yes" if r.complete else "<b>no</b>",
              esc(", ".join(f"{k} {v}" for k, v in sorted(r.versions.items()))), esc(r.run_dir))
             for r in c.runs]
-    parts = [_table(("run", "model", "data", "seed", "group", "config hash", "levels", "complete",
+    parts = [_table(("run", "model", "data", "seed", "group", "identity hash", "levels", "complete",
                      "versions", "folder"), rows, text_cols=10)]
     for r in c.runs:
-        config = yaml.safe_dump(r.config, sort_keys=True, default_flow_style=False)
+        config = yaml.safe_dump(r.info["config"], sort_keys=True, default_flow_style=False)
         parts.append(f"<details><summary>Config of {esc(r.name)}</summary><pre>{esc(config)}</pre>"
                      "</details>")
     return "".join(parts)
@@ -134,15 +139,16 @@ def _pool_tables(c: ReportContent) -> str:
     parts = []
     for r in c.runs:
         table = c.pools[r.name]
-        rows = [(esc(int(t.level)), esc(f"{t.sparsity:.1%}"), esc(_fmt(t.train_acc)), esc(_fmt(t.val_acc)),
+        rows = [(esc(int(t.level)), esc(f"{t.sparsity:.1%}"), esc(_pct(t.sparsity_all)),
+                 esc(_fmt(t.train_acc)), esc(_fmt(t.val_acc)),
                  esc(_fmt(t.test_acc)), esc(_fmt(t.test_loss)), esc(_fmt(t.epochs)), esc(_fmt(t.steps)),
                  esc(_fmt(t.wall_time_s, 1)),
                  f'<span title="{esc(t.model_sha256)}">{esc(str(t.model_sha256)[:12])}</span>',
                  f'<span title="{esc(t.masks_sha256)}">{esc(str(t.masks_sha256)[:12])}</span>')
                 for t in table.itertuples()]
         parts.append(f"<h3>Pool of {esc(r.name)}</h3>" + _table(
-            ("level", "sparsity", "train acc", "val acc", "test acc", "test loss", "epochs", "steps",
-             "wall time (s)", "model sha256", "masks sha256"), rows))
+            ("level", "sparsity", "of all parameters", "train acc", "val acc", "test acc", "test loss",
+             "epochs", "steps", "wall time (s)", "model sha256", "masks sha256"), rows))
     return "".join(parts)
 
 

@@ -1,0 +1,63 @@
+"""The base of every options model a user writes (config sections, dataset and suite options).
+
+Unknown keys are errors, floats must be finite, and integers and booleans are strict: YAML's
+``true`` is not the number 1 and ``3.0`` is not an integer count, so ``train.epochs: true`` is
+refused instead of silently becoming 1. Other types keep pydantic's usual parsing (a float written
+``1e-3``, which YAML reads as a string, is still a float).
+"""
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+
+@functools.lru_cache(maxsize=None)
+def _strict_kinds(cls: type[BaseModel]) -> dict[str, tuple[bool, bool]]:
+    """Field name -> (takes an int, takes a bool) for fields whose type is int or bool (or an
+    optional one) and not also float or str."""
+    out = {}
+    for name, field in cls.model_fields.items():
+        args = set(_union_members(field.annotation))
+        if args & {float, str}:
+            continue
+        takes_int, takes_bool = int in args, bool in args
+        if takes_int or takes_bool:
+            out[name] = (takes_int, takes_bool)
+    return out
+
+
+def _union_members(annotation) -> tuple:
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _union_members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(m for a in typing.get_args(annotation) for m in _union_members(a))
+    return (annotation,)
+
+
+def strict_scalar_error(value: Any, takes_int: bool, takes_bool: bool) -> str | None:
+    """Why ``value`` is not acceptable for an int/bool field (None when it is)."""
+    if value is None or (takes_bool and isinstance(value, bool)):
+        return None
+    if takes_int and isinstance(value, int) and not isinstance(value, bool):
+        return None
+    wanted = " or ".join(w for w, on in (("a whole number", takes_int), ("true or false", takes_bool)) if on)
+    return f"must be {wanted}, not {value!r}"
+
+
+class Options(BaseModel):
+    """Strict options: unknown keys, non-finite floats and loose ints/bools are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        kinds = _strict_kinds(cls).get(info.field_name)
+        problem = strict_scalar_error(value, *kinds) if kinds else None
+        if problem:
+            raise ValueError(problem)
+        return value

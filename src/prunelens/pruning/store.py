@@ -1,0 +1,283 @@
+"""The write side of a run folder (layout and reader: :mod:`prunelens.runfolder`).
+
+:class:`PoolWriter` is the only writer of a pool (under torchrun: rank 0 only). It creates or
+resumes a run folder for one config, refuses one made by a different config (naming every key
+that differs), says what it repairs, and cleans what interrupted runs left behind once the pool is
+complete. :func:`upgrade_pool` turns a format-1 run folder into the current format.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelens.config import RunConfig, config_from_stored
+from prunelens.errors import ConfigError, DivergedError, PoolError
+from prunelens.io import atomic_save_tensors, atomic_write_json, sha256_file
+from prunelens.runfolder import (FORMAT, LEVEL_KEYS, Layout, Level, RunFolder, RunLock, level_dir_name,
+                                 level_entry, manifest_hash, read_json, sealed)
+
+
+def versions() -> dict[str, str]:
+    import prunelens
+    from prunelens._compat import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision().__version__, "prunelens": prunelens.__version__}
+
+
+# ---- comparing configs ---------------------------------------------------------------------------
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def identity_difference(stored: dict, new: dict) -> list[str]:
+    """``key: <run folder> vs <this config>`` for every identity key whose values differ."""
+    a, b = _flat(stored), _flat(new)
+    return [f"{k}: {a.get(k, '<unset>')!r} in the run folder vs {b.get(k, '<unset>')!r} now"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def stored_config(info: dict, where: Path) -> RunConfig:
+    try:
+        return config_from_stored(info.get("config"), f"{where} config")[0]
+    except ConfigError as exc:
+        raise PoolError(str(exc)) from None
+
+
+# ---- the writer ----------------------------------------------------------------------------------
+class PoolWriter:
+    """Creates or resumes the run folder of one config."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, num_classes: int,
+                 class_names: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+        self.layout = Layout(run_dir)
+        self.run_dir = self.layout.root
+        self.config = config
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.log = log
+        self.lock = RunLock(self.run_dir)
+        self.entries: list[dict] = []
+
+    def open(self, force: bool = False) -> PoolWriter:
+        from prunelens import distributed
+        if not distributed.is_main():
+            raise RuntimeError(f"{distributed.where()}: only rank 0 writes the pool")
+        pool_json = self.layout.pool_json
+        existing = self.run_dir.exists() and any(p.name != self.layout.lock.name for p in self.run_dir.iterdir())
+        if existing and not pool_json.is_file():
+            raise PoolError(f"output folder {self.run_dir} exists and is not a prunelens run folder; "
+                            "choose another name/output_dir or move that folder away")
+        self.lock.acquire()
+        try:
+            if existing:
+                self._check_existing(force)
+            if not pool_json.is_file():
+                self._write_manifest(complete=False)
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def _check_existing(self, force: bool) -> None:
+        info = read_json(self.layout.pool_json, "move the folder away or use --force")
+        if info.get("format", 1) == 1:
+            upgrade_manifest(self.run_dir, info, self.log)
+            info = read_json(self.layout.pool_json, "move the folder away or use --force")
+        elif info.get("manifest_sha256") != manifest_hash(info):
+            if not force:
+                raise PoolError(f"{self.layout.pool_json} does not match its recorded sha256 (edited "
+                                "or damaged): restore it, or use --force to move the run aside and "
+                                "start over")
+            self._move_aside()
+            return
+        difference = identity_difference(stored_config(info, self.layout.pool_json).identity(),
+                                         self.config.identity())
+        if not difference:
+            return
+        if not force:
+            raise PoolError(f"run folder {self.run_dir} was made by a different config "
+                            f"({'; '.join(difference)}). Use another run name/output_dir, or --force "
+                            "to move the old run aside and start over")
+        self._move_aside()
+
+    def _move_aside(self) -> None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = self.run_dir.with_name(f"{self.run_dir.name}.replaced-{stamp}")
+        self.lock.release()
+        self.run_dir.rename(target)
+        self.log(f"--force: moved the previous run to {target}")
+        self.lock = RunLock(self.run_dir)
+        self.lock.acquire()
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> PoolWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the manifest --
+    def _write_manifest(self, complete: bool, stop_reason: str | None = None) -> None:
+        atomic_write_json(self.layout.pool_json, sealed({
+            "format": FORMAT, "name": self.config.name, "config": self.config.resolved(),
+            "identity_sha256": self.config.identity_hash(),
+            "experiment_sha256": self.config.experiment_hash(),
+            "num_classes": self.num_classes, "class_names": self.class_names,
+            "levels": self.entries, "complete": complete, "stop_reason": stop_reason,
+            "versions": versions()}))
+
+    # -- levels --
+    def completed_levels(self) -> list[Level]:
+        """Levels 0..k that are present and verify; what follows the first bad one is set aside
+        in ``stale/`` (with a line saying so) and rebuilt."""
+        run = RunFolder(self.run_dir)
+        good: list[Level] = []
+        index = 0
+        while self.layout.level(index).is_dir():
+            path = self.layout.level(index)
+            problem = _level_problem(run, path)
+            if problem:
+                self.log(f"{self.config.name}: {problem}; it is set aside in {self.layout.stale} and "
+                         "rebuilt, with every level after it")
+                break
+            good.append(Level(run, path, read_json(path / "level.json", "")))
+            index += 1
+        # what follows the first bad level was built on it: keep it aside, including a partially
+        # trained level after it; only the partial state of the next level to build is resumed
+        keep = {lv.path for lv in good} | {self.layout.partial(len(good))}
+        for leftover in sorted(self.run_dir.glob("level_*")):
+            if leftover not in keep:
+                self.layout.stale.mkdir(exist_ok=True)
+                leftover.rename(self.layout.stale / f"{leftover.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
+        self.entries = [level_entry(lv.info, lv.path / "level.json") for lv in good]
+        self._write_manifest(complete=False)
+        return good
+
+    def write_level(self, index: int, model: nn.Module, masks: dict[str, torch.Tensor], info: dict,
+                    extra_files: dict[str, Path] | None = None) -> Level:
+        """Write level ``index`` (assembled aside, renamed into place) and list it in pool.json.
+        A model with a NaN or infinite weight is refused: such a level is never complete."""
+        state = model.state_dict()
+        bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise DivergedError(f"level {index} of {self.config.name} has non-finite weights "
+                                 f"({', '.join(bad[:3])}): training diverged; lower train.lr or clip "
+                                 "gradients, then re-run (levels before it are kept)")
+        final, tmp = self.layout.level(index), self.layout.level_tmp(index)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        atomic_save_tensors(tmp / "model.safetensors", state)
+        atomic_save_tensors(tmp / "masks.safetensors", {n: m.bool() for n, m in masks.items()})
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / name)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix == ".safetensors"}
+        info = dict(info, index=index, files=files, sparsity_all=_sparsity_all(model, masks))
+        atomic_write_json(tmp / "level.json", info)
+        if final.exists():  # a level that failed verification is rebuilt
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        shutil.rmtree(self.layout.partial(index), ignore_errors=True)
+        self.entries = [e for e in self.entries if e["index"] != index]
+        self.entries.append(level_entry(info, final / "level.json"))
+        self.entries.sort(key=lambda e: e["index"])
+        self._write_manifest(complete=False)
+        return RunFolder(self.run_dir).level(index)
+
+    def finish(self, stop_reason: str) -> None:
+        """Mark the pool complete and remove what interrupted runs left behind."""
+        self._write_manifest(complete=True, stop_reason=stop_reason)
+        removed = remove_leftovers(self.layout)
+        if removed:
+            self.log(f"{self.config.name}: removed {removed} leftover(s) of interrupted runs")
+
+
+def _level_problem(run: RunFolder, path: Path) -> str | None:
+    """Why the level in ``path`` cannot be kept (None when its level.json and files verify)."""
+    try:
+        info = read_json(path / "level.json", "")
+        if [k for k in LEVEL_KEYS if k not in info]:
+            return f"{path.name}/level.json is incomplete"
+        listed = {e["dir"]: e["level_json_sha256"] for e in run.info["levels"]}
+        if path.name in listed and listed[path.name] != sha256_file(path / "level.json"):
+            return f"{path.name}/level.json does not match the sha256 in pool.json (edited or damaged)"
+        Level(run, path, info).verify()
+    except PoolError as exc:
+        return f"{path.name} failed its check ({exc})"
+    return None
+
+
+def _sparsity_all(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
+    """Pruned weights over all parameters (biases, norms, embeddings included): the count the
+    papers' sparsity levels use when they are not powers of (1 − rate)."""
+    total = sum(p.numel() for p in model.parameters())
+    pruned = sum(int((~m.bool()).sum()) for m in masks.values())
+    return pruned / total if total else math.nan
+
+
+def remove_leftovers(layout: Layout) -> int:
+    """Delete what interrupted runs left in a run folder (:meth:`Layout.leftovers`)."""
+    found = layout.leftovers()
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(found)
+
+
+# ---- format 1 -> 2 -------------------------------------------------------------------------------
+def upgrade_pool(run_dir: str | Path, log: Callable[[str], None] = print) -> None:
+    """``prunelens pool upgrade``: verify a format-1 run folder's levels and write its pool.json in
+    the current format (config resolved, level.json hashes, its own hash)."""
+    layout = Layout(run_dir)
+    if not layout.root.is_dir():
+        raise PoolError(f"run folder {layout.root} does not exist")
+    with RunLock(layout.root):
+        info = read_json(layout.pool_json, "this is not a prunelens run folder")
+        if info.get("format", 1) != 1:
+            log(f"{layout.pool_json} is already in format {info.get('format')}: nothing to do")
+            return
+        upgrade_manifest(layout.root, info, log)
+
+
+def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None]) -> None:
+    """Rewrite a format-1 ``info`` (pool.json of ``run_dir``) in the current format, after checking
+    each listed level's files against its level.json. Values that format 1 did not record (the
+    defaults of model and dataset options then) are taken as this version's defaults."""
+    layout = Layout(run_dir)
+    config = stored_config(info, layout.pool_json)
+    entries = []
+    for entry in sorted(info.get("levels") or [], key=lambda e: e.get("index", -1)):
+        index = entry.get("index")
+        if not isinstance(index, int) or entry.get("dir") != level_dir_name(index):
+            raise PoolError(f"{layout.pool_json} has a malformed level entry {str(entry)[:80]}")
+        path = layout.level(index)
+        level = read_json(path / "level.json", f"level {index} is listed but missing")
+        for name, recorded in (level.get("files") or {}).items():
+            if not (path / name).is_file() or sha256_file(path / name) != recorded:
+                raise PoolError(f"{path / name} does not match the sha256 in its level.json: the "
+                                "level is damaged; delete it (and the levels after it) and re-run "
+                                "`prunelens prune` to rebuild them")
+        entries.append(level_entry(level, path / "level.json"))
+    atomic_write_json(layout.pool_json, sealed({
+        "format": FORMAT, "name": info.get("name", config.name), "config": config.resolved(),
+        "identity_sha256": config.identity_hash(), "experiment_sha256": config.experiment_hash(),
+        "num_classes": info.get("num_classes"), "class_names": None, "levels": entries,
+        "complete": bool(info.get("complete")), "stop_reason": info.get("stop_reason"),
+        "versions": {**(info.get("versions") or {}), "upgraded_by": versions()["prunelens"]}}))
+    log(f"{run_dir}: pool.json upgraded from format 1 to {FORMAT} ({len(entries)} level(s) verified; "
+        "option defaults it did not record are taken as this version's)")

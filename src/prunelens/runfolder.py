@@ -1,0 +1,437 @@
+"""The run folder: every path in it (:class:`Layout`) and the one reader that verifies before it
+trusts (:class:`RunFolder`). Prune writes it, evaluate adds results, report reads it; nothing else
+knows where a file lies. See ``docs/architecture.md`` for the data flow.
+
+::
+
+    RUN_DIR/pool.json                      the manifest (format 2): name, the config as resolved,
+                                           levels (each with the sha256 of its level.json), stop
+                                           reason, versions, and its own sha256 (manifest_sha256)
+    RUN_DIR/level_XX/level.json            sparsity (prunable weights and all parameters, per
+                                           layer), accuracies, epochs, times, sha256 of its files
+    RUN_DIR/level_XX/model.safetensors     the state dict (loads strict into the plain model)
+    RUN_DIR/level_XX/masks.safetensors     keep-masks (bool) of the pruned parameters
+    RUN_DIR/level_XX.partial/              the epoch checkpoint of the level being trained
+    RUN_DIR/stale/                         levels set aside because one before them failed its hash
+    RUN_DIR/results/<suite>/level_XX.csv   tidy records (+ .json sidecar with their sha256)
+    RUN_DIR/results/summary.csv            per-level summaries (+ summary.json: what it covers)
+    RUN_DIR/report/                        the default report folder
+
+Integrity: pool.json carries the sha256 of its own canonical content and of every level.json,
+each level.json the sha256 of its files, and each results sidecar that of its CSV. Every reader
+checks this chain before it uses a value, so an edited or damaged file is reported, never used.
+The hashes detect damage and edits; they are not signatures against someone who recomputes them,
+which is why names read from the files are also checked against :data:`NAME_PATTERN`.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelens.config import NAME_PATTERN, RunConfig, config_from_stored, digest
+from prunelens.errors import ConfigError, PoolError, RunLockedError
+from prunelens.io import load_tensors, sha256_file
+
+#: the pool.json format this version writes; format 1 (no ``format`` key) is read after
+#: ``prunelens pool upgrade``
+FORMAT = 2
+
+_NAME = re.compile(NAME_PATTERN)
+_LEVEL_FILE = re.compile(r"^[a-z][a-z0-9_]*\.safetensors$")
+
+POOL_KEYS = ("format", "name", "config", "num_classes", "levels", "complete", "manifest_sha256")
+LEVEL_KEYS = ("index", "sparsity", "layer_sparsity", "metrics", "epochs", "wall_time_s", "files")
+
+
+class PoolNote(UserWarning):
+    """Something a reader noticed and worked around (e.g. an option this version no longer has)."""
+
+
+# ---- layout ---------------------------------------------------------------------------------------
+def level_dir_name(index: int) -> str:
+    return f"level_{index:02d}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path of a run folder."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def pool_json(self) -> Path:
+        return self.root / "pool.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def stale(self) -> Path:
+        return self.root / "stale"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def summary_csv(self) -> Path:
+        return self.results / "summary.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def level(self, index: int) -> Path:
+        return self.root / level_dir_name(index)
+
+    def partial(self, index: int) -> Path:
+        """Where a level being trained keeps its epoch checkpoint (read by every rank)."""
+        return self.root / f"{level_dir_name(index)}.partial"
+
+    def level_tmp(self, index: int) -> Path:
+        """Where a level is assembled before it is renamed into place."""
+        return self.root / f".{level_dir_name(index)}.tmp"
+
+    def suite(self, suite: str) -> Path:
+        return self.results / check_name(suite, "suite name")
+
+    def result_csv(self, suite: str, level: int) -> Path:
+        return self.suite(suite) / f"{level_dir_name(level)}.csv"
+
+    def level_artifacts(self, suite: str, level: int) -> Path:
+        return self.suite(suite) / level_dir_name(level)
+
+    def leftovers(self) -> list[Path]:
+        """What interrupted runs leave behind and a finished one no longer needs: half-written
+        files and level folders, and the epoch checkpoints of levels set aside."""
+        found = [*self.root.glob(".*.tmp"), *self.stale.glob("*.partial-*"),
+                 *self.results.glob("**/.*.tmp")]
+        return sorted(set(found))
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` if it is a plain name (no path separator, no leading dot), else a PoolError."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise PoolError(f"{what} {name!r} read from a run folder is not a plain name (letters, digits, "
+                        "'_', '.', '-'; no '/' or leading '.'): the folder was edited or damaged")
+    return name
+
+
+# ---- JSON with hashes -----------------------------------------------------------------------------
+def read_json(path: Path, fix: str) -> dict:
+    """A JSON object from ``path``, or a PoolError naming the file and ``fix``."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PoolError(f"{path} is missing: {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise PoolError(f"{path} is not readable JSON ({_reason(exc)}): {fix}") from None
+    if not isinstance(data, dict):
+        raise PoolError(f"{path} does not hold a JSON object: {fix}")
+    return data
+
+
+def _reason(exc: Exception) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+def manifest_hash(info: dict) -> str:
+    """sha256 of pool.json's canonical content without its ``manifest_sha256`` entry."""
+    body = {k: v for k, v in info.items() if k != "manifest_sha256"}
+    return digest(body)
+
+
+def sealed(info: dict) -> dict:
+    """``info`` with its ``manifest_sha256`` set (what pool.json holds)."""
+    return {**info, "manifest_sha256": manifest_hash(info)}
+
+
+# ---- the run-folder lock --------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock on a run folder, released when the process ends (even by kill -9). Only
+    writers take it: reading needs no lock, so a read-only run folder can be read."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Layout(run_dir).lock
+        self._file = None
+
+    def acquire(self) -> RunLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise PoolError(f"run folder {self.path.parent} cannot be written "
+                                f"({os.strerror(exc.errno)}): this command writes into it; copy the "
+                                "folder somewhere writable, or use a command that only reads "
+                                "(pool show, results, report -o OUT)") from None
+            raise
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "unknown"
+            f.close()
+            raise RunLockedError(f"run folder {self.path.parent} is in use by another prunelens "
+                                 f"process (pid {owner}); wait for it to finish or use another "
+                                 "output folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---- the reader -----------------------------------------------------------------------------------
+def _rebuild_fix(path: Path) -> str:
+    return f"delete {path} and re-run `prunelens prune` on the same config to rebuild it"
+
+
+@dataclass
+class Level:
+    """One level of a pool, its level.json verified against the manifest."""
+
+    run: RunFolder
+    path: Path
+    info: dict
+
+    @property
+    def index(self) -> int:
+        return int(self.info["index"])
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are pruned."""
+        return float(self.info["sparsity"])
+
+    @property
+    def sparsity_all(self) -> float:
+        """Fraction of all parameters (biases, norms, embeddings included) that are zero by
+        pruning; NaN for levels written before it was recorded."""
+        return float(self.info.get("sparsity_all", math.nan))
+
+    @property
+    def layer_sparsity(self) -> dict[str, float]:
+        return dict(self.info["layer_sparsity"])
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return dict(self.info["metrics"])
+
+    @property
+    def files(self) -> dict[str, str]:
+        return dict(self.info["files"])
+
+    @property
+    def model_sha256(self) -> str:
+        return self.files.get("model.safetensors", "")
+
+    def _verified(self, name: str) -> Path:
+        path = self.path / name
+        if name not in self.info["files"]:
+            raise PoolError(f"{self.path}/level.json records no file {name}")
+        if not path.is_file():
+            raise PoolError(f"{path} is missing: {_rebuild_fix(self.path)}")
+        if sha256_file(path) != self.info["files"][name]:
+            raise PoolError(f"{path} does not match the sha256 recorded in level.json (corrupt or "
+                            f"modified): {_rebuild_fix(self.path)}")
+        return path
+
+    def verify(self) -> None:
+        """Check every file of the level against its recorded sha256."""
+        for name in self.info["files"]:
+            self._verified(name)
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """A safetensors file of the level (e.g. ``rewind.safetensors``), verified by its sha256."""
+        return load_tensors(self._verified(name))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors("model.safetensors")
+
+    def load_masks(self) -> dict[str, torch.Tensor]:
+        return self.tensors("masks.safetensors")
+
+    def load_model(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The level's model (plain architecture, ``strict=True``), in eval mode on ``device``."""
+        from prunelens.models import create_model, load_state_dict_strict
+
+        cfg = self.run.config.model
+        model = create_model(cfg.name, self.run.num_classes, **cfg.options)
+        load_state_dict_strict(model, self.state_dict(), f"{self.path}/model.safetensors")
+        return model.to(device).eval()
+
+
+class RunFolder:
+    """A run folder, read and verified: ``RunFolder(path).levels`` → :class:`Level` objects.
+
+    Opening checks pool.json (format, its own sha256, the names in it) and every level.json
+    (against the sha256 pool.json records); a level's model and masks are checked when loaded.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.layout = Layout(run_dir)
+        self.run_dir = self.layout.root
+        if not self.run_dir.is_dir():
+            raise PoolError(f"run folder {self.run_dir} does not exist; create it with "
+                            "`prunelens prune CONFIG` (or check the path)")
+        self.info = verified_manifest(self.run_dir)
+        self.name = check_name(self.info["name"], "run name")
+
+    # -- the manifest --
+    @property
+    def complete(self) -> bool:
+        return bool(self.info["complete"])
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.info.get("stop_reason")
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return dict(self.info.get("versions") or {})
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.info["num_classes"])
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The class names of the data the pool was trained on (None for pools that predate them)."""
+        names = self.info.get("class_names")
+        return [str(n) for n in names] if isinstance(names, list) else None
+
+    @cached_property
+    def config(self) -> RunConfig:
+        """The run's config as this version reads it (see :func:`prunelens.config.config_from_stored`)."""
+        try:
+            config, dropped = config_from_stored(self.info["config"], f"{self.layout.pool_json} config")
+        except ConfigError as exc:
+            raise PoolError(str(exc)) from None
+        if dropped:
+            warnings.warn(f"{self.run_dir}: pool.json records option(s) this version of prunelens no "
+                          f"longer has, left out: {', '.join(dropped)}", PoolNote, stacklevel=2)
+        return config
+
+    @property
+    def identity_hash(self) -> str:
+        return self.config.identity_hash()
+
+    @property
+    def experiment_hash(self) -> str:
+        return self.config.experiment_hash()
+
+    # -- levels --
+    @cached_property
+    def levels(self) -> list[Level]:
+        out = []
+        for entry in self.info["levels"]:
+            path = self.run_dir / entry["dir"]
+            info = read_json(path / "level.json", _rebuild_fix(path))
+            if sha256_file(path / "level.json") != entry["level_json_sha256"]:
+                raise PoolError(f"{path}/level.json does not match the sha256 recorded in pool.json "
+                                f"(edited or damaged): restore it, or {_rebuild_fix(path)}")
+            missing = [k for k in LEVEL_KEYS if k not in info]
+            if missing or info["index"] != entry["index"]:
+                raise PoolError(f"{path}/level.json lacks {', '.join(missing) or 'its index'}: "
+                                f"{_rebuild_fix(path)}")
+            for name in info["files"]:
+                if not _LEVEL_FILE.match(str(name)):
+                    raise PoolError(f"{path}/level.json names a file {name!r} that is not a level "
+                                    "file: the folder was edited or damaged")
+            out.append(Level(self, path, info))
+        return out
+
+    def level(self, index: int) -> Level:
+        for lv in self.levels:
+            if lv.index == index:
+                return lv
+        raise PoolError(f"{self.run_dir} has no level {index} "
+                        f"(levels: {', '.join(str(lv.index) for lv in self.levels) or 'none'})")
+
+    def table(self) -> list[dict]:
+        """The pool table: one row per level (sparsity of the prunable weights and of all
+        parameters, accuracies and losses, epochs, steps, wall time, file hashes)."""
+        rows = []
+        for lv in self.levels:
+            metrics = lv.metrics
+            rows.append({"level": lv.index, "sparsity": lv.sparsity, "sparsity_all": lv.sparsity_all,
+                         **{k: metrics.get(k, math.nan) for k in
+                            ("train_acc", "val_acc", "test_acc", "test_loss")},
+                         "epochs": lv.info.get("epochs"), "steps": lv.info.get("steps"),
+                         "wall_time_s": lv.info.get("wall_time_s"),
+                         "model_sha256": lv.model_sha256,
+                         "masks_sha256": lv.files.get("masks.safetensors", "")})
+        return rows
+
+
+def verified_manifest(run_dir: Path) -> dict:
+    """pool.json of ``run_dir`` after every check a reader needs (format, hash, names, levels)."""
+    layout = Layout(run_dir)
+    path = layout.pool_json
+    fix = ("this is not a prunelens run folder, or its pool.json was damaged; re-run "
+           "`prunelens prune` on its config")
+    info = read_json(path, fix)
+    version = info.get("format", 1)
+    if version == 1:
+        raise PoolError(f"{path} was written by an earlier prunelens (pool format 1, whose manifests "
+                        f"carry no hashes): run `prunelens pool upgrade {run_dir}` once to verify its "
+                        "levels and record their hashes")
+    if version != FORMAT:
+        raise PoolError(f"{path} has pool format {version!r}, which this prunelens (format {FORMAT}) "
+                        "cannot read: upgrade prunelens")
+    missing = [k for k in POOL_KEYS if k not in info]
+    if missing:
+        raise PoolError(f"{path} lacks {', '.join(missing)}: {fix}")
+    if info["manifest_sha256"] != manifest_hash(info):
+        raise PoolError(f"{path} does not match its recorded sha256 (edited or damaged): restore it "
+                        "from a copy, or re-run `prunelens prune` with --force to start the run over")
+    _check_entries(info, path)
+    return info
+
+
+def _check_entries(info: dict, path: Path) -> None:
+    levels = info["levels"]
+    if not isinstance(levels, list) or not isinstance(info["config"], dict):
+        raise PoolError(f"{path} has a malformed levels list or config")
+    for entry in levels:
+        if not (isinstance(entry, dict) and {"index", "dir", "level_json_sha256"} <= set(entry)
+                and isinstance(entry["index"], int) and entry["dir"] == level_dir_name(entry["index"])):
+            raise PoolError(f"{path} has a malformed level entry {str(entry)[:80]}: the folder was "
+                            "edited or damaged")
+    if not isinstance(info["num_classes"], int):
+        raise PoolError(f"{path} records no number of classes")
+
+
+def level_entry(info: dict, level_json: Path) -> dict:
+    """A level's entry in pool.json: index, folder, sparsity and the sha256 of its level.json."""
+    return {"index": info["index"], "dir": level_dir_name(info["index"]),
+            "sparsity": info["sparsity"], "level_json_sha256": sha256_file(level_json)}
