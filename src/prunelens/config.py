@@ -19,7 +19,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -72,6 +72,13 @@ Device = Annotated[str, AfterValidator(_device)]
 
 
 class TrainConfig(Section):
+    """How a level is trained. The recipe options carry the names of torchvision's
+    ``references/classification/train.py`` arguments (``--clip-grad-norm`` → ``clip_grad_norm``)
+    and mean what they mean there."""
+
+    #: keys renamed to torchvision's names: old → new
+    RENAMED: ClassVar[dict[str, str]] = {"grad_clip": "clip_grad_norm", "warmup_epochs": "lr_warmup_epochs"}
+
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1, description="the global batch: split over ranks under torchrun")
     eval_batch_size: int = Field(256, ge=1, description="per rank")
@@ -83,15 +90,29 @@ class TrainConfig(Section):
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     milestones: list[int] = Field(default_factory=list, description="epochs, for schedule: step")
     gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(0, ge=0)
+    lr_min: float = Field(0.0, ge=0, description="schedule cosine: the rate it anneals to (eta_min)")
+    lr_warmup_epochs: float = Field(0, ge=0, description="epochs of warm-up before the schedule")
+    lr_warmup_method: Literal["linear", "constant"] = Field("constant", description=(
+        "linear: the rate rises from lr_warmup_decay × lr to lr; constant: lr_warmup_decay × lr "
+        "throughout the warm-up"))
+    lr_warmup_decay: float = Field(0.01, gt=0, le=1, description="the warm-up's starting factor of lr")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0)
+    clip_grad_norm: float | None = Field(None, gt=0, description="maximum gradient norm")
     max_steps_per_epoch: int | None = Field(None, ge=1)
     device: Device = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the model afresh for every level (CUDA only)")
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for old, new in cls.RENAMED.items():
+                if old in raw:
+                    raise ValueError(f"'{old}' is now '{new}' (torchvision's name): rename the key")
+        return raw
 
 
 class PruneConfig(Section):

@@ -323,8 +323,8 @@ def train_epoch(step_model: nn.Module, model: nn.Module, spec, loader, optimizer
             loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if train_cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        if train_cfg.clip_grad_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
         optimizer.step()
         # accumulate on the device: no host sync inside the loop
         loss_sum += loss.detach() * len(y)
