@@ -74,7 +74,7 @@ Device = Annotated[str, AfterValidator(_device)]
 class TrainConfig(Section):
     """How a level is trained. The recipe options carry the names of torchvision's
     ``references/classification/train.py`` arguments (``--clip-grad-norm`` → ``clip_grad_norm``)
-    and mean what they mean there."""
+    and mean what they mean there; see :mod:`prunelens.pruning.recipe`."""
 
     #: keys renamed to torchvision's names: old → new
     RENAMED: ClassVar[dict[str, str]] = {"grad_clip": "clip_grad_norm", "warmup_epochs": "lr_warmup_epochs"}
@@ -87,6 +87,14 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
+    norm_weight_decay: float | None = Field(None, ge=0, description=(
+        "weight decay of normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, LRN); "
+        "default: weight_decay"))
+    bias_weight_decay: float | None = Field(None, ge=0, description=(
+        "weight decay of every parameter named 'bias'; default: that of its layer"))
+    transformer_embedding_decay: float | None = Field(None, ge=0, description=(
+        "weight decay of the parameters torchvision's reference calls transformer embeddings "
+        "(the architecture spec lists them); default: weight_decay"))
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     milestones: list[int] = Field(default_factory=list, description="epochs, for schedule: step")
     gamma: float = Field(0.1, gt=0, le=1)
@@ -97,7 +105,19 @@ class TrainConfig(Section):
         "throughout the warm-up"))
     lr_warmup_decay: float = Field(0.01, gt=0, le=1, description="the warm-up's starting factor of lr")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp's Beta(α, α) on training batches; 0: off")
+    cutmix_alpha: float = Field(0.0, ge=0, description=(
+        "CutMix's Beta(α, α) on training batches; 0: off. With both on, each batch takes one of them "
+        "at random"))
     clip_grad_norm: float | None = Field(None, gt=0, description="maximum gradient norm")
+    model_ema: bool = Field(False, description=(
+        "the level is the exponential moving average of the weights (as torchvision's --model-ema)"))
+    model_ema_steps: int = Field(32, ge=1, description="steps between two updates of the average")
+    model_ema_decay: float = Field(0.99998, gt=0, lt=1, description=(
+        "decay per update, before torchvision's adjustment by batch size, model_ema_steps and epochs"))
+    ra_sampler: bool = Field(False, description=(
+        "repeated augmentation: each image ra_reps times per epoch (DeiT / torchvision's RASampler)"))
+    ra_reps: int = Field(3, ge=1, description="repetitions of each image with ra_sampler")
     max_steps_per_epoch: int | None = Field(None, ge=1)
     device: Device = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
