@@ -1,9 +1,11 @@
 """torchvision's training-recipe options (references/classification/train.py): weight-decay groups,
 warm-up, MixUp / CutMix, the weight average (EMA), repeated augmentation, the ImageNet presets,
-and resuming with all of them on."""
+the paper configs that use them, and resuming with all of them on."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +15,7 @@ from torch import nn
 
 from prunelens import distributed
 from prunelens._compat import torchvision
-from prunelens.config import TrainConfig, resolve_runs
+from prunelens.config import TrainConfig, load_configs, resolve_runs
 from prunelens.errors import ConfigError
 from prunelens.models import create_model
 from prunelens.pool import Pool
@@ -22,6 +24,7 @@ from prunelens.pruning.masks import Masker, magnitude_masks
 from prunelens.pruning.recipe import ModelEMA, ra_order
 from prunelens.pruning.train import make_optimizer
 
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "prunelens" / "configs" / "paper"
 RECIPE = {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "model_ema": True, "model_ema_steps": 1,
           "ra_sampler": True, "ra_reps": 2, "clip_grad_norm": 1.0, "label_smoothing": 0.1,
           "lr_warmup_epochs": 1, "lr_warmup_method": "linear", "norm_weight_decay": 0.0,
@@ -354,6 +357,51 @@ def test_renamed_keys_name_their_new_name(tmp_path):
         extra = {"name": "imagenet", "root": str(tmp_path)} if section == "data" else {}
         with pytest.raises(ConfigError, match=f"^{section}: '{old}' is now {new} "):
             resolve_runs({section: {**extra, old: 1}})
+
+
+PAPER = {
+    "resnet18_imagenet.yaml": dict(epochs=90, batch_size=256, optimizer="sgd", lr=0.1, weight_decay=1e-4,
+                                   schedule="step", milestones=[30, 60], mixup_alpha=0.0, model_ema=False,
+                                   ra_sampler=False, clip_grad_norm=None, amp=False),
+    "resnet50_imagenet.yaml": dict(epochs=90, batch_size=256, optimizer="sgd", lr=0.1, weight_decay=1e-4,
+                                   schedule="step", milestones=[30, 60], mixup_alpha=0.0, model_ema=False,
+                                   ra_sampler=False, clip_grad_norm=None, amp=False),
+    "vit_b_32_imagenet.yaml": dict(epochs=300, batch_size=4096, optimizer="adamw", lr=0.003, weight_decay=0.3,
+                                   schedule="cosine", lr_warmup_method="linear", lr_warmup_epochs=30,
+                                   lr_warmup_decay=0.033, label_smoothing=0.11, mixup_alpha=0.2,
+                                   cutmix_alpha=1.0, clip_grad_norm=1.0, ra_sampler=True, ra_reps=3,
+                                   model_ema=True, model_ema_steps=32, model_ema_decay=0.99998),
+    "swin_v2_t_imagenet.yaml": dict(epochs=300, batch_size=1024, optimizer="adamw", lr=0.001, weight_decay=0.05,
+                                    norm_weight_decay=0.0, bias_weight_decay=0.0,
+                                    transformer_embedding_decay=0.0, schedule="cosine", lr_min=1e-5,
+                                    lr_warmup_method="linear", lr_warmup_epochs=20, lr_warmup_decay=0.01,
+                                    label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
+                                    clip_grad_norm=5.0, ra_sampler=True, ra_reps=4, model_ema=True),
+}
+PAPER_DATA = {"resnet18_imagenet.yaml": (224, 256, 224, "bilinear", None, 0.0),
+              "resnet50_imagenet.yaml": (224, 256, 224, "bilinear", None, 0.0),
+              "vit_b_32_imagenet.yaml": (224, 256, 224, "bilinear", "imagenet", 0.0),
+              "swin_v2_t_imagenet.yaml": (256, 256, 256, "bicubic", "ta_wide", 0.25)}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_configs_load_validate_and_carry_torchvisions_recipe(name, tmp_path):
+    path = CONFIGS / name
+    cfg = load_configs(path, [f"data.root={tmp_path}"])[0]
+    for key, value in PAPER[name].items():
+        assert getattr(cfg.train, key) == value, key
+    o = cfg.data.options
+    assert (o.train_crop_size, o.val_resize_size, o.val_crop_size, o.interpolation, o.auto_augment,
+            o.random_erase) == PAPER_DATA[name]
+    assert cfg.prune.epochs == cfg.train.epochs  # the fast path (train.epochs 0) keeps LRR's replays
+    text = path.read_text()
+    assert "Not reproduced" not in text
+    section = None
+    for line in text.splitlines():  # every recipe value names its source
+        if re.match(r"^\w", line):
+            section = line.split(":")[0]
+        elif section in ("train", "data") and not re.match(r"^\s+(root|device|num_workers|channels_last|name):", line):
+            assert re.search(r"# \[(README|train\.py)\]", line), line
 
 
 # ---- the fast path: pretrained weights from the torch hub cache ------------------------------------
