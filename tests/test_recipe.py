@@ -214,7 +214,8 @@ def test_levels_are_the_masked_weight_average_and_the_next_round_ranks_them(tmp_
             assert int((state[name][~mask] != 0).sum()) == 0, (lv.index, name)
     level0, level1 = pool.levels
     prunable = level1.load_masks()
-    expected = magnitude_masks({n: level0.state_dict()[n] for n in prunable},
+    dense = level0.state_dict()
+    expected = magnitude_masks({n: dense[n] for n in prunable},
                                {n: torch.ones_like(m) for n, m in prunable.items()}, cfg.prune.rate)
     assert all(torch.equal(expected[n], prunable[n]) for n in prunable)
 
@@ -425,7 +426,8 @@ def test_pretrained_weights_from_the_hub_cache_skip_training_level_0(tmp_path, m
     pool = prune_run(resolve_runs(raw)[0], log=_quiet)
     level0, level1 = pool.levels
     assert level0.info["epochs"] == level0.info["steps"] == 0
-    assert all(torch.equal(level0.state_dict()[k], v) for k, v in pretrained.items())
+    state = level0.state_dict()  # read (and its sha256 checked) once
+    assert all(torch.equal(state[k], v) for k, v in pretrained.items())
     assert level1.info["steps"] == 1 and level1.sparsity == pytest.approx(0.5, abs=1e-3)
     raw["prune"]["retrain"] = "rewind"
     raw["name"] = "rewind"
