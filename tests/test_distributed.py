@@ -48,6 +48,10 @@ def _raw(tmp: Path, name: str, model: dict) -> dict:
     raw["data"]["n_train"] = 1024           # 16 global batches of 64 per epoch
     raw["train"].update(epochs=3, weight_decay=1e-4)
     raw["prune"].update(epochs=2, rounds=2)
+    if name == "lenet_recipe":              # torchvision's recipe options that act across ranks
+        raw["train"].update(epochs=2, ra_sampler=True, ra_reps=2, model_ema=True, model_ema_steps=2,
+                            clip_grad_norm=1.0, lr_warmup_epochs=1, lr_warmup_method="linear")
+        raw["prune"].update(epochs=1, rounds=1)
     return raw
 
 
@@ -95,7 +99,7 @@ distributed.shutdown()
 def runs(tmp_path_factory):
     """The same two configs pruned by one process (in this one) and by two ranks under torchrun."""
     tmp = tmp_path_factory.mktemp("dist")
-    configs = {"lenet": LENET, "resnet": RESNET}
+    configs = {"lenet": LENET, "resnet": RESNET, "lenet_recipe": LENET}
     one = {k: prune_run(resolve_runs(_raw(tmp / "one", k, m))[0], log=lambda *_: None).run_dir
            for k, m in configs.items()}
     config = tmp / "two.yaml"
@@ -128,6 +132,23 @@ def test_two_ranks_give_the_masks_and_weights_of_one_process(runs):
         for split in ("train", "val", "test"):
             assert abs(b.metrics[f"{split}_acc"] - a.metrics[f"{split}_acc"]) <= 2 / 64, (a.index, split)
         assert b.info["steps"] == a.info["steps"]
+
+
+def test_two_ranks_with_repeated_augmentation_and_weight_average_match_one_process(runs):
+    """Repeated augmentation deals each global batch out as torchvision's RASampler does, and the
+    weight average (the level) and gradient clipping act on the same weights on every rank."""
+    one, two = Pool(runs.one["lenet_recipe"]), Pool(runs.two["lenet_recipe"])
+    assert [lv.index for lv in two.levels] == [lv.index for lv in one.levels] == [0, 1]
+    dense_a, dense_b = one.level(0).state_dict(), two.level(0).state_dict()
+    for n in dense_a:
+        torch.testing.assert_close(dense_b[n], dense_a[n], rtol=0, atol=1e-5)
+    for a, b in zip(one.levels, two.levels):
+        ma, mb = a.load_masks(), b.load_masks()
+        agree = sum(int((ma[n] == mb[n]).sum()) for n in ma) / sum(m.numel() for m in ma.values())
+        assert agree >= 0.999, (a.index, agree)
+        assert b.info["steps"] == a.info["steps"] == a.info["epochs"] * 16  # 1024 of 1024 images per epoch
+        state = b.state_dict()
+        assert all(int((state[n][~m] != 0).sum()) == 0 for n, m in mb.items())
 
 
 def test_two_ranks_with_batchnorm_match_one_process_within_tolerance(runs):

@@ -26,7 +26,7 @@ def _imagenet_tree(root, n_per_class=3):
 def test_imagenet_folder_layout_and_transforms(tmp_path):
     _imagenet_tree(tmp_path / "imagenet")
     cfg = resolve_runs({"data": {"name": "imagenet", "root": str(tmp_path / "imagenet"),
-                                 "image_size": 32, "resize_size": 36}})[0]
+                                 "train_crop_size": 32, "val_resize_size": 36, "val_crop_size": 32}})[0]
     data = RunData(cfg.data, 0)
     assert data.eval_split == "val" and data.num_classes == 2
     assert data.class_names == ["n01440764", "n01443537"]
@@ -92,7 +92,7 @@ def test_measurement_sample_is_balanced_and_not_augmented(tmp_path):
         for i in range(4):  # noise: a random crop or flip would change the pixels
             Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     cfg = resolve_runs({"data": {"name": "imagenet", "root": str(tmp_path / "imagenet"),
-                                 "image_size": 16, "resize_size": 20}})[0]
+                                 "train_crop_size": 16, "val_resize_size": 20, "val_crop_size": 16}})[0]
     data = RunData(cfg.data, 0)
     augmented = data.split("train")
     torch.manual_seed(0)

@@ -381,8 +381,9 @@ def _image_folder(root: Path, classes: dict[str, list[str]]) -> None:
 def test_train_and_val_classes_must_agree(tmp_path, capsys, val, phrase):
     _image_folder(tmp_path / "data", {"train": ["a", "b"], "val": val})
     raw = tiny_config_dict(tmp_path, data={"name": "imagefolder", "root": str(tmp_path / "data"),
-                                           "image_size": 8, "resize_size": 8})
-    for key in ("num_classes", "n_train", "n_val", "n_test", "texture_correlation"):
+                                           "train_crop_size": 8, "val_resize_size": 8,
+                                           "val_crop_size": 8})
+    for key in ("num_classes", "n_train", "n_val", "n_test", "texture_correlation", "image_size"):
         raw["data"].pop(key)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     code, err = _cli(capsys, "prune", tmp_path / "c.yaml")
@@ -394,9 +395,10 @@ def test_evaluation_data_with_other_classes_than_the_pool_is_refused(tmp_path, c
     _image_folder(tmp_path / "data", {"train": ["a", "b"], "val": ["a", "b"]})
     _image_folder(tmp_path / "other", {"val": ["a", "c"]})
     raw = tiny_config_dict(tmp_path, data={"name": "imagefolder", "root": str(tmp_path / "data"),
-                                           "image_size": 8, "resize_size": 8},
+                                           "train_crop_size": 8, "val_resize_size": 8,
+                                           "val_crop_size": 8},
                            prune={"rounds": 1}, train={"epochs": 1, "batch_size": 2})
-    for key in ("num_classes", "n_train", "n_val", "n_test", "texture_correlation"):
+    for key in ("num_classes", "n_train", "n_val", "n_test", "texture_correlation", "image_size"):
         raw["data"].pop(key)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     assert _cli(capsys, "prune", tmp_path / "c.yaml")[0] == 0

@@ -10,9 +10,10 @@ from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_r
 
 
 def test_cosine_with_warmup():
-    cfg = TrainConfig(lr=1.0, schedule="cosine", warmup_epochs=1)
+    cfg = TrainConfig(lr=1.0, schedule="cosine", lr_warmup_epochs=1, lr_warmup_method="linear",
+                      lr_warmup_decay=0.1)
     lr = lr_schedule(cfg, epochs=5, steps_per_epoch=10)
-    assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0)
+    assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(0.1 + 0.9 * 0.9)
     assert lr(10) == pytest.approx(1.0)
     assert lr(30) == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 40)))
     assert lr(49) == pytest.approx(0.5 * (1 + math.cos(math.pi * 39 / 40)))

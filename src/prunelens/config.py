@@ -19,7 +19,7 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -75,6 +75,14 @@ Device = Annotated[str, AfterValidator(_device)]
 
 
 class TrainConfig(Section):
+    """How a level is trained. The recipe options carry the names of torchvision's
+    ``references/classification/train.py`` arguments (``--clip-grad-norm`` → ``clip_grad_norm``)
+    and mean what they mean there; see :mod:`prunelens.pruning.recipe`."""
+
+    #: keys renamed to torchvision's names (prunelens 0.2): old → new
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {"grad_clip": ("clip_grad_norm",),
+                                                      "warmup_epochs": ("lr_warmup_epochs",)}
+
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1, description="the global batch: split over ranks under torchrun")
     eval_batch_size: int = Field(256, ge=1, description="per rank")
@@ -83,12 +91,37 @@ class TrainConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
+    norm_weight_decay: float | None = Field(None, ge=0, description=(
+        "weight decay of normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, LRN); "
+        "default: weight_decay"))
+    bias_weight_decay: float | None = Field(None, ge=0, description=(
+        "weight decay of every parameter named 'bias'; default: that of its layer"))
+    transformer_embedding_decay: float | None = Field(None, ge=0, description=(
+        "weight decay of the parameters torchvision's reference calls transformer embeddings "
+        "(the architecture spec lists them); default: weight_decay"))
     schedule: Literal["constant", "step", "cosine"] = "cosine"
     milestones: list[int] = Field(default_factory=list, description="epochs, for schedule: step")
     gamma: float = Field(0.1, gt=0, le=1)
-    warmup_epochs: float = Field(0, ge=0)
+    lr_min: float = Field(0.0, ge=0, description="schedule cosine: the rate it anneals to (eta_min)")
+    lr_warmup_epochs: float = Field(0, ge=0, description="epochs of warm-up before the schedule")
+    lr_warmup_method: Literal["linear", "constant"] = Field("constant", description=(
+        "linear: the rate rises from lr_warmup_decay × lr to lr; constant: lr_warmup_decay × lr "
+        "throughout the warm-up"))
+    lr_warmup_decay: float = Field(0.01, gt=0, le=1, description="the warm-up's starting factor of lr")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    grad_clip: float | None = Field(None, gt=0)
+    mixup_alpha: float = Field(0.0, ge=0, description="MixUp's Beta(α, α) on training batches; 0: off")
+    cutmix_alpha: float = Field(0.0, ge=0, description=(
+        "CutMix's Beta(α, α) on training batches; 0: off. With both on, each batch takes one of them "
+        "at random"))
+    clip_grad_norm: float | None = Field(None, gt=0, description="maximum gradient norm")
+    model_ema: bool = Field(False, description=(
+        "the level is the exponential moving average of the weights (as torchvision's --model-ema)"))
+    model_ema_steps: int = Field(32, ge=1, description="steps between two updates of the average")
+    model_ema_decay: float = Field(0.99998, gt=0, lt=1, description=(
+        "decay per update, before torchvision's adjustment by batch size, model_ema_steps and epochs"))
+    ra_sampler: bool = Field(False, description=(
+        "repeated augmentation: each image ra_reps times per epoch (DeiT / torchvision's RASampler)"))
+    ra_reps: int = Field(3, ge=1, description="repetitions of each image with ra_sampler")
     max_steps_per_epoch: int | None = Field(None, ge=1)
     device: Device = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
@@ -233,10 +266,6 @@ def _json(obj):
 
 
 # ---- configs stored by earlier versions -----------------------------------------------------------
-#: keys a later version renamed: (section, old) -> new
-RENAMED_KEYS: dict[tuple[str, str], str] = {}
-
-
 def config_from_stored(raw: dict, where: str) -> tuple[RunConfig, list[str]]:
     """The config a run folder recorded, read with this version: renamed keys are migrated, keys
     this version no longer has are left out (and returned, so callers can say so) and keys it
@@ -267,7 +296,7 @@ def _known_keys(raw: dict, dropped: list[str]) -> dict:
 
 
 def _known_section(section: str, raw: dict, dropped: list[str]) -> dict:
-    raw = {RENAMED_KEYS.get((section, k), k): v for k, v in raw.items()}
+    raw = _SECTION_OPTIONS[section](raw).migrated(raw)
     known = _SECTION_KEYS[section](raw)
     dropped += [f"{section}.{k}" for k in raw if k not in known]
     return {k: v for k, v in raw.items() if k in known}
@@ -290,9 +319,20 @@ def _data_keys(raw: dict) -> set[str]:
 
 
 def _evaluate_keys(raw: dict) -> set[str]:
-    from prunelens.evaluate import available_suites
-    return set(EvaluateConfig.model_fields) | set(available_suites())
+    return set(raw)  # suite options are checked by the suite contract (prunelens.suite)
 
+
+def _data_options(raw: dict) -> type[Options]:
+    from prunelens.data.registry import dataset_entry
+    try:
+        return dataset_entry(str(raw.get("name", DataConfig().name))).options
+    except ConfigError:
+        return Options
+
+
+_SECTION_OPTIONS = {"model": lambda raw: Options, "data": _data_options,
+                    "train": lambda raw: TrainConfig, "prune": lambda raw: PruneConfig,
+                    "evaluate": lambda raw: Options}
 
 _SECTION_KEYS = {
     "model": _model_keys,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,9 +49,36 @@ def strict_scalar_error(value: Any, takes_int: bool, takes_bool: bool) -> str | 
 
 
 class Options(BaseModel):
-    """Strict options: unknown keys, non-finite floats and loose ints/bools are errors."""
+    """Strict options: unknown keys, non-finite floats and loose ints/bools are errors.
+
+    ``RENAMED`` lists keys a later version renamed (old → new keys): a config that still uses the
+    old name is told the new one; a config stored by an earlier version is read with
+    :meth:`migrated`.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for old, new in cls.RENAMED.items():
+                if old in raw:
+                    raise ValueError(f"'{old}' is now {' and '.join(map(repr, new))}: rename the key")
+        return raw
+
+    @classmethod
+    def migrated(cls, raw: dict) -> dict:
+        """``raw`` with every renamed key under its new name(s) (for configs an earlier version
+        stored)."""
+        out = dict(raw)
+        for old, new in cls.RENAMED.items():
+            if old in out:
+                value = out.pop(old)
+                for key in new:
+                    out.setdefault(key, value)
+        return out
 
     @field_validator("*", mode="before")
     @classmethod

@@ -1,43 +1,90 @@
 """ImageNet (and any ImageFolder-style dataset) from a local folder: ``ROOT/train/<class>/*.JPEG``,
 ``ROOT/val/<class>/*.JPEG``.
 
-Images are decoded with Pillow and transformed with torchvision's transforms v2 on uint8 tensors:
-training — RandomResizedCrop + horizontal flip; evaluation — resize of the shorter side to
-``resize_size`` + centre crop to ``image_size`` (torchvision's reference recipe). The ImageNet
-validation set has the labels the test split needs, so the splits are ``train`` and ``val``
-(suites evaluate on the last split).
+Images are decoded with Pillow and transformed with torchvision's transforms v2 on uint8 tensors,
+as torchvision's references/classification/presets.py (``ClassificationPresetTrain`` /
+``ClassificationPresetEval``) with its option names: training — RandomResizedCrop to
+``train_crop_size``, horizontal flip, the ``auto_augment`` policy, random erasing with probability
+``random_erase``; evaluation — resize of the shorter side to ``val_resize_size``, centre crop to
+``val_crop_size``; all resampling with ``interpolation``. Images leave in [0, 1]: models normalise
+through their spec. The ImageNet validation set has the labels the test split needs, so the
+splits are ``train`` and ``val`` (suites evaluate on the last split).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from prunelens._compat import torchvision
 from prunelens.data.registry import DatasetOptions, ExistingFolder, register_dataset
 from prunelens.errors import DataError
+from prunelens.models.spec import IMAGENET_MEAN
 
 
 class ImageFolderOptions(DatasetOptions):
+    #: keys renamed to torchvision's names (prunelens 0.2): old → new
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {"image_size": ("train_crop_size", "val_crop_size"),
+                                                      "resize_size": ("val_resize_size",)}
+
     root: ExistingFolder
-    image_size: int = Field(224, ge=8)
-    resize_size: int = Field(256, ge=8)
+    train_crop_size: int = Field(224, ge=8, description="side of the training crops")
+    val_resize_size: int = Field(256, ge=8, description="evaluation: shorter side after resizing")
+    val_crop_size: int = Field(224, ge=8, description="evaluation: side of the centre crop")
+    interpolation: Literal["bilinear", "bicubic", "nearest", "nearest-exact"] = "bilinear"
+    auto_augment: Literal["ra", "ta_wide", "augmix", "imagenet", "cifar10", "svhn"] | None = Field(
+        None, description="ra: RandAugment, ta_wide: TrivialAugmentWide, augmix: AugMix, else the "
+                          "AutoAugment policy of that name")
+    ra_magnitude: int = Field(9, ge=0, le=30, description="auto_augment ra: RandAugment's magnitude")
+    augmix_severity: int = Field(3, ge=1, le=10, description="auto_augment augmix: AugMix's severity")
+    random_erase: float = Field(0.0, ge=0, le=1, description="probability of RandomErasing per image")
     train_dir: str = "train"
     val_dir: str = "val"
 
+    @model_validator(mode="after")
+    def _augmix_resampling(self) -> ImageFolderOptions:
+        if self.auto_augment == "augmix" and self.interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"auto_augment augmix transforms tensors, which torchvision cannot "
+                             f"resample with interpolation {self.interpolation}: use bilinear")
+        return self
+
+
+def _policy(options: ImageFolderOptions, interpolation):
+    """The augmentation policy, as ClassificationPresetTrain picks it from ``--auto-augment``."""
+    from torchvision.transforms import v2 as T
+    name = options.auto_augment
+    if name == "ra":
+        return T.RandAugment(interpolation=interpolation, magnitude=options.ra_magnitude)
+    if name == "ta_wide":
+        return T.TrivialAugmentWide(interpolation=interpolation)
+    if name == "augmix":
+        return T.AugMix(interpolation=interpolation, severity=options.augmix_severity)
+    return T.AutoAugment(policy=T.AutoAugmentPolicy(name), interpolation=interpolation)
 
 
 def transforms(options: ImageFolderOptions, train: bool):
+    """The reference presets on its default (Pillow) backend: Pillow images until the crop and
+    policy (Pillow resamples bicubically everywhere; tensor affine transforms cannot), uint8
+    tensors after."""
     torchvision()  # the CPU-build workaround must run before any torchvision submodule import
+    from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
-    if train:
-        steps = [T.ToImage(), T.RandomResizedCrop(options.image_size, antialias=True),
-                 T.RandomHorizontalFlip()]
-    else:
-        steps = [T.ToImage(), T.Resize(options.resize_size, antialias=True),
-                 T.CenterCrop(options.image_size)]
-    return T.Compose([*steps, T.ToDtype(torch.float32, scale=True)])
+    interpolation = InterpolationMode(options.interpolation)
+    if not train:
+        return T.Compose([T.Resize(options.val_resize_size, interpolation, antialias=True),
+                          T.CenterCrop(options.val_crop_size), T.PILToTensor(),
+                          T.ToDtype(torch.float32, scale=True)])
+    steps = [T.RandomResizedCrop(options.train_crop_size, interpolation=interpolation, antialias=True),
+             T.RandomHorizontalFlip()]
+    if options.auto_augment is not None:
+        steps.append(_policy(options, interpolation))
+    steps += [T.PILToTensor(), T.ToDtype(torch.float32, scale=True)]
+    if options.random_erase > 0:
+        # the reference erases normalised images with 0; in [0, 1] that is the normalisation mean
+        steps.append(T.RandomErasing(p=options.random_erase, value=list(IMAGENET_MEAN)))
+    return T.Compose(steps)
 
 
 class ImageFolderSplit(torch.utils.data.Dataset):

@@ -41,6 +41,10 @@ class ArchSpec:
     std: tuple[float, ...] = IMAGENET_STD
     #: fnmatch patterns of parameter names that are never prunable in this family
     never_prune: tuple[str, ...] = ()
+    #: names (last component) of the parameters torchvision's references/classification/train.py
+    #: gives ``--transformer-embedding-decay``: it matches "class_token", "position_embedding" and
+    #: "relative_position_bias_table" against the parameter's own name
+    embedding_names: tuple[str, ...] = ()
 
     # ---- pruning -----------------------------------------------------------------------------
     def prunable(self, model: nn.Module) -> dict[str, nn.Parameter]:
@@ -89,6 +93,10 @@ class ArchSpec:
             if isinstance(module, nn.MultiheadAttention):
                 names += [n for n in prunable if n.startswith(f"{mod_name}.")]
         return names
+
+    def embedding_parameters(self, model: nn.Module) -> list[str]:
+        """The transformer embeddings of ``model`` in the sense of torchvision's training recipe."""
+        return [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in self.embedding_names]
 
     # ---- inputs ------------------------------------------------------------------------------
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +191,9 @@ class ViTSpec(ArchSpec):
     family = "vit"
     has_spatial_features = True
     lost_layernorm = "none"
+    # the position embedding is encoder.pos_embedding, a name torchvision's recipe does not match:
+    # it keeps the ordinary weight decay there, and so here
+    embedding_names = ("class_token",)
     # the classifier reads only the class token after the last block, so the patch tokens leaving
     # it have exactly zero gradient; GradCAM uses the tokens entering it (pytorch-grad-cam does too)
     gradcam_uses_input = True
@@ -222,6 +233,8 @@ class SwinSpec(ArchSpec):
     family = "swin"
     has_spatial_features = True
     lost_layernorm = "none"
+    # Swin v1's learned bias tables; v2 computes its biases with cpb_mlp and has no such parameter
+    embedding_names = ("relative_position_bias_table",)
     # the continuous position-bias MLP of Swin v2 generates attention biases; it is not a weight
     # layer of the network's function, so it is left dense
     never_prune = ("*cpb_mlp*",)

@@ -31,6 +31,7 @@ from prunelens.models import create_model, load_state_dict_strict, spec_for
 from prunelens.pruning.store import PoolWriter
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
                                      mask_sparsity, prunable_from_config)
+from prunelens.pruning.recipe import mixing_collate, ra_order
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
                                      resolve_device, train_level)
@@ -48,9 +49,14 @@ class _Loaders:
     ``batch_size / world`` samples per step: step i of any number of ranks trains on the same
     global batch as step i of a single process. The val/test splits are sharded the same way and
     their metrics summed over the ranks.
+
+    With ``train.ra_sampler`` the epoch's order is the repeated-augmentation order
+    (:func:`~prunelens.pruning.recipe.ra_order`), dealt out the same way; with MixUp / CutMix the
+    training batches are mixed as they are collated, on each rank (as torchvision's reference).
     """
 
-    def __init__(self, cfg, data: RunData, device: torch.device | None = None) -> None:
+    def __init__(self, cfg, data: RunData, device: torch.device | None = None,
+                 num_classes: int | None = None) -> None:
         self.cfg = cfg
         self.train_set = data.split("train")
         self.generator = torch.Generator()
@@ -60,14 +66,19 @@ class _Loaders:
         # make the shuffling draws depend on whether the run was resumed
         self.common = dict(num_workers=cfg.train.num_workers,
                            pin_memory=device is not None and device.type == "cuda")
+        mixing = cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0
+        self.collate = mixing_collate(cfg.train, num_classes or data.num_classes) if mixing else None
         self.train = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                                drop_last=self.drop_last, generator=self.generator, **self.common)
-        self.steps_per_epoch = len(self.train) if not distributed.active() else len(self._sharded(0, 0))
+                                drop_last=self.drop_last, generator=self.generator,
+                                collate_fn=self.collate, **self.common)
+        self.steps_per_epoch = len(self._single(0, 0) if not distributed.active() else self._sharded(0, 0))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves no training step "
-                              f"for {len(self.train_set)} training samples")
+            used = (f"{len(self.epoch_order(0, 0))} of the {len(self.train_set)} training samples per "
+                    "epoch (train.ra_sampler takes the largest multiple of 256, as torchvision's)"
+                    if cfg.train.ra_sampler else f"{len(self.train_set)} training samples")
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves no training step for {used}")
         eval_kw = dict(batch_size=cfg.train.eval_batch_size, **self.common)
         self.eval = {s: DataLoader(self._shard(data.split(s)), **eval_kw)
                      for s in ("val", "test") if s in data.entry.splits}
@@ -77,10 +88,23 @@ class _Loaders:
 
     def epoch_order(self, level: int, epoch: int) -> list[int]:
         """The single-process loader's sample order of an epoch, drawn by the same DataLoader
-        machinery from the same seed (an index loader stands in for the dataset)."""
+        machinery from the same seed (an index loader stands in for the dataset), or the
+        repeated-augmentation order drawn from that seed."""
         self._seed(level, epoch)
         n = len(self.train_set)
+        if self.cfg.train.ra_sampler:
+            return ra_order(n, self.cfg.train.ra_reps, self.generator)
         return next(iter(DataLoader(range(n), batch_size=n, shuffle=True, generator=self.generator))).tolist()
+
+    def _single(self, level: int, epoch: int) -> DataLoader:
+        """The single-process training loader of an epoch."""
+        if not self.cfg.train.ra_sampler:
+            self._seed(level, epoch)
+            return self.train
+        order = self.epoch_order(level, epoch)  # leaves the generator seeded for the worker seeds
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=order,
+                          drop_last=self.drop_last, generator=self.generator, collate_fn=self.collate,
+                          **self.common)
 
     def _sharded(self, level: int, epoch: int) -> DataLoader:
         sampler = DistributedSampler(Subset(self.train_set, self.epoch_order(level, epoch)),
@@ -90,7 +114,8 @@ class _Loaders:
         workers = torch.Generator().manual_seed(
             derived_seed(self.cfg.seed, "workers", level, epoch, distributed.rank()))
         return DataLoader(sampler.dataset, batch_size=self.batch_size, sampler=sampler,
-                          drop_last=self.drop_last, generator=workers, **self.common)
+                          drop_last=self.drop_last, generator=workers, collate_fn=self.collate,
+                          **self.common)
 
     @staticmethod
     def _shard(dataset):
@@ -100,10 +125,7 @@ class _Loaders:
 
     def for_epoch(self, level: int) -> Callable[[int], object]:
         def loader(epoch: int):
-            if distributed.active():
-                return self._sharded(level, epoch)
-            self._seed(level, epoch)
-            return self.train
+            return self._sharded(level, epoch) if distributed.active() else self._single(level, epoch)
         return loader
 
 
@@ -178,7 +200,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> R
     model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
     spec = spec_for(model)
     params = prunable_from_config(model, cfg.prune)
-    loaders = _Loaders(cfg, data, device)
+    loaders = _Loaders(cfg, data, device, num_classes)
     with contextlib.ExitStack() as stack:
         writer, done = None, []
 
@@ -250,7 +272,10 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
     rewind_path = partial / REWIND_FILE
     if level == 0 and cfg.prune.retrain == "rewind":
         total = plan.epochs * loaders.steps_per_epoch
-        if cfg.prune.rewind_step >= max(total, 1):
+        if total == 0:
+            raise ConfigError("prune.retrain: rewind replays the dense training, and train.epochs is 0 "
+                              "(level 0 is the given weights): use retrain lrr or finetune")
+        if cfg.prune.rewind_step >= total:
             raise ConfigError(f"prune.rewind_step {cfg.prune.rewind_step} is past the end of dense "
                               f"training ({total} steps)")
 

@@ -2,8 +2,14 @@
 
 Determinism: at the start of every epoch the global torch RNG and the shuffling generator are
 reseeded from (seed, level, epoch), and the learning rate is a pure function of the step. So an
-interrupted level resumes from its last complete epoch with only the model, optimiser and step
-saved, and ends bit-identical on CPU to an uninterrupted run.
+interrupted level resumes from its last complete epoch with only the model, optimiser, step and
+weight average (``train.model_ema``) saved, and ends bit-identical on CPU to an uninterrupted run:
+augmentation, MixUp / CutMix and the repeated-augmentation order draw from those reseeded
+generators (or from loader workers seeded by them).
+
+The recipe options of torchvision's reference (:mod:`prunelens.pruning.recipe`) enter here: the
+weight-decay groups of the optimiser, soft (mixed) targets in the loss, gradient clipping, and the
+weight average, which at the end of the level replaces the weights.
 
 Under torchrun the same loop runs on every rank with the model wrapped in
 DistributedDataParallel: the RNG seeds add the rank, the loader of each rank yields its share of
@@ -36,6 +42,7 @@ from prunelens import distributed
 from prunelens.errors import ConfigError, DivergedError
 from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors, sha256_file
 from prunelens.pruning.masks import Masker
+from prunelens.pruning.recipe import ModelEMA, parameter_groups
 from prunelens.pruning.schedule import LRSchedule
 
 
@@ -67,14 +74,17 @@ def derived_seed(*parts: int | str) -> int:
 
 def make_optimizer(model: nn.Module, train_cfg, lr: float, kind: str | None = None,
                    fused: bool = False) -> torch.optim.Optimizer:
-    """SGD or AdamW over ``model``'s parameters; ``fused`` (CUDA only) runs each step as one kernel."""
+    """SGD or AdamW over ``model``'s parameters in their weight-decay groups
+    (:func:`~prunelens.pruning.recipe.parameter_groups`); ``fused`` (CUDA only) runs each step as
+    one kernel."""
     kind = kind or train_cfg.optimizer
     extra = {"fused": True} if fused else {}
+    params = parameter_groups(model, train_cfg)
     if kind == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=train_cfg.momentum,
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum,
                                nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
                                weight_decay=train_cfg.weight_decay, **extra)
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=train_cfg.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay, **extra)
 
 
 # ---- optimiser state <-> safetensors + JSON --------------------------------------------------------
@@ -113,18 +123,21 @@ class Checkpoint:
     def json_path(self) -> Path:
         return self.directory / "train_state.json"
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict) -> None:
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict,
+             ema: ModelEMA | None = None) -> None:
         """Tensors first, then the JSON naming their sha256: the JSON is the commit point, so a
         kill between the two renames leaves a pair that :meth:`load` recognises as mismatched."""
         opt_tensors, opt_plain = flatten_optimizer(optimizer.state_dict())
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()} | opt_tensors
+        if ema is not None:
+            tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
         atomic_save_tensors(self.tensors_path, tensors)
         atomic_write_json(self.json_path, dict(info, optimizer=opt_plain,
                                                tensors_sha256=sha256_file(self.tensors_path)))
 
-    def load(self) -> tuple[dict, dict, dict] | None:
-        """(model state, optimiser state, info), or None when there is no intact checkpoint (then
-        ``ignored`` says why, if one was there)."""
+    def load(self) -> tuple[dict, dict, dict, dict] | None:
+        """(model state, optimiser state, info, weight-average state — empty without one), or None
+        when there is no intact checkpoint (then ``ignored`` says why, if one was there)."""
         self.ignored = None
         if not (self.tensors_path.is_file() and self.json_path.is_file()):
             return None
@@ -135,8 +148,10 @@ class Checkpoint:
             tensors = load_tensors(self.tensors_path)
             model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
             opt_tensors = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+            ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
             optimizer = unflatten_optimizer(opt_tensors, info.pop("optimizer"))
-            return model_state, optimizer, {k: info[k] for k in ("epochs_done", "stats", "elapsed_s")}
+            return (model_state, optimizer, {k: info[k] for k in ("epochs_done", "stats", "elapsed_s")},
+                    ema_state)
         except Exception as exc:  # noqa: BLE001 - any damage: retrain the level from its start
             self.ignored = f"checkpoint in {self.directory} ignored ({exc}); the level restarts"
             return None
@@ -231,6 +246,7 @@ def train_level(model: nn.Module, spec, loader_for_epoch: Callable[[int], object
     ``loader_for_epoch(epoch)`` returns the (re-seeded) training loader of an epoch. A checkpoint
     is written after every epoch and a matching one is resumed from. Under torchrun, call it on
     every rank: only rank 0 writes the checkpoint, and the model ends identical on every rank.
+    With ``train.model_ema`` the model ends as the (masked) weight average.
     """
     model.to(device)
     if train_cfg.channels_last:
@@ -240,14 +256,17 @@ def train_level(model: nn.Module, spec, loader_for_epoch: Callable[[int], object
     if masker is not None:
         masker.attach(optimizer)
         masker.apply_()
+    ema = ModelEMA(model, train_cfg, plan.epochs, masker) if train_cfg.model_ema and plan.epochs else None
     start_epoch, stats, elapsed = plan.start_step // plan.schedule.steps_per_epoch, {}, 0.0
     resumed = checkpoint.load()
     if checkpoint.ignored and log is not None:
         log(f"{label}: {checkpoint.ignored}")
     if resumed is not None:
-        model_state, opt_state, info = resumed
+        model_state, opt_state, info, ema_state = resumed
         model.load_state_dict(model_state, strict=True)
         optimizer.load_state_dict(opt_state)
+        if ema is not None:
+            ema.load_state_dict(ema_state)
         start_epoch, stats, elapsed = info["epochs_done"], info["stats"], info["elapsed_s"]
         if log is not None:
             log(f"{label}: resuming after epoch {start_epoch} of {plan.epochs}")
@@ -260,14 +279,16 @@ def train_level(model: nn.Module, spec, loader_for_epoch: Callable[[int], object
             torch.manual_seed(derived_seed(*seed_parts, "epoch", epoch, *distributed.seed_parts()))
             with distributed.comm_failures(f"training {label} epoch {epoch + 1}"):
                 stats = train_epoch(step_model, model, spec, loader_for_epoch(epoch), optimizer, plan,
-                                    train_cfg, device, epoch, on_step, label)
+                                    train_cfg, device, epoch, on_step, label, masker=masker, ema=ema)
             elapsed += time.perf_counter() - t0
             if distributed.is_main():
                 checkpoint.save(model, optimizer, {"epochs_done": epoch + 1, "stats": stats,
-                                                   "elapsed_s": elapsed})
+                                                   "elapsed_s": elapsed}, ema)
     finally:
         if masker is not None:
             masker.detach()
+    if ema is not None:
+        ema.copy_to(model)
     _share_buffers(model)
     distributed.verify_identical(f"{label} trained weights", model.state_dict())
     return dict(stats, elapsed_s=elapsed)
@@ -296,11 +317,16 @@ def _share_buffers(model: nn.Module) -> None:
 
 
 def train_epoch(step_model: nn.Module, model: nn.Module, spec, loader, optimizer, plan: TrainPlan,
-                train_cfg, device: torch.device, epoch: int, on_step=None, label: str = "") -> dict:
+                train_cfg, device: torch.device, epoch: int, on_step=None, label: str = "",
+                masker: Masker | None = None, ema: ModelEMA | None = None) -> dict:
     """One epoch of steps ``epoch × steps_per_epoch …`` (those before ``plan.start_step`` skipped).
 
-    ``step_model`` is what the forward pass calls (compiled / DDP-wrapped ``model``). Returns the
-    running accuracy and loss over the epoch's samples, summed over the ranks.
+    ``step_model`` is what the forward pass calls (compiled / DDP-wrapped ``model``). Targets are
+    class indices, or (B, classes) probabilities after MixUp / CutMix (accuracy then counts the
+    largest, as torchvision's reference). A step is torchvision's: loss, backward, gradient
+    clipping (of the pruned network's gradient: ``masker`` zeroes the pruned entries first),
+    optimiser step, weight-average update. Returns the running accuracy and loss over the
+    epoch's samples, summed over the ranks.
     """
     model.train()
     spe = plan.schedule.steps_per_epoch
@@ -323,12 +349,16 @@ def train_epoch(step_model: nn.Module, model: nn.Module, spec, loader, optimizer
             loss = F.cross_entropy(logits.float(), y, label_smoothing=train_cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if train_cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        if train_cfg.clip_grad_norm is not None:
+            if masker is not None:
+                masker.mask_grads_()
+            nn.utils.clip_grad_norm_(model.parameters(), train_cfg.clip_grad_norm)
         optimizer.step()
+        if ema is not None:
+            ema.update(model, i, epoch)
         # accumulate on the device: no host sync inside the loop
         loss_sum += loss.detach() * len(y)
-        correct_sum += (logits.detach().argmax(1) == y).sum()
+        correct_sum += (logits.detach().argmax(1) == (y.argmax(1) if y.ndim > 1 else y)).sum()
         n_seen += len(y)
         bar.update(1)
     bar.close()
