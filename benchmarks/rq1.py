@@ -231,7 +231,7 @@ def suite_budget(args) -> None:
 
     from prunelens.config import validate_section
     from prunelens.data.synthetic import SyntheticShapes
-    from prunelens.evaluate import LevelContext, get_suite
+    from prunelens.suite import LevelContext, get_suite
 
     suite = get_suite("interpretability")
     options = validate_section(suite.Options, {}, "evaluate.interpretability")
@@ -245,7 +245,7 @@ def suite_budget(args) -> None:
         if hasattr(model, "heads"):  # a trained ViT head is not zero: keep the maps non-trivial
             torch.nn.init.normal_(model.heads.head.weight, std=0.02)
         with tempfile.TemporaryDirectory() as tmp:
-            ctx = LevelContext(run_dir=Path(tmp), pool=None, config=None, options=options,
+            ctx = LevelContext(pool=None, config=None, options=options,
                                device=torch.device("cpu"), data=data, spec=spec_for(model),
                                artifacts=Path(tmp), level=SimpleNamespace(index=0, sparsity=0.0),
                                model=model, level_artifacts=Path(tmp) / "level_00")

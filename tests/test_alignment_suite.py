@@ -16,7 +16,7 @@ from prunelens.data import distortions as D
 from prunelens.data.provider import RunData
 from prunelens.data.synthetic import SyntheticShapes
 from prunelens.errors import ConfigError
-from prunelens.evaluate import LevelContext, get_suite
+from prunelens.suite import LevelContext, get_suite
 from prunelens.models import ArchSpec, create_model, spec_for
 from prunelens.results import records_frame
 
@@ -30,7 +30,7 @@ SYNTHETIC_DATASETS = {f"synthetic-{d}" for d in (
 def _ctx(tmp_path, model, options, spec=None, index=3):
     config = RunConfig.model_validate({"data": DATA, "model": {"name": "small_resnet", "widths": [8, 16]}})
     return LevelContext(
-        run_dir=tmp_path, pool=None, config=config,
+        pool=None, config=config,
         options=validate_section(AlignmentOptions, options, "evaluate.alignment"),
         device=torch.device("cpu"), data=RunData(config.data, config.seed),
         spec=spec or spec_for(model), artifacts=tmp_path / "alignment", batch_size=64,
@@ -271,7 +271,7 @@ def test_any_labelled_dataset_becomes_an_ood_benchmark(tmp_path):
                            split=lambda name, **kw: _ClassSortedSplit(), eval_split="test")
     model = nn.Sequential(nn.Flatten(), nn.Linear(768, 3))
     ctx = LevelContext(
-        run_dir=tmp_path, pool=None,
+        pool=None,
         config=SimpleNamespace(data=SimpleNamespace(name="folder"), model=SimpleNamespace(name="mlp")),
         options=validate_section(AlignmentOptions, {"n_images": 6}), device=torch.device("cpu"),
         data=data, spec=ArchSpec(), artifacts=tmp_path, batch_size=4,

@@ -275,11 +275,11 @@ def test_conv_ablation_zeroes_output_channels():
 def make_context(tmp_path, model, masks, options):
     from prunelens.config import DataConfig
     from prunelens.data.provider import RunData
-    from prunelens.evaluate import LevelContext
+    from prunelens.suite import LevelContext
     from prunelens.models import spec_for
 
     data = RunData(DataConfig(name="synthetic", image_size=16, n_train=64, n_val=16, n_test=48), seed=0)
-    return LevelContext(run_dir=tmp_path, pool=None, config=None, options=options,
+    return LevelContext(pool=None, config=None, options=options,
                         device=torch.device("cpu"), data=data, spec=spec_for(model),
                         artifacts=tmp_path / "connectivity", batch_size=16, level=None, model=model,
                         masks=masks, level_artifacts=tmp_path / "connectivity" / "level_01")
@@ -299,7 +299,7 @@ def pruned_fcn(density=0.1, seed=0):
 
 
 def test_connectivity_suite_on_a_pruned_fcn(tmp_path):
-    from prunelens.evaluate import get_suite
+    from prunelens.suite import get_suite
 
     model, masks = pruned_fcn()
     suite = get_suite("connectivity")
@@ -354,7 +354,7 @@ def test_connectivity_suite_on_a_pruned_fcn(tmp_path):
 
 
 def test_connectivity_suite_reads_conv_kernels(tmp_path):
-    from prunelens.evaluate import get_suite
+    from prunelens.suite import get_suite
     from prunelens.models import create_model, spec_for
 
     torch.manual_seed(0)
@@ -378,7 +378,7 @@ def test_connectivity_suite_reads_conv_kernels(tmp_path):
 def test_skip_reason_only_for_architectures_without_images_in_the_first_layer(tmp_path):
     from types import SimpleNamespace
 
-    from prunelens.evaluate import get_suite
+    from prunelens.suite import get_suite
     from prunelens.models.spec import ArchSpec, FCNSpec, ResNetSpec
 
     from prunelens.models import create_model
@@ -397,9 +397,8 @@ def test_skip_reason_only_for_architectures_without_images_in_the_first_layer(tm
 
 
 def test_locality_figure_across_levels(tmp_path):
-    from types import SimpleNamespace
 
-    from prunelens.evaluate import RunContext, get_suite
+    from prunelens.suite import RunContext, get_suite
     from prunelens.results import write_level
 
     model, masks = pruned_fcn()
@@ -412,15 +411,15 @@ def test_locality_figure_across_levels(tmp_path):
     for level, level_masks in zip(levels, (dense, masks)):
         records = list(suite().evaluate_level(make_context(tmp_path, model, level_masks, opts)))
         write_level(tmp_path, "connectivity", level.index, records, meta={})
-    ctx = RunContext(run_dir=tmp_path, pool=pool, config=None,
+    ctx = RunContext(pool=pool, config=None,
                      options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
                      artifacts=tmp_path / "results" / "connectivity")
     suite().after_levels(ctx)
     assert {p.name for p in ctx.artifacts.glob("*.png")} == {
         "locality_score_vs_sparsity.png", "alive_units_fraction_vs_sparsity.png",
         "connections_per_unit_vs_sparsity.png"}
-    from prunelens.analysis.suites import read_level_results
-    frame = read_level_results(ctx, "connectivity")
+    from prunelens.results import load_results
+    frame = load_results(ctx.run_dir, suite="connectivity")
     dense_scores = frame[(frame.metric == "locality_score") & (frame.sparsity == 0.0)
                          & (frame.method == "layers.fc1")]["value"]
     assert np.allclose(dense_scores, 1.0)  # a dense layer is exactly as local as a random one

@@ -81,8 +81,8 @@ def test_sifting_demo_on_digits_makes_the_first_layer_local(tmp_path):
 def test_digits_demo_config_is_valid():
     from pathlib import Path
 
-    from prunelens.config import load_config
+    from prunelens.suite import load_configs, suite_options
 
-    cfg = load_config(Path(__file__).parent.parent / "configs" / "sifting" / "fcn_digits.yaml")
+    (cfg,) = load_configs(Path(__file__).parent.parent / "configs" / "sifting" / "fcn_digits.yaml")
     assert cfg.data.name == "digits" and cfg.model.options["input_shape"] == [1, 8, 8]
-    assert cfg.evaluate.suite_options("connectivity").radius == 1.5
+    assert suite_options(cfg, "connectivity").radius == 1.5

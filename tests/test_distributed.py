@@ -216,13 +216,15 @@ def test_killing_a_rank_fails_the_run_clearly_and_a_rerun_resumes(runs):
 EVALUATE_SCRIPT = r'''
 import json, sys
 from prunelens import distributed
-from prunelens.evaluate import Suite, evaluate_run, register_suite
+from prunelens.evaluate import evaluate_run
+from prunelens.suite import ReportSection, Suite, register_suite
 from prunelens.results import Record
 
 @register_suite
 class Probe(Suite):
     """Records which rank evaluated a level, and what after_levels saw."""
     name = "probe"
+    section = ReportSection("probe", "Probe", "Which rank evaluated each level?")
 
     def evaluate_level(self, ctx):
         ctx.level_artifacts.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from PIL import Image
 from prunelens.config import validate_section
 from prunelens.data.synthetic import SyntheticShapes
 from prunelens.errors import ConfigError, DataError, PoolError
-from prunelens.evaluate import LevelContext, RunContext, get_suite
+from prunelens.suite import LevelContext, RunContext, get_suite
 from prunelens.explain.figure import draw_figure2, explain_levels, figure_from_artifacts
 from prunelens.io import load_tensors
 from prunelens.models import create_model, spec_for
@@ -45,7 +45,7 @@ def _options(**raw):
 
 def _context(tmp_path, model, options, level=0, data=None):
     suite_dir = tmp_path / "results" / "interpretability"
-    return LevelContext(run_dir=tmp_path, pool=None, config=None, options=options, device=torch.device("cpu"),
+    return LevelContext(pool=None, config=None, options=options, device=torch.device("cpu"),
                         data=data or _Data(), spec=spec_for(model), artifacts=suite_dir, batch_size=4,
                         level=SimpleNamespace(index=level, sparsity=0.2 * level), model=model,
                         level_artifacts=suite_dir / f"level_{level:02d}")
@@ -110,7 +110,7 @@ def test_level_artifacts_and_figure(tmp_path, resnet):
     summary = json.loads((level_dir / "summary.json").read_text())
     assert summary["counts"]["gradcam"] == {"n": 6, "nan_rma": 0, "nan_rra": 0}
     assert summary["ig_completeness_gap"]["mean"] >= 0
-    run_ctx = RunContext(run_dir=tmp_path, pool=None, config=None, options=options, device=torch.device("cpu"),
+    run_ctx = RunContext(pool=None, config=None, options=options, device=torch.device("cpu"),
                          data=_Data(), spec=spec_for(resnet), artifacts=tmp_path / "results" / "interpretability")
     suite.after_levels(run_ctx)
     with Image.open(run_ctx.artifacts / "figure2.png") as png:
@@ -211,7 +211,6 @@ def test_skip_reason_for_models_without_feature_maps():
 
 
 def test_explain_run_draws_the_requested_images_of_a_run(tmp_path, resnet, monkeypatch):
-    import sys
 
     from prunelens.config import RunConfig
     from prunelens.explain.figure import explain_run

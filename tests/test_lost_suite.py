@@ -16,7 +16,7 @@ from prunelens.data.provider import RunData
 from prunelens.discovery.features import patch_features
 from prunelens.discovery.lost import SeedInBackgroundError, lost
 from prunelens.discovery.suite import DiscoveryOptions, DiscoverySuite, discover
-from prunelens.evaluate import LevelContext, RunContext, get_suite
+from prunelens.suite import LevelContext, RunContext, get_suite
 from prunelens.models import create_model, spec_for
 from test_voc_annotations import IMAGES, make_voc
 
@@ -29,7 +29,7 @@ def data():
 def level_ctx(tmp_path: Path, model, data, level: int = 0, sparsity: float = 0.0, **options):
     artifacts = tmp_path / "results" / "discovery"
     return LevelContext(
-        run_dir=tmp_path, pool=None, config=None, options=DiscoveryOptions(**options),
+        pool=None, config=None, options=DiscoveryOptions(**options),
         device=torch.device("cpu"), data=data, spec=spec_for(model), artifacts=artifacts,
         batch_size=5, level=SimpleNamespace(index=level, sparsity=sparsity), model=model.eval(),
         level_artifacts=artifacts / f"level_{level:02d}")

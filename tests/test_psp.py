@@ -131,7 +131,7 @@ def test_psp_suite_records_every_neuron(tmp_path):
 
     from prunelens.config import DataConfig
     from prunelens.data.provider import RunData
-    from prunelens.evaluate import LevelContext, get_suite
+    from prunelens.suite import LevelContext, get_suite
     from prunelens.models import create_model, spec_for
 
     torch.manual_seed(0)
@@ -139,7 +139,7 @@ def test_psp_suite_records_every_neuron(tmp_path):
     data = RunData(DataConfig(name="synthetic", image_size=16, num_classes=4, n_train=24, n_val=8,
                               n_test=8), seed=0)
     suite = get_suite("psp")
-    ctx = LevelContext(run_dir=tmp_path, pool=None, config=None, options=suite.Options(n_images=24),
+    ctx = LevelContext(pool=None, config=None, options=suite.Options(n_images=24),
                        device=torch.device("cpu"), data=data, spec=spec_for(model),
                        artifacts=tmp_path / "psp", batch_size=8, level=None, model=model, masks={},
                        level_artifacts=tmp_path / "psp" / "level_00")
@@ -157,9 +157,8 @@ def test_psp_suite_records_every_neuron(tmp_path):
 
 
 def test_psp_figure_across_levels(tmp_path):
-    from types import SimpleNamespace
 
-    from prunelens.evaluate import RunContext, get_suite
+    from prunelens.suite import RunContext, get_suite
     from prunelens.results import Record, write_level
 
     suite = get_suite("psp")
@@ -170,11 +169,11 @@ def test_psp_figure_across_levels(tmp_path):
         rows = [Record("psp", "psp_entropy", 1.0 + level.sparsity + 0.1 * i, method="conv1", item=str(i))
                 for i in range(4)]
         write_level(tmp_path, "psp", level.index, rows, meta={})
-    ctx = RunContext(run_dir=tmp_path, pool=pool, config=None,
+    ctx = RunContext(pool=pool, config=None,
                      options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
                      artifacts=tmp_path / "results" / "psp")
-    from prunelens.analysis.suites import read_level_results
-    frame = read_level_results(ctx, "psp")
+    from prunelens.results import load_results
+    frame = load_results(ctx.run_dir, suite="psp")
     assert sorted(frame["sparsity"].unique()) == [0.0, 0.5]
     assert frame.groupby("sparsity")["value"].mean().tolist() == pytest.approx([1.15, 1.65])
     suite().after_levels(ctx)
@@ -185,7 +184,7 @@ def test_psp_figure_across_levels(tmp_path):
 def test_suites_skip_a_split_the_dataset_lacks():
     from types import SimpleNamespace
 
-    from prunelens.evaluate import get_suite
+    from prunelens.suite import get_suite
 
     data = SimpleNamespace(entry=SimpleNamespace(splits=("train", "val")),
                            config=SimpleNamespace(name="imagenet"))

@@ -21,7 +21,7 @@ from prunelens.models import create_model
 from prunelens.runfolder import RunFolder as Pool
 from prunelens.pruning import prune_run
 from prunelens.pruning.masks import Masker, magnitude_masks
-from prunelens.pruning.recipe import ModelEMA, ra_order
+from prunelens.pruning.recipe import ModelEMA
 from prunelens.pruning.train import make_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "prunelens" / "configs" / "paper"

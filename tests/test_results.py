@@ -10,8 +10,9 @@ import pytest
 
 from prunelens.errors import PoolError
 from prunelens.pruning import prune_run
-from prunelens.results import Record, load_results, summarize, write_level
+from prunelens.results import Record, load_results, write_level
 from prunelens.runfolder import Layout, sealed
+from prunelens.stats import summarize
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ import yaml
 from conftest import tiny_config_dict
 from prunelens.cli import main
 from prunelens.config import resolve_runs
-from prunelens.errors import DataError, PoolError
-from prunelens.pruning import prune_run
+from prunelens.errors import DataError
 from prunelens.results import load_results
 from prunelens.runfolder import FORMAT, RunFolder, sealed
 
@@ -308,7 +307,6 @@ def test_a_full_disk_is_one_line_and_keeps_the_levels_written(tmp_path):
 
 
 def test_an_injected_full_disk_is_one_line(run, capsys, monkeypatch):
-    import safetensors.torch
 
     run_dir, config = run
     def full(*args, **kwargs):

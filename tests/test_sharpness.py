@@ -121,7 +121,7 @@ def test_sharpness_suite_records(tmp_path):
 
     from prunelens.config import DataConfig
     from prunelens.data.provider import RunData
-    from prunelens.evaluate import LevelContext, get_suite
+    from prunelens.suite import LevelContext, get_suite
     from prunelens.models import create_model, spec_for
 
     torch.manual_seed(0)
@@ -135,7 +135,7 @@ def test_sharpness_suite_records(tmp_path):
                               n_test=8), seed=0)
     suite = get_suite("sharpness")
     opts = suite.Options(n_images=16, hessian_images=8, sigmas=[0.01, 0.1], n_draws=3)
-    ctx = LevelContext(run_dir=tmp_path, pool=None, config=None, options=opts,
+    ctx = LevelContext(pool=None, config=None, options=opts,
                        device=torch.device("cpu"), data=data, spec=spec,
                        artifacts=tmp_path / "sharpness", batch_size=8, level=None, model=model,
                        masks=masks, level_artifacts=tmp_path / "sharpness" / "level_00")
@@ -155,9 +155,8 @@ def test_sharpness_suite_records(tmp_path):
 
 
 def test_sharpness_figures_across_levels(tmp_path):
-    from types import SimpleNamespace
 
-    from prunelens.evaluate import RunContext, get_suite
+    from prunelens.suite import RunContext, get_suite
     from prunelens.results import Record, write_level
 
     suite = get_suite("sharpness")
@@ -169,7 +168,7 @@ def test_sharpness_figures_across_levels(tmp_path):
                        method="sigma=0.05", item=str(d)) for d in range(3)]
         rows.append(Record("sharpness", "hessian_top_eigenvalue", 3.0 + level.index))
         write_level(tmp_path, "sharpness", level.index, rows, meta={})
-    ctx = RunContext(run_dir=tmp_path, pool=pool, config=None,
+    ctx = RunContext(pool=pool, config=None,
                      options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
                      artifacts=tmp_path / "results" / "sharpness")
     suite().after_levels(ctx)

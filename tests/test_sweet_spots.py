@@ -1,17 +1,19 @@
 """Sweet spots: paired / two-stage bootstrap CIs and the confirmed-vs-naive rule."""
 from __future__ import annotations
 
-import numpy as np
 from types import SimpleNamespace
+
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
 from prunelens.config import resolve_runs
 from prunelens.report.runs import seed_groups
-from prunelens.report.sweet_spots import (DIRECTIONS, compare_to_dense, group_summary, mean_ci,
-                                          sweet_spots)
-from prunelens.results import bootstrap_mean_ci
+from prunelens.report.sweet_spots import compare_to_dense, sweet_spots
+from prunelens.stats import mean_ci, seeded_rng
+from prunelens.stats import summarize
+from prunelens.suite import metric_of
 
 COLUMNS = ["run", "model", "level", "sparsity", "suite", "metric", "method", "dataset", "condition",
            "item", "value"]
@@ -35,7 +37,7 @@ def accuracy(run: str, level: int, correct_fraction: float, n: int = 400) -> lis
 def test_single_sample_ci_matches_scipy_percentile_bootstrap():
     rng = np.random.default_rng(1)
     d = rng.normal(0.2, 1.0, 80)
-    mean, lo, hi = mean_ci([d], n_boot=20000, rng=np.random.default_rng(2))
+    mean, lo, hi = mean_ci([d], 20000, 0.95, np.random.default_rng(2))
     ref = stats.bootstrap((d,), np.mean, n_resamples=20000, method="percentile",
                           random_state=np.random.default_rng(3)).confidence_interval
     width = ref.high - ref.low
@@ -51,7 +53,7 @@ def test_ci_coverage_with_known_effect():
     for _ in range(reps):
         dense = rng.normal(0, 2, 40)                     # item effects shared by both levels
         pruned = dense + effect + rng.normal(0, 1, 40)
-        _, lo, hi = mean_ci([pruned - dense], n_boot=500, rng=rng)
+        _, lo, hi = mean_ci([pruned - dense], 500, 0.95, rng)
         hits += lo <= effect <= hi
     assert 0.90 <= hits / reps <= 0.98
 
@@ -63,9 +65,9 @@ def test_two_stage_coverage_with_seed_variance():
     two_stage = pooled = 0
     for _ in range(reps):
         samples = [effect + rng.normal(0, 0.5) + rng.normal(0, 1, n) for _ in range(seeds)]
-        _, lo, hi = mean_ci(samples, n_boot=400, rng=rng)
+        _, lo, hi = mean_ci(samples, 400, 0.95, rng)
         two_stage += lo <= effect <= hi
-        _, lo, hi = mean_ci([np.concatenate(samples)], n_boot=400, rng=rng)
+        _, lo, hi = mean_ci([np.concatenate(samples)], 400, 0.95, rng)
         pooled += lo <= effect <= hi
     assert two_stage / reps >= 0.85
     assert pooled / reps <= 0.70
@@ -82,14 +84,26 @@ def test_paired_difference_hand_worked():
 
 
 def test_lower_is_better_metric_sign():
-    f = frame(rows("r", 0, "sharpness", "loss_increase", [0.5, 0.7, 0.6]),
-              rows("r", 1, "sharpness", "loss_increase", [0.2, 0.3, 0.4]),
+    f = frame(rows("r", 0, "alignment", "accuracy_difference", [0.5, 0.7, 0.6]),
+              rows("r", 1, "alignment", "accuracy_difference", [0.2, 0.3, 0.4]),
               accuracy("r", 0, 0.5), accuracy("r", 1, 0.8))
     cmp = compare_to_dense(f, n_boot=200)
-    loss = cmp[cmp["metric"] == "loss_increase"].iloc[0]
-    assert DIRECTIONS["loss_increase"].better == "lower"
-    assert loss["delta"] == pytest.approx(0.3)  # (0.5+0.7+0.6)/3 − (0.2+0.3+0.4)/3, sign flipped
-    assert list(sweet_spots(cmp)["metric"]) == ["loss_increase"]
+    gap = cmp[cmp["metric"] == "accuracy_difference"].iloc[0]
+    assert metric_of("alignment", "accuracy_difference").direction == "lower"
+    assert gap["delta"] == pytest.approx(0.3)  # (0.5+0.7+0.6)/3 − (0.2+0.3+0.4)/3, sign flipped
+    assert list(sweet_spots(cmp)["metric"]) == ["accuracy_difference"]
+
+
+@pytest.mark.parametrize("suite,metric", [("sharpness", "loss_increase"),
+                                          ("sharpness", "hessian_top_eigenvalue"),
+                                          ("psp", "psp_entropy")])
+def test_sharpness_and_psp_entropy_claim_no_sweet_spot(suite, metric):
+    """Tartaglione et al. find good minima sharp: the tool asserts no direction for them."""
+    f = frame(rows("r", 0, suite, metric, [0.5, 0.7, 0.6]), rows("r", 1, suite, metric, [0.2, 0.3, 0.4]),
+              accuracy("r", 0, 0.5), accuracy("r", 1, 0.8))
+    assert metric_of(suite, metric).direction == "none"
+    cmp = compare_to_dense(f, n_boot=200)
+    assert metric not in set(cmp["metric"]) and sweet_spots(cmp).empty
 
 
 def test_confirmed_and_naive_sweet_spots():
@@ -115,8 +129,8 @@ def test_confirmed_and_naive_sweet_spots():
     assert spots.loc[2, "status"] == "naive"
     assert spots.loc[2, "delta"] > 0 and spots.loc[2, "ci_low"] < 0
     # pairing is what confirms level 1: unpaired CIs of the two levels' means overlap widely
-    lo1, _ = bootstrap_mean_ci(dense + 0.1 + noise - noise.mean())
-    _, hi0 = bootstrap_mean_ci(dense)
+    _, lo1, _ = mean_ci([dense + 0.1 + noise - noise.mean()], 1000, 0.95, seeded_rng(1))
+    _, _, hi0 = mean_ci([dense], 1000, 0.95, seeded_rng(0))
     assert lo1 < hi0
 
 
@@ -170,7 +184,7 @@ def test_seed_group_comparison_resamples_seeds():
     assert row.n_seeds == 4 and row.group == "g"
     assert row.delta == pytest.approx(np.mean(gains))
     assert min(gains) <= row.ci_low < row.delta < row.ci_high <= max(gains)
-    summary = group_summary(frame(*parts), groups, n_boot=200)
+    summary = summarize(frame(*parts), groups, n_boot=200)
     assert summary.loc[summary["level"] == 1, "mean"].item() == pytest.approx(0.3 + np.mean(gains))
     assert summary["n_seeds"].eq(4).all()
 

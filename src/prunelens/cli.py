@@ -19,14 +19,25 @@ import sys
 import warnings
 from pathlib import Path
 
-from prunelens.errors import PrunelensError
+from prunelens.errors import ConfigError, PrunelensError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its usage errors as one line (exit code 2), like every other error."""
+    """argparse with its usage errors as one line (exit code 2), like every other error. A parser
+    with ``lists_suites`` ends its help with the suites and what each measures (read from their
+    declarations only when help is asked for)."""
+
+    lists_suites = False
 
     def error(self, message: str):
         self.exit(2, f"prunelens: error: {message} (see `{self.prog} --help`)\n")
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.lists_suites:
+            from prunelens.suite import all_suites
+            text += "\nsuites:\n" + "".join(f"  {s.name:<18}{s.title}\n" for s in all_suites())
+        return text
 
 
 def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
@@ -55,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("evaluate", help="measure every level of a pool with evaluation suites")
+    p.lists_suites = True
     p.add_argument("run_dir")
     p.add_argument("--suite", dest="suites", action="append", metavar="SUITE",
-                   help="suite to run (repeatable; default: every suite that applies): "
-                        + ", ".join(_suite_names()))
+                   help="suite to run (repeatable; default: every suite that applies; listed below)")
     p.add_argument("--levels", type=_int_list, help="comma-separated level indices (default: all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an evaluation option, e.g. --set evaluate.interpretability.n_images=32")
@@ -125,11 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _suite_names() -> list[str]:
-    from prunelens.evaluate import available_suites
-    return available_suites()
-
-
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
@@ -177,8 +183,8 @@ def _version() -> str:
 
 
 def cmd_prune(args) -> int:
-    from prunelens.config import load_configs
     from prunelens.pruning import prune_run
+    from prunelens.suite import load_configs
 
     from prunelens import distributed
 
@@ -190,10 +196,10 @@ def cmd_prune(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from prunelens.config import load_configs
     from prunelens.evaluate import evaluate_run
     from prunelens.pruning import prune_run
     from prunelens.report import build_report
+    from prunelens.suite import load_configs
 
     from prunelens import distributed
 
@@ -232,7 +238,9 @@ def cmd_evaluate(args) -> int:
 def cmd_results(args) -> int:
     import pandas as pd
 
-    from prunelens.results import load_results, summarize
+    from prunelens.results import load_results
+    from prunelens.runfolder import RunFolder
+    from prunelens.stats import summarize
 
     frame = load_results(args.run_dirs, suite=args.suites)
     if args.metrics:
@@ -240,13 +248,14 @@ def cmd_results(args) -> int:
     if frame.empty:
         print("no results yet: run `prunelens evaluate RUN_DIR`")
         return 0
-    summary = summarize(frame)
+    summary = summarize(frame, n_boot=RunFolder(args.run_dirs[0]).config.evaluate.n_boot)
     if args.csv:
         print(summary.to_csv(index=False), end="")
         return 0
     summary["95% CI"] = [f"[{lo:.3f}, {hi:.3f}]" if lo == lo else "" for lo, hi in
                          zip(summary["ci_low"], summary["ci_high"])]
     summary["sparsity"] = summary["sparsity"].map(lambda s: f"{s:.1%}")
+    summary = summary.rename(columns={"group": "run"})
     columns = ["run", "level", "sparsity", "suite", "metric", "method", "dataset", "condition",
                "mean", "95% CI", "n", "n_nan"]
     shown = summary[[c for c in columns if c in summary and (summary[c] != "").any()]]
@@ -275,9 +284,12 @@ def cmd_explain(args) -> int:
 
 def cmd_compare_schedules(args) -> int:
     from prunelens.analysis.schedules import compare_schedules
-    from prunelens.config import load_config
+    from prunelens.suite import load_configs
 
-    cfg = load_config(args.config, args.overrides)
+    configs = load_configs(args.config, args.overrides)
+    if len(configs) != 1:
+        raise ConfigError(f"{args.config} describes {len(configs)} runs; compare-schedules takes one")
+    cfg = configs[0]
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-schedules"
     table = compare_schedules(cfg, out, force=args.force)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -308,7 +320,7 @@ def cmd_pool_upgrade(args) -> int:
 def cmd_config(args) -> int:
     import yaml
 
-    from prunelens.config import load_configs
+    from prunelens.suite import load_configs
 
     for cfg in load_configs(args.config, args.overrides):
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())

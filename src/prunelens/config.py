@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
 from prunelens.options import Options
@@ -159,7 +159,8 @@ class PruneConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """``suites`` to run by default; further keys are per-suite options (``interpretability: {…}``)."""
+    """``suites`` to run by default; further keys are per-suite options (``interpretability: {…}``),
+    checked against the suites' own options by :func:`prunelens.suite.check_evaluate`."""
 
     model_config = ConfigDict(extra="allow")
     suites: list[str] | None = Field(None, description="default: every suite that applies")
@@ -168,21 +169,6 @@ class EvaluateConfig(Section):
     amp: bool = Field(False, description="bf16 autocast in the attribution passes (GPU)")
     channels_last: bool = Field(False, description="channels-last model and images in the attribution passes")
     n_boot: int = Field(1000, ge=100)
-
-    @field_validator("suites")
-    @classmethod
-    def _known_suites(cls, suites: list[str] | None) -> list[str] | None:
-        from prunelens.evaluate import available_suites
-        unknown = [s for s in suites or [] if s not in available_suites()]
-        if unknown:
-            raise ValueError(f"unknown suite(s) {unknown}; available: {', '.join(available_suites())}")
-        return suites
-
-    def suite_options(self, suite: str):
-        from prunelens.evaluate import get_suite
-        return validate_section(get_suite(suite).Options, (self.model_extra or {}).get(suite) or {},
-                                f"evaluate.{suite}")
-
 
 class RunConfig(Section):
     name: str = Field("run", pattern=NAME_PATTERN)
@@ -202,8 +188,6 @@ class RunConfig(Section):
             _check_options(self.model.name, _builder(self.model.name), self.model.options)
         except PrunelensError as exc:
             raise ConfigError(f"model: {exc}") from None
-        for suite in set(self.evaluate.model_extra or {}):
-            self.evaluate.suite_options(suite)
         return self
 
     @property

@@ -1,158 +1,33 @@
-"""Evaluation: suites × levels → the results store.
+"""Evaluation: the driver that runs suites over the levels of a pool into the results store.
 
-A *suite* is one evaluation axis. It receives a :class:`LevelContext` (the level's model on its
-device, the spec, the run's data, its own validated options, a folder for artifacts) and yields
-:class:`~prunelens.results.Record` rows. The driver (:func:`evaluate_run`) handles levels, device,
-resume (a (suite, level) whose results file is intact and was made with the same options and the
-same level files is skipped) and writing.
-
-Writing a suite::
-
-    class Options(SuiteOptions):
-        n_images: int = 64
-
-    @register_suite
-    class MySuite(Suite):
-        name = "mysuite"
-        Options = Options
-
-        def skip_reason(self, ctx: RunContext) -> str | None:   # optional
-            return None if ctx.spec.has_spatial_features else "needs a spatial feature map"
-
-        def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
-            ...
-
-        def after_levels(self, ctx: RunContext) -> None:        # optional: figures across levels
-            ...
+The suites themselves and what they declare are defined by the suite contract
+(:mod:`prunelens.suite`). The driver (:func:`evaluate_run`) handles levels, device, resume (a
+(suite, level) whose results file is intact and was made with the same options from the same level
+files is skipped), writing and the summary; see ``docs/architecture.md`` for the data flow.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import hashlib
+import json
+import time
 from pathlib import Path
-from typing import ClassVar
 
-import torch
-from torch import nn
-
+from prunelens import distributed
+from prunelens.config import apply_overrides, validate_section
+from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
-from prunelens.options import Options
-from prunelens.results import Record
-
-# suite name -> module that registers it (imported on first use)
-SUITE_MODULES = {
-    "accuracy": "prunelens.evaluate",
-    "interpretability": "prunelens.explain.suite",
-    "discovery": "prunelens.discovery.suite",
-    "alignment": "prunelens.alignment.suite",
-    "connectivity": "prunelens.analysis.suites",
-    "psp": "prunelens.analysis.suites",
-    "sharpness": "prunelens.analysis.suites",
-}
+from prunelens.io import atomic_write_bytes, atomic_write_json
+from prunelens.models import spec_for
+from prunelens.pruning.train import resolve_device
+from prunelens.results import load_results, read_sidecar, write_level
+from prunelens.runfolder import Layout, RunFolder, RunLock
+from prunelens.stats import summarize
+from prunelens.suite import (LevelContext, RunContext, Suite, SuiteOptions, available_suites,
+                             check_evaluate, get_suite, suite_options, without_unknown_options)
 
 
-class SuiteOptions(Options):
-    """Base of every suite's options: unknown keys are errors, integers and booleans strict."""
-
-
-@dataclass
-class RunContext:
-    """What a suite sees of a run."""
-
-    run_dir: Path
-    pool: object                 # prunelens.runfolder.RunFolder
-    config: object               # prunelens.config.RunConfig of the run
-    options: SuiteOptions        # this suite's validated options
-    device: torch.device
-    data: object                 # prunelens.data.provider.RunData: the run's datasets, cached
-    spec: object                 # prunelens.models.ArchSpec of the run's architecture
-    artifacts: Path              # RUN_DIR/results/<suite>/ : for figures across levels
-    batch_size: int = 64
-    amp: bool = False            # bf16 autocast for the suite's model passes (evaluate.amp)
-    channels_last: bool = False  # channels-last model and images (evaluate.channels_last)
-
-
-@dataclass
-class LevelContext(RunContext):
-    """A run context plus one level: its model (eval mode, on ``device``) and masks."""
-
-    level: object = None          # prunelens.runfolder.Level
-    model: nn.Module = None
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    level_artifacts: Path = None  # RUN_DIR/results/<suite>/level_XX/
-
-
-class Suite:
-    name: ClassVar[str]
-    Options: ClassVar[type[SuiteOptions]] = SuiteOptions
-
-    def skip_reason(self, ctx: RunContext) -> str | None:
-        """Why this suite does not apply to this run (None: it applies)."""
-        return None
-
-    def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
-        raise NotImplementedError
-
-    def after_levels(self, ctx: RunContext) -> None:
-        """Called once all levels are evaluated (figures across levels)."""
-
-
-_REGISTRY: dict[str, type[Suite]] = {}
-
-
-def register_suite(cls: type[Suite]) -> type[Suite]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_suites() -> list[str]:
-    return list(SUITE_MODULES)
-
-
-def get_suite(name: str) -> type[Suite]:
-    if name not in _REGISTRY:
-        module = SUITE_MODULES.get(name)
-        if module is None:
-            raise ConfigError(f"unknown suite '{name}'; available: {', '.join(available_suites())}")
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if not (module + ".").startswith(f"{exc.name}."):  # a missing dependency, not the module
-                raise
-            raise ConfigError(f"suite '{name}' is not available in this version of prunelens") from None
-    return _REGISTRY[name]
-
-
-# ---- the built-in accuracy suite ---------------------------------------------------------------------
-class AccuracyOptions(SuiteOptions):
-    split: str | None = None  # default: the dataset's test split (ImageNet: val)
-
-
-@register_suite
-class AccuracySuite(Suite):
-    """Top-1 accuracy on a split of the run's dataset, one 0/1 record per image."""
-
-    name = "accuracy"
-    Options = AccuracyOptions
-
-    def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
-        from prunelens.pruning.train import evaluate_model
-
-        split = ctx.options.split or ctx.data.eval_split
-        dataset = ctx.data.split(split)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.batch_size)
-        correct = evaluate_model(ctx.model, loader, ctx.spec, ctx.device)["correct"]
-        ids = getattr(dataset, "item_ids", None) or [str(i) for i in range(len(dataset))]
-        for item, c in zip(ids, correct.tolist()):
-            yield Record("accuracy", "accuracy", float(c), dataset=split, item=item)
-
-
-# ---- the driver ----------------------------------------------------------------------------------------
 def _options_hash(options: SuiteOptions) -> str:
-    import hashlib
-    import json
     blob = json.dumps(options.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -196,22 +71,16 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     results files. After a barrier rank 0 runs every suite's ``after_levels`` and writes the
     summary, once.
     """
-    from prunelens import distributed
-    from prunelens.config import apply_overrides, validate_section
-    from prunelens.data.provider import RunData
-    from prunelens.models import spec_for
-    from prunelens.pruning.train import resolve_device
-    from prunelens.runfolder import RunFolder, RunLock
-
     pool = RunFolder(run_dir)
     run_dir = pool.run_dir
-    config = pool.config
+    config = without_unknown_options(pool.config, f"{pool.layout.pool_json} config")
     if overrides:
         bad = [o for o in overrides if not o.startswith(("evaluate.", "data.root="))]
         if bad:
             raise ConfigError(f"evaluate takes only evaluate.* and data.root overrides (the pool is "
                               f"fixed), got {bad}")
         config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
+    check_evaluate(config)
     names, unavailable = _resolve_suites(config, suites)
     wanted = pool.levels if levels is None else [pool.level(i) for i in levels]
     if not wanted:
@@ -255,9 +124,8 @@ def _rank_log(log, rank: int):
     return lambda message: log(f"[rank {rank}] {message}")
 
 
-def _run_context(run_dir: Path, pool, config, name: str, spec, data, device) -> RunContext:
-    from prunelens.runfolder import Layout
-    return RunContext(run_dir, pool, config, config.evaluate.suite_options(name), device, data, spec,
+def _run_context(run_dir: Path, pool: RunFolder, config, name: str, spec, data, device) -> RunContext:
+    return RunContext(pool, config, suite_options(config, name), device, data, spec,
                       Layout(run_dir).suite(name), config.evaluate.batch_size,
                       amp=config.evaluate.amp, channels_last=config.evaluate.channels_last)
 
@@ -267,9 +135,6 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
     """The suites that apply (``skipped.json`` for the others) and the (suite, level) pairs whose
     results are missing, stale (other options or level files) or forced. Without ``write`` nothing
     is written; ``idle`` then says whether there is nothing to do at all."""
-    from prunelens.io import atomic_write_json
-    from prunelens.results import read_sidecar
-
     applicable, work, idle = [], [], True
     for name, suite in instances.items():
         run_ctx = _run_context(run_dir, pool, config, name, spec, data, device)
@@ -296,7 +161,6 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
 
 
 def _json_equals(path: Path, expected: dict) -> bool:
-    import json
     try:
         return json.loads(path.read_text()) == expected
     except (OSError, ValueError):
@@ -305,12 +169,6 @@ def _json_equals(path: Path, expected: dict) -> bool:
 
 def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
     """Run one suite on one level and write its results file (+ sidecar)."""
-    import json
-    import time
-
-    from prunelens.results import write_level
-    from prunelens.runfolder import Layout
-
     t0 = time.perf_counter()
     run_dir, name = run_ctx.run_dir, suite.name
     model = level.load_model(run_ctx.device)
@@ -325,12 +183,9 @@ def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
 
 
 def write_summary(run_dir: str | Path, n_boot: int = 1000) -> Path:
-    """``RUN_DIR/results/summary.csv``: per-level mean, 95 % bootstrap CI, n, n_nan; beside it
-    ``summary.json`` names the results files it covers, so an up-to-date summary is not redone."""
-    from prunelens.io import atomic_write_bytes, atomic_write_json
-    from prunelens.results import load_results, summarize
-    from prunelens.runfolder import Layout
-
+    """``RUN_DIR/results/summary.csv``: per-level mean, 95 % bootstrap CI, n, n_nan, computed as
+    the report computes its own (:func:`prunelens.stats.summarize`); beside it ``summary.json``
+    names the results files it covers, so an up-to-date summary is not redone."""
     path = Layout(run_dir).summary_csv
     covered = _results_covered(run_dir)
     atomic_write_bytes(path, summarize(load_results(run_dir), n_boot=n_boot).to_csv(index=False).encode())
@@ -340,10 +195,6 @@ def write_summary(run_dir: str | Path, n_boot: int = 1000) -> Path:
 
 def _results_covered(run_dir: str | Path) -> dict[str, str]:
     """``<suite>/level_XX.csv`` → sha256 of every results file with a readable sidecar."""
-    import json
-
-    from prunelens.runfolder import Layout
-
     out = {}
     for side in sorted(Layout(run_dir).results.glob("*/level_*.json")):
         try:
@@ -355,8 +206,6 @@ def _results_covered(run_dir: str | Path) -> dict[str, str]:
 
 def summary_is_current(run_dir: str | Path, n_boot: int) -> bool:
     """Whether summary.csv was written from the results files there are now, with ``n_boot``."""
-    from prunelens.runfolder import Layout
-
     path = Layout(run_dir).summary_csv
     return path.is_file() and _json_equals(path.with_suffix(".json"),
                                            {"n_boot": n_boot, "covers": _results_covered(run_dir)})

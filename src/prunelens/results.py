@@ -5,18 +5,16 @@ A suite yields :class:`Record` rows; the evaluate driver writes each (suite, lev
 the options it was computed with). Re-evaluating a level replaces its file, so rows are never
 duplicated. :func:`load_results` reads one or several runs into one DataFrame with the columns
 ``run, model, level, sparsity, suite, metric, method, dataset, condition, item, value``;
-:func:`summarize` gives per-level summaries (mean, 95 % bootstrap CI, n, n_nan).
+:func:`prunelens.stats.summarize` gives per-level summaries (mean, bootstrap CI, n, n_nan).
 """
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from prunelens.errors import PoolError
@@ -134,30 +132,3 @@ def load_results(run_dirs: str | Path | Sequence[str | Path], suite: str | Seque
     if not frames:
         return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)[columns]
-
-
-def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, confidence: float = 0.95,
-                      seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (NaNs dropped); NaN if fewer than 2."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if len(v) < 2:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
-
-
-def summarize(frame: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    """Per (run, level, suite, metric, method, dataset, condition): mean, 95 % CI, n, n_nan."""
-    keys = [c for c in KEY_COLUMNS if c in frame.columns]
-    rows = []
-    for key, group in frame.groupby(keys, sort=True, dropna=False):
-        values = group["value"].to_numpy(dtype=float)
-        finite = values[~np.isnan(values)]
-        lo, hi = bootstrap_mean_ci(finite, n_boot=n_boot, seed=seed)
-        rows.append((*key, float(finite.mean()) if len(finite) else math.nan, lo, hi,
-                     int(len(finite)), int(np.isnan(values).sum())))
-    return pd.DataFrame(rows, columns=[*keys, "mean", "ci_low", "ci_high", "n", "n_nan"])

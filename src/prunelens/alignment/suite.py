@@ -11,7 +11,7 @@ Per level of the pool:
   benchmark's 16-class rule (1000-class ImageNet models) or ``mvh_decision_mapping``, and compared
   with the real human trials (accuracy difference, observed and error consistency).
 
-Records (see the shared contract): ``accuracy`` per image (item = image id), ``ood_accuracy``
+Records (see :class:`prunelens.results.Record`): ``accuracy`` per image (item = image id), ``ood_accuracy``
 per dataset, ``shape_bias`` per cue-conflict dataset and the human metrics per model-vs-human
 dataset. Each dataset's responses are saved in the benchmark's CSV format under
 ``level_artifacts/<dataset>/<dataset>_<observer>_session-1.csv``.
@@ -36,7 +36,8 @@ from prunelens.data.distortions import DISTORTIONS, REFERENCE_SIZE, distort
 from prunelens.data.model_vs_human import (CATEGORIES, DATASETS, ModelVsHumanDataset, find_datasets,
                                            image_id)
 from prunelens.errors import ConfigError
-from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
+                             SuiteOptions, register_suite)
 from prunelens.io import atomic_write_bytes
 from prunelens.results import Record
 
@@ -277,7 +278,33 @@ class AlignmentSuite(Suite):
     """Accuracy under distortions, OOD accuracy, shape bias and human-likeness per level."""
 
     name = SUITE
+    title = "RQ3: out-of-distribution accuracy, shape bias and consistency with human decisions"
     Options = AlignmentOptions
+    section = ReportSection("rq3", "RQ3 — Human alignment",
+                            "Do pruned models generalise out of distribution and err more like humans "
+                            "(model-vs-human: OOD accuracy, shape bias, error consistency)?", order=30)
+    metrics = (
+        Metric("accuracy", "higher", "share of out-of-distribution images classified correctly",
+               unit="fraction", figure="alignment_ood"),
+        Metric("ood_accuracy", "higher", "share of out-of-distribution images classified correctly",
+               unit="fraction", figure="alignment_ood"),
+        Metric("shape_bias", "higher", "humans decide by shape (≈ 0.96, Geirhos et al.): higher is "
+               "more human-like", unit="fraction", figure="shape_bias"),
+        Metric("accuracy_difference", "lower", "gap between model and human accuracy: 0 is human level",
+               figure="consistency"),
+        Metric("observed_consistency", "higher", "share of trials where model and humans are both "
+               "right or both wrong", unit="fraction", figure="consistency"),
+        Metric("error_consistency", "higher", "Cohen's κ of trial-wise errors against humans: more "
+               "human-like errors", unit="κ", figure="consistency"),
+    )
+    figures = (
+        FigureSpec("alignment_ood", "Accuracy per out-of-distribution dataset vs sparsity (Cassano et "
+                   "al. Fig. 6)", panels=("dataset",), lines=("group",), first_present=True),
+        FigureSpec("shape_bias", "Shape bias vs sparsity (cue-conflict)", panels=("metric",),
+                   lines=("group", "dataset")),
+        FigureSpec("consistency", "Consistency with human decisions vs sparsity", panels=("metric",),
+                   lines=("group", "dataset")),
+    )
 
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         opts: AlignmentOptions = ctx.options

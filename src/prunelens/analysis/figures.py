@@ -125,14 +125,19 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
     return fig
 
 
-def metric_vs_sparsity(frame: pd.DataFrame, title: str, ylabel: str, by: str = "method") -> Figure:
-    """Mean (± 95 % normal CI of the mean) of ``value`` per sparsity, one line per ``by`` group."""
+def metric_vs_sparsity(frame: pd.DataFrame, title: str, ylabel: str, by: str = "method",
+                       n_boot: int = 1000, confidence: float = 0.95) -> Figure:
+    """Mean and bootstrap CI (:func:`prunelens.stats.summarize`) of the records in ``frame`` (one
+    metric, columns of :func:`prunelens.results.load_results`) per level, one line per ``by``."""
+    from prunelens.stats import summarize
+
     fig = Figure(figsize=(6, 3.8), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
-    for key, group in frame.groupby(by, sort=True):
-        stats = group.groupby("sparsity")["value"].agg(["mean", "std", "count"]).reset_index()
-        half = 1.96 * stats["std"].fillna(0) / np.sqrt(stats["count"].clip(lower=1))
-        ax.errorbar(stats["sparsity"] * 100, stats["mean"], yerr=half, marker="o", ms=3,
+    summary = summarize(frame, n_boot=n_boot, confidence=confidence)
+    for key, line in summary.groupby(by, sort=True):
+        line = line.sort_values("level")
+        errors = np.nan_to_num(np.stack([line["mean"] - line["ci_low"], line["ci_high"] - line["mean"]]))
+        ax.errorbar(line["sparsity"] * 100, line["mean"], yerr=errors, marker="o", ms=3,
                     capsize=2, label=str(key) or "(all)")
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel(ylabel)

@@ -7,10 +7,10 @@ pruned in one step to the sparsity the gradual pool *reached* (its stop rule may
 Each pool trains its own dense level 0 with the same seed and settings (identical on a CPU, where
 training is deterministic). Rewinding has no equal-budget one-shot counterpart here, so
 ``retrain: rewind`` is refused (use ``lrr`` or ``finetune``). It then evaluates the
-dense and the final level of each with the ``accuracy``, ``psp`` and ``sharpness`` suites and
-writes the comparison of the two final levels:
+dense and the final level of each with the suites that declare themselves part of the comparison
+(``accuracy``, ``psp`` and ``sharpness``) and writes the comparison of the two final levels:
 
-``OUT/comparison.csv`` — per (suite, metric, method, …): mean and 95 % bootstrap CI under each
+``OUT/comparison.csv`` — per (suite, metric, method, …): mean and bootstrap CI under each
 schedule, Δ = gradual − one-shot with its CI (paired over items when both pools measured the same
 items — images, neurons of the shared dense ancestor, noise draws of the same seed — unpaired
 otherwise); ``OUT/comparison.json`` — the pools, their sparsity and epoch budgets;
@@ -18,19 +18,23 @@ otherwise); ``OUT/comparison.json`` — the pools, their sparsity and epoch budg
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from prunelens.errors import ConfigError
-from prunelens.results import RECORD_COLUMNS, load_results
+from prunelens.results import load_results
+from prunelens.stats import KEY, difference_ci, mean_ci, paired_differences, seeded_rng
+from prunelens.suite import all_suites
 
-KEY = [c for c in RECORD_COLUMNS if c not in ("item", "value")]
-SUITES = ("accuracy", "psp", "sharpness")
 SCHEDULES = ("gradual", "one_shot")
+
+
+def compared_suites() -> list[str]:
+    """The suites that declare themselves part of the comparison (accuracy, PSP-entropy and
+    sharpness: what Tartaglione et al. compare)."""
+    return [s.name for s in all_suites() if s.in_schedule_comparison]
 
 
 def _variant(cfg, name: str, **prune):
@@ -60,8 +64,8 @@ def one_shot_config(cfg, gradual_pool):
                     max_sparsity=round(final.sparsity, 6), min_alive_units=0.0)
 
 
-def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[str] = SUITES,
-                      force: bool = False, n_boot: int = 1000,
+def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[str] | None = None,
+                      force: bool = False, n_boot: int = 1000, confidence: float = 0.95,
                       log: Callable[[str], None] = print) -> pd.DataFrame:
     """Build (or resume) both pools, evaluate their dense and final levels, write the comparison
     to ``out_dir`` (default ``<output_dir>/<name>-schedules``) and return its table."""
@@ -73,11 +77,13 @@ def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[s
         raise ConfigError("compare-schedules needs prune.retrain lrr or finetune: a rewound level "
                           "replays the dense schedule from prune.rewind_step, which has no one-shot "
                           "counterpart with the same epoch budget")
+    suites = list(suites) if suites is not None else compared_suites()
     pools = {"gradual": prune_run(gradual_config(cfg), force=force, log=log)}
     pools["one_shot"] = prune_run(one_shot_config(cfg, pools["gradual"]), force=force, log=log)
     for pool in pools.values():
-        evaluate_run(pool.run_dir, list(suites), levels=[0, pool.levels[-1].index], log=log)
-    table = side_by_side(pools["gradual"].run_dir, pools["one_shot"].run_dir, n_boot=n_boot)
+        evaluate_run(pool.run_dir, suites, levels=[0, pool.levels[-1].index], log=log)
+    table = side_by_side(pools["gradual"].run_dir, pools["one_shot"].run_dir, suites, n_boot,
+                         confidence)
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / f"{cfg.name}-schedules"
     atomic_write_bytes(out / "comparison.csv", table.to_csv(index=False).encode())
     atomic_write_json(out / "comparison.json", {
@@ -114,51 +120,40 @@ def _with_all_layers(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, pooled], ignore_index=True)
 
 
-def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    return values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-
-
-def _ci(draws: np.ndarray | None) -> tuple[float, float]:
-    if draws is None:
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return (float(lo), float(hi))
-
-
-def _compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, rng: np.random.Generator) -> dict:
-    """Means, CIs and Δ = a − b of one metric's rows under the two schedules."""
+def _compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, confidence: float, key: tuple) -> dict:
+    """Means, CIs and Δ = a − b of one metric's rows under the two schedules (:mod:`prunelens.stats`;
+    Δ paired over items when both measured the same items)."""
     va = a.groupby("item")["value"].mean().dropna()
     vb = b.groupby("item")["value"].mean().dropna()
-    out = {"mean_gradual": float(va.mean()) if len(va) else math.nan,
-           "mean_one_shot": float(vb.mean()) if len(vb) else math.nan}
-    da = _boot_means(va.to_numpy(), n_boot, rng) if len(va) > 1 else None
-    db = _boot_means(vb.to_numpy(), n_boot, rng) if len(vb) > 1 else None
-    out["ci_low_gradual"], out["ci_high_gradual"] = _ci(da)
-    out["ci_low_one_shot"], out["ci_high_one_shot"] = _ci(db)
+    out = {}
+    for schedule, values in (("gradual", va), ("one_shot", vb)):
+        mean, lo, hi = mean_ci([values.to_numpy()], n_boot, confidence, seeded_rng(schedule, *key))
+        out |= {f"mean_{schedule}": mean, f"ci_low_{schedule}": lo, f"ci_high_{schedule}": hi}
     out["delta"] = out["mean_gradual"] - out["mean_one_shot"]
     paired = len(va) > 1 and set(va.index) == set(vb.index)
+    rng = seeded_rng("gradual - one_shot", *key)
     if paired:
-        diff = (va - vb.reindex(va.index)).to_numpy()
-        delta_draws = _boot_means(diff, n_boot, rng)
+        _, lo, hi = mean_ci([paired_differences(va, vb)], n_boot, confidence, rng)
     else:
-        delta_draws = da - db if da is not None and db is not None else None
-    out["delta_ci_low"], out["delta_ci_high"] = _ci(delta_draws)
+        _, lo, hi = difference_ci(va.to_numpy(), vb.to_numpy(), n_boot, confidence, rng)
+    out["delta_ci_low"], out["delta_ci_high"] = lo, hi
     out["paired"], out["n_gradual"], out["n_one_shot"] = paired, len(va), len(vb)
     return out
 
 
-def side_by_side(gradual_dir: str | Path, one_shot_dir: str | Path, suites: Sequence[str] = SUITES,
-                 n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def side_by_side(gradual_dir: str | Path, one_shot_dir: str | Path, suites: Sequence[str] | None = None,
+                 n_boot: int = 1000, confidence: float = 0.95) -> pd.DataFrame:
     """The final levels of two pools compared metric by metric (see the module docstring)."""
-    rng = np.random.default_rng(seed)
+    suites = list(suites) if suites is not None else compared_suites()
     (a, sparsity_a), (b, sparsity_b) = (_final_rows(d, suites) for d in (gradual_dir, one_shot_dir))
     a, b = _with_all_layers(a), _with_all_layers(b)
-    keys = sorted(set(map(tuple, a[KEY].drop_duplicates().to_numpy()))
-                  | set(map(tuple, b[KEY].drop_duplicates().to_numpy())))
+    columns = list(KEY)
+    keys = sorted(set(map(tuple, a[columns].drop_duplicates().to_numpy()))
+                  | set(map(tuple, b[columns].drop_duplicates().to_numpy())))
     rows = []
     for key in keys:
-        sel_a = (a[KEY] == pd.Series(key, index=KEY)).all(axis=1)
-        sel_b = (b[KEY] == pd.Series(key, index=KEY)).all(axis=1)
-        rows.append({**dict(zip(KEY, key)), **_compare(a[sel_a], b[sel_b], n_boot, rng),
+        sel_a = (a[columns] == pd.Series(key, index=columns)).all(axis=1)
+        sel_b = (b[columns] == pd.Series(key, index=columns)).all(axis=1)
+        rows.append({**dict(zip(KEY, key)), **_compare(a[sel_a], b[sel_b], n_boot, confidence, key),
                      "sparsity_gradual": sparsity_a, "sparsity_one_shot": sparsity_b})
     return pd.DataFrame(rows)

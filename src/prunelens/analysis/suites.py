@@ -1,6 +1,6 @@
 """The ``connectivity``, ``psp`` and ``sharpness`` suites of ``prunelens evaluate``.
 
-Records follow the shared contract: ``method`` is the layer (module name, or the parameter name
+Records (:class:`prunelens.results.Record`): ``method`` is the layer (module name, or the parameter name
 when it is not a module's ``weight``), ``item`` the unit / neuron / draw / image, ``dataset`` and
 ``condition`` empty except for the ablation (``condition`` = which units were removed).
 """
@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
@@ -21,7 +20,8 @@ from prunelens.analysis import connectivity as conn
 from prunelens.analysis import figures
 from prunelens.analysis.psp_entropy import psp_entropy
 from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
-from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
+                             SuiteOptions, register_suite)
 from prunelens.io import atomic_write_json
 from prunelens.results import Record, load_results
 
@@ -74,23 +74,19 @@ def finite(value: float) -> float:
     return float(value) if value is not None else math.nan
 
 
-def read_level_results(ctx: RunContext, suite: str) -> pd.DataFrame:
-    """This run's intact results of ``suite``, with each level's sparsity (for plots across levels)."""
-    return load_results(ctx.run_dir, suite=suite)
-
-
 def save_figures_vs_sparsity(ctx: RunContext, suite: str, metrics: list[tuple[str, str, str]]) -> None:
     """``<metric>_vs_sparsity.png`` for each (metric, title, y label) of ``suite`` that has results,
     when the suite's options ask for figures."""
     if not ctx.options.figures:
         return
-    frame = read_level_results(ctx, suite)
+    frame = load_results(ctx.run_dir, suite=suite)
     if frame.empty:
         return
+    n_boot = ctx.config.evaluate.n_boot if ctx.config is not None else 1000
     for metric, title, ylabel in metrics:
         sub = frame[frame["metric"] == metric]
         if not sub.empty:
-            figures.save(figures.metric_vs_sparsity(sub, title, ylabel),
+            figures.save(figures.metric_vs_sparsity(sub, title, ylabel, n_boot=n_boot),
                          ctx.artifacts / f"{metric}_vs_sparsity.png")
 
 
@@ -154,7 +150,31 @@ class ConnectivitySuite(Suite):
     effective masks and unit ablation (Pellegrini & Biroli 2022)."""
 
     name = "connectivity"
+    title = "first-layer connectivity, locality and translation structure of the masks"
     Options = ConnectivityOptions
+    section = ReportSection("connectivity", "Connectivity and locality",
+                            "Does local connectivity emerge in the surviving weights (Pellegrini & "
+                            "Biroli)?", order=40)
+    metrics = tuple(Metric(name, direction, why, unit=unit, figure="connectivity") for name, direction, why, unit in (
+        ("locality_score", "higher", "local receptive fields emerge with pruning and go with denoised "
+         "features (Pellegrini & Biroli)", "× random"),
+        ("locality_score_pooled", "higher", "locality score of all units' pairs pooled", "× random"),
+        ("locality_score_dc", "higher", "locality score of pairs across colour channels", "× random"),
+        ("local_pair_fraction", "none", "share of pairs within r: read against its random baseline",
+         "fraction"),
+        ("locality_baseline", "none", "locality of a random mask of the same density: a reference "
+         "line, not a property of the model", "fraction"),
+        ("inputs_connected_fraction", "none", "falls with sparsity by construction", "fraction"),
+        ("connections_per_unit", "none", "falls with sparsity by construction", "connections"),
+        ("alive_units_fraction", "none", "falls with sparsity by construction", "fraction"),
+        ("shift_similarity", "none", "translation structure of the masks: descriptive", "fraction"),
+        ("shift_similarity_random", "none", "the same for random masks: a reference line", "fraction"),
+        ("ablation_accuracy", "none", "accuracy with chosen units zeroed: read as the accuracy drop",
+         "fraction"),
+        ("accuracy_drop", "none", "which units matter, not a quality of the level", "fraction"),
+    ))
+    figures = (FigureSpec("connectivity", "Connectivity and locality of the surviving weights vs "
+                          "sparsity", panels=("metric",), lines=("group", "method", "condition")),)
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         model = ctx.pool.levels[0].load_model()
@@ -251,6 +271,11 @@ class ConnectivitySuite(Suite):
 
 
 # ---- PSP-entropy ---------------------------------------------------------------------------------
+#: PSP-entropy and sharpness answer one question of Tartaglione et al.
+MINIMA = ReportSection("minima", "PSP-entropy and sharpness",
+                       "Does pruning reach high-entropy, sharp minima (Tartaglione et al.)?", order=50)
+
+
 class PSPOptions(SuiteOptions):
     split: str = Field("train", description="data whose class-conditional neuron states are measured")
     n_images: int = Field(500, ge=1)
@@ -263,7 +288,15 @@ class PSPSuite(Suite):
     """PSP-entropy of every Conv/Linear neuron (Tartaglione et al. 2020), one pass over the data."""
 
     name = "psp"
+    title = "PSP-entropy of every neuron (Tartaglione et al.)"
     Options = PSPOptions
+    section = MINIMA
+    metrics = (Metric("psp_entropy", "none", "describes how class-specific the neurons' on/off states "
+                      "are; Tartaglione et al. find high entropy with well-generalising gradual "
+                      "pruning, a finding to read, not a criterion", unit="bits", figure="psp_entropy"),)
+    figures = (FigureSpec("psp_entropy", "PSP-entropy per layer vs sparsity", panels=("metric",),
+                          lines=("group", "method")),)
+    in_schedule_comparison = True
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.psp.split")
@@ -320,7 +353,20 @@ class SharpnessSuite(Suite):
     al. 2020). The same seed at every level gives the same noise draws: levels compare paired."""
 
     name = "sharpness"
+    title = "sharpness of the minimum: loss increase under weight noise, top Hessian eigenvalue"
     Options = SharpnessOptions
+    section = MINIMA
+    metrics = tuple(Metric(name, "none", why, unit=unit, figure="sharpness") for name, why, unit in (
+        ("loss_increase", "how sharp the minimum is; Tartaglione et al. argue that the good minima "
+         "gradual pruning finds are sharp, so neither flatter nor sharper is asserted to be better",
+         "nats"),
+        ("hessian_top_eigenvalue", "curvature along the sharpest direction: descriptive, as "
+         "loss_increase", ""),
+        ("loss", "loss on the sharpness batch: the base of loss_increase", "nats"),
+    ))
+    figures = (FigureSpec("sharpness", "Sharpness of the minimum vs sparsity", panels=("metric",),
+                          lines=("group", "method")),)
+    in_schedule_comparison = True
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.sharpness.split")

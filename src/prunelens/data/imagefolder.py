@@ -13,7 +13,7 @@ splits are ``train`` and ``val`` (suites evaluate on the last split).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from prunelens.results import bootstrap_mean_ci
+from prunelens.stats import mean_ci, seeded_rng
 
 CORLOC_IOU = 0.5
 
@@ -107,10 +107,11 @@ class CorLocSummary:
 
 
 def summarize_corloc(hits, ious, n_skipped: int = 0, n_boot: int = 1000,
-                     seed: int = 0) -> CorLocSummary:
-    """CorLoc with its 95 % percentile-bootstrap CI over images, mean best IoU, counts."""
+                     confidence: float = 0.95) -> CorLocSummary:
+    """CorLoc with its percentile-bootstrap CI over images (:mod:`prunelens.stats`), mean best IoU,
+    counts."""
     hits = np.asarray(hits, dtype=float)
     ious = np.asarray(ious, dtype=float)
-    lo, hi = bootstrap_mean_ci(hits, n_boot=n_boot, seed=seed)
-    mean = lambda v: float(v.mean()) if len(v) else math.nan  # noqa: E731
-    return CorLocSummary(mean(hits), lo, hi, mean(ious), int(len(hits)), int(n_skipped))
+    mean, lo, hi = mean_ci([hits], n_boot, confidence, seeded_rng("corloc", len(hits)))
+    mean_iou = float(ious.mean()) if len(ious) else math.nan
+    return CorLocSummary(mean, lo, hi, mean_iou, int(len(hits)), int(n_skipped))

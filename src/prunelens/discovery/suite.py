@@ -29,7 +29,8 @@ from prunelens.discovery.corloc import (BoxDataset, SyntheticBoxes, best_iou, co
                                         pad_boxes, summarize_corloc)
 from prunelens.discovery.features import LayerNormMode, patch_features
 from prunelens.discovery.lost import SeedInBackgroundError, TieBreak, lost
-from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
+                             SuiteOptions, register_suite)
 from prunelens.io import atomic_write_bytes, atomic_write_json
 from prunelens.results import Record
 
@@ -133,7 +134,19 @@ def _discover_batch(model, spec, dataset, images, batch, device, k_patches, laye
 @register_suite
 class DiscoverySuite(Suite):
     name = "discovery"
+    title = "RQ2: unsupervised object discovery with LOST, scored by CorLoc"
     Options = DiscoveryOptions
+    section = ReportSection("rq2", "RQ2 — Unsupervised object discovery",
+                            "Do the features of pruned models localise objects better without labels "
+                            "(LOST, CorLoc)?", order=20)
+    metrics = (
+        Metric("corloc", "higher", "share of images whose LOST box overlaps an object with IoU ≥ 0.5",
+               unit="fraction", figure="discovery"),
+        Metric("iou", "higher", "overlap of the discovered box with the best-matching object",
+               unit="IoU", figure="discovery"),
+    )
+    figures = (FigureSpec("discovery", "LOST object discovery vs sparsity per model (Cassano et al. "
+                          "Fig. 5)", panels=("metric", "dataset"), lines=("group", "method")),)
 
     def __init__(self) -> None:
         self._datasets: dict[tuple, BoxDataset] = {}

@@ -18,6 +18,10 @@ import torch
 from prunelens.errors import DataError, PoolError
 from prunelens.io import atomic_write_bytes, load_tensors
 
+#: the file, in each level's artifacts folder of the interpretability suite, holding the heatmaps
+#: of its first images (what this figure is drawn from)
+HEATMAPS_FILE = "heatmaps.safetensors"
+
 TITLES = {"gradcam": "GradCAM", "guided_gradcam": "Guided GradCAM",
           "integrated_gradients": "Integrated Gradients", "attention": "Attention", "rollout": "Rollout"}
 
@@ -86,8 +90,6 @@ def figure_from_artifacts(suite_dir: str | Path, out: str | Path, *, images: Seq
     ``images`` (item ids) default to every saved image, ``methods`` to every saved method,
     ``levels`` to every level with saved heatmaps.
     """
-    from prunelens.explain.suite import HEATMAPS_FILE
-
     suite_dir = Path(suite_dir)
     files = sorted(suite_dir.glob(f"level_*/{HEATMAPS_FILE}"))
     if not files:

@@ -30,8 +30,10 @@ from pydantic import Field, model_validator
 from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation, iter_batches
 from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
 from prunelens.errors import DataError, PrunelensError
-from prunelens.evaluate import LevelContext, RunContext, Suite, SuiteOptions, register_suite
+from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
+                             SuiteOptions, register_suite)
 from prunelens.explain._common import forward
+from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
 from prunelens.explain.integrated import RULES
 from prunelens.explain.metrics import POOLINGS, localisation_scores
 from prunelens.explain.pipeline import METHODS, IGSettings, applicable_methods, explain_batch
@@ -39,7 +41,6 @@ from prunelens.io import atomic_save_tensors, atomic_write_json
 from prunelens.results import Record
 
 log = logging.getLogger(__name__)
-HEATMAPS_FILE = "heatmaps.safetensors"
 FIGURE_FILE = "figure2.png"
 
 
@@ -88,7 +89,25 @@ class InterpretabilityOptions(SuiteOptions):
 @register_suite
 class InterpretabilitySuite(Suite):
     name = "interpretability"
+    title = "RQ1: attributions scored against object masks (Relevance Mass / Rank Accuracy)"
     Options = InterpretabilityOptions
+    section = ReportSection("rq1", "RQ1 — Interpretability",
+                            "Do attributions of pruned models concentrate more on the object (Relevance "
+                            "Mass and Rank Accuracy against object masks)?", order=10)
+    metrics = (
+        Metric("rma", "higher", "share of attribution mass inside the object mask (Arras et al.)",
+               unit="fraction", figure=("interpretability", "interpretability_overlay")),
+        Metric("rra", "higher", "share of the top-|mask| attributed pixels that fall inside the mask",
+               unit="fraction", figure=("interpretability", "interpretability_overlay")),
+    )
+    figures = (
+        FigureSpec("interpretability", "Relevance Mass / Rank Accuracy vs sparsity per attribution "
+                   "method (Cassano et al. Fig. 3/4)", panels=("group", "dataset", "metric"),
+                   lines=("method",)),
+        FigureSpec("interpretability_overlay", "Relevance Mass / Rank Accuracy vs sparsity: runs "
+                   "overlaid", panels=("dataset", "metric", "method"), lines=("group",),
+                   accuracy_axis=False, multi_group_only=True),
+    )
 
     def __init__(self) -> None:
         self._data_key: tuple | None = None
@@ -191,8 +210,6 @@ class InterpretabilitySuite(Suite):
             (out / HEATMAPS_FILE).unlink(missing_ok=True)
 
     def after_levels(self, ctx: RunContext) -> None:
-        from prunelens.explain.figure import figure_from_artifacts
-
         if any(ctx.artifacts.glob(f"level_*/{HEATMAPS_FILE}")):
             figure_from_artifacts(ctx.artifacts, ctx.artifacts / FIGURE_FILE)
 

@@ -19,24 +19,24 @@ import pandas as pd
 
 import prunelens
 from prunelens.errors import PrunelensError
-from prunelens.evaluate import available_suites
 from prunelens.io import atomic_write_bytes, current_umask
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
 from prunelens.report.runs import pool_accuracy_rows, pool_table, seed_groups, skip_reasons, suite_pngs
-from prunelens.report.sweet_spots import (ACCURACY, DIRECTIONS, accuracy_rows, compare_to_dense,
-                                          group_summary, sweet_spots)
+from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
 from prunelens.runfolder import RunFolder
+from prunelens.stats import summarize
+from prunelens.suite import available_suites, metric_of
 
-__all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense",
-           "sweet_spots", "group_summary", "draw_figures"]
+__all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense", "sweet_spots",
+           "draw_figures"]
 
 MARKER = ".prunelens-report"
 
 
 def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
-                 *, n_boot: int | None = None, confidence: float = 0.95, seed: int = 0) -> Path:
+                 *, n_boot: int | None = None, confidence: float = 0.95) -> Path:
     """Write the report of ``run_dirs`` into ``out_dir`` (default ``RUN_DIR/report`` of the first
     run) and return the path of its ``index.html``. ``n_boot`` defaults to the first run's
     ``evaluate.n_boot``."""
@@ -46,11 +46,11 @@ def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Pat
         run_dirs = [run_dirs]
     runs = [RunFolder(d) for d in run_dirs]
     frame = load_results([r.run_dir for r in runs])
-    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence, seed=seed)
+    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence)
 
 
 def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | Path | None = None,
-                 *, n_boot: int | None = None, confidence: float = 0.95, seed: int = 0) -> Path:
+                 *, n_boot: int | None = None, confidence: float = 0.95) -> Path:
     """:func:`build_report` on runs already read and their results frame (columns of
     :func:`prunelens.results.load_results`)."""
     if not runs:
@@ -65,7 +65,7 @@ def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | 
     groups = seed_groups(runs)
     frame = _with_pool_accuracy(frame, runs)
 
-    comparisons = compare_to_dense(frame, groups, n_boot, confidence, seed)
+    comparisons = compare_to_dense(frame, groups, n_boot, confidence)
     spots = sweet_spots(comparisons)
     not_evaluated = _not_evaluated(runs, frame, comparisons)
 
@@ -74,9 +74,9 @@ def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | 
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
-        summary = group_summary(frame, groups, n_boot, confidence, seed)
+        summary = summarize(frame, groups, n_boot, confidence)
         figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
-                                        confidence, seed)
+                                        confidence)
         not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
         files = {
             "per-level summary (CSV)": _write_csv(tmp / "summary.csv", summary),
@@ -135,10 +135,12 @@ def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: 
                 if 0 not in set(measured["level"].astype(int)):
                     out.append((suite, f"sweet spots of suite '{suite}' on {run.name}",
                                 "the dense level 0 has no results to compare with"))
-    unknown = frame.loc[~frame["metric"].isin(DIRECTIONS), ["suite", "metric"]].drop_duplicates()
-    for suite, metric in unknown.itertuples(index=False):
-        out.append((suite, f"sweet spots of metric '{metric}' ('{suite}')", "prunelens knows no "
-                    "direction (higher or lower is better) for it: add one to DIRECTIONS"))
+    pairs = frame[["suite", "metric"]].drop_duplicates().itertuples(index=False)
+    for suite, metric in pairs:
+        if metric_of(suite, metric) is None:
+            out.append((suite, f"sweet spots of metric '{metric}' ('{suite}')", f"suite '{suite}' "
+                        "declares no such metric, so no direction (higher or lower is better) is "
+                        "known for it"))
     if accuracy_rows(comparisons).empty:
         out.append(("", "sweet spots", "no accuracy of a pruned level to compare with the dense "
                     "level 0 (both are needed)"))

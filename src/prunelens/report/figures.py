@@ -1,11 +1,13 @@
 """Figures across pruning levels, drawn from whatever the results hold (PNG + SVG).
 
 Every curve is a mean over items with its bootstrap CI band (two-stage over seeds where a group has
-several, see :mod:`prunelens.report.sweet_spots`); runs are overlaid in one panel (colour per line,
-line style per run group). The paper figures: RMA/RRA per attribution method with accuracy on a twin
-axis and sweet spots marked (Cassano et al. Fig. 3/4), CorLoc per model (Fig. 5), accuracy per OOD
-dataset (Fig. 6); plus shape bias, error consistency, connectivity/locality, PSP-entropy, sharpness.
-A metric or suite no spec names gets a generic figure, so nothing measured goes undrawn.
+several, see :mod:`prunelens.stats`); runs are overlaid in one panel (colour per line, line style
+per run group). Each suite declares its figures and which metrics they show
+(:class:`prunelens.suite.FigureSpec`, :class:`prunelens.suite.Metric`): RMA/RRA per attribution
+method with accuracy on a twin axis and sweet spots marked (Cassano et al. Fig. 3/4), CorLoc per
+model (Fig. 5), accuracy per OOD dataset (Fig. 6), shape bias, error consistency,
+connectivity/locality, PSP-entropy, sharpness. A metric no figure names gets a generic figure of its
+suite, so nothing measured goes undrawn.
 """
 from __future__ import annotations
 
@@ -23,62 +25,28 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 from tqdm.auto import tqdm
 
-from prunelens.report.sweet_spots import KEY, accuracy_rows, group_summary, run_groups
+from prunelens.report.sweet_spots import accuracy_rows
+from prunelens.stats import KEY, group_of, summarize
+from prunelens.errors import ConfigError
+from prunelens.suite import FigureSpec, get_suite
 
-SUITE_SECTION = {"accuracy": "pool", "interpretability": "rq1", "discovery": "rq2",
-                 "alignment": "rq3", "connectivity": "connectivity", "psp": "minima",
-                 "sharpness": "minima"}
 _LINESTYLES = ("-", "--", ":", "-.")
 MAX_LINES = 8
+OTHER_SECTION = "other"
 
 
 @dataclass(frozen=True)
-class FigureSpec:
-    """One figure: rows of ``suite`` with a metric in ``metrics`` (None: the suite's metrics no
-    other spec names), one panel per value of the ``panels`` columns, one line per value of the
-    ``lines`` columns; key columns in neither are pooled."""
+class Plot(FigureSpec):
+    """A figure to draw: a suite's :class:`~prunelens.suite.FigureSpec` with the suite, its metrics
+    (those that name the figure) and the report section resolved."""
 
-    name: str
-    title: str
-    suite: str
-    metrics: tuple[str, ...] | None
-    panels: tuple[str, ...]
-    lines: tuple[str, ...]
-    first_present: bool = False    # draw only the first metric of ``metrics`` that has rows
-    accuracy_axis: bool = True     # test accuracy on a twin axis (panels holding one run group)
-    multi_group_only: bool = False  # an overlay that only makes sense for several run groups
+    suite: str = ""
+    metrics: tuple[str, ...] = ()
+    section: str = OTHER_SECTION
 
-    @property
-    def section(self) -> str:
-        return SUITE_SECTION.get(self.suite, "other")
-
-
-FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("accuracy", "Test accuracy vs sparsity", "accuracy", ("accuracy",),
-               panels=("metric",), lines=("group", "dataset"), accuracy_axis=False),
-    FigureSpec("interpretability", "Relevance Mass / Rank Accuracy vs sparsity per attribution "
-               "method (Cassano et al. Fig. 3/4)", "interpretability", ("rma", "rra"),
-               panels=("group", "dataset", "metric"), lines=("method",)),
-    FigureSpec("interpretability_overlay", "Relevance Mass / Rank Accuracy vs sparsity: runs overlaid",
-               "interpretability", ("rma", "rra"), panels=("dataset", "metric", "method"),
-               lines=("group",), accuracy_axis=False, multi_group_only=True),
-    FigureSpec("discovery", "LOST object discovery vs sparsity per model (Cassano et al. Fig. 5)",
-               "discovery", ("corloc", "iou"), panels=("metric", "dataset"), lines=("group", "method")),
-    FigureSpec("alignment_ood", "Accuracy per out-of-distribution dataset vs sparsity "
-               "(Cassano et al. Fig. 6)", "alignment", ("accuracy", "ood_accuracy"),
-               panels=("dataset",), lines=("group",), first_present=True),
-    FigureSpec("shape_bias", "Shape bias vs sparsity (cue-conflict)", "alignment", ("shape_bias",),
-               panels=("metric",), lines=("group", "dataset")),
-    FigureSpec("consistency", "Consistency with human decisions vs sparsity", "alignment",
-               ("error_consistency", "observed_consistency", "accuracy_difference"),
-               panels=("metric",), lines=("group", "dataset")),
-    FigureSpec("connectivity", "Connectivity and locality of the surviving weights vs sparsity",
-               "connectivity", None, panels=("metric",), lines=("group", "method", "condition")),
-    FigureSpec("psp_entropy", "PSP-entropy per layer vs sparsity", "psp", ("psp_entropy",),
-               panels=("metric",), lines=("group", "method")),
-    FigureSpec("sharpness", "Sharpness of the minimum vs sparsity", "sharpness", None,
-               panels=("metric",), lines=("group", "method")),
-)
+    @classmethod
+    def of(cls, spec: FigureSpec, suite: str, metrics: tuple[str, ...], section: str) -> Plot:
+        return cls(**vars(spec), suite=suite, metrics=metrics, section=section)
 
 
 @dataclass(frozen=True)
@@ -93,28 +61,31 @@ class Figure:
     svg: Path
 
 
-def resolve_specs(frame: pd.DataFrame) -> list[FigureSpec]:
-    """:data:`FIGURES` with open metric lists filled in, plus a generic spec for every suite or
-    metric no spec draws."""
-    present = frame.groupby("suite")["metric"].unique().to_dict()
-    named = {(s.suite, m) for s in FIGURES if s.metrics for m in s.metrics}
-    specs = []
-    for spec in FIGURES:
-        if spec.metrics is None:
-            rest = tuple(sorted(m for m in present.get(spec.suite, ()) if (spec.suite, m) not in named))
-            spec = replace(spec, metrics=rest)
-            named |= {(spec.suite, m) for m in rest}
-        specs.append(spec)
-    for suite, metrics in sorted(present.items()):
-        rest = tuple(sorted(m for m in metrics if (suite, m) not in named))
+def plots_for(frame: pd.DataFrame) -> list[Plot]:
+    """The figures every suite in ``frame`` declares, plus a generic one per suite for the metrics
+    none of its figures names (a suite this version does not know gets only that), so nothing
+    measured goes undrawn."""
+    plots = []
+    for suite, metrics in sorted(frame.groupby("suite")["metric"].unique().to_dict().items()):
+        try:
+            declared = get_suite(suite)
+        except ConfigError:
+            declared = None
+        section = declared.section.id if declared else OTHER_SECTION
+        named: set[str] = set()
+        for spec in declared.figures if declared else ():
+            names = declared.figure_metrics(spec.name)
+            named |= set(names)
+            plots.append(Plot.of(spec, suite, names, section))
+        rest = tuple(sorted(m for m in metrics if m not in named))
         if rest:
-            specs.append(FigureSpec(f"{suite}_other", f"{suite}: {', '.join(rest)} vs sparsity", suite,
-                                    rest, panels=("metric",),
-                                    lines=("group", "method", "dataset", "condition")))
-    return specs
+            generic = FigureSpec(f"{suite}_other", f"{suite}: {', '.join(rest)} vs sparsity",
+                                 panels=("metric",), lines=("group", "method", "dataset", "condition"))
+            plots.append(Plot.of(generic, suite, rest, section))
+    return plots
 
 
-def _rows(frame: pd.DataFrame, spec: FigureSpec) -> pd.DataFrame:
+def _rows(frame: pd.DataFrame, spec: Plot) -> pd.DataFrame:
     rows = frame[(frame["suite"] == spec.suite) & frame["metric"].isin(spec.metrics or ())]
     if spec.first_present and len(rows):
         first = next(m for m in spec.metrics if (rows["metric"] == m).any())
@@ -122,7 +93,7 @@ def _rows(frame: pd.DataFrame, spec: FigureSpec) -> pd.DataFrame:
     return rows
 
 
-def _at_resolution(rows: pd.DataFrame, spec: FigureSpec) -> tuple[pd.DataFrame, bool]:
+def _at_resolution(rows: pd.DataFrame, spec: Plot) -> tuple[pd.DataFrame, bool]:
     """Pool the key columns the figure does not split on; also say whether none had to be pooled
     (only then do curve points map one-to-one onto sweet-spot rows)."""
     split = {"suite", *spec.panels, *spec.lines}
@@ -130,7 +101,7 @@ def _at_resolution(rows: pd.DataFrame, spec: FigureSpec) -> tuple[pd.DataFrame, 
     return (rows.assign(**{c: "" for c in pooled}), not pooled)
 
 
-def _fit_lines(spec: FigureSpec, summary: pd.DataFrame) -> FigureSpec:
+def _fit_lines(spec: Plot, summary: pd.DataFrame) -> Plot:
     """Move the busiest line column (e.g. one line per layer of a deep network) into the panels
     until no panel holds more than :data:`MAX_LINES` curves."""
     while True:
@@ -156,25 +127,25 @@ def _label(values: tuple, columns: tuple[str, ...], show_group: bool) -> str:
 
 def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, str] | None = None,
                  spots: pd.DataFrame | None = None, summary: pd.DataFrame | None = None,
-                 n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+                 n_boot: int = 1000, confidence: float = 0.95
                  ) -> tuple[list[Figure], list[tuple[str, str, str]]]:
     """Draw every figure the results allow into ``out_dir`` (PNG + SVG).
 
-    ``summary`` is :func:`group_summary` of ``frame`` (computed when not given); figures that pool
-    key columns summarise their own rows. Returns the figures and the skipped ones as
-    ``(suite, name, reason)``.
+    ``summary`` is :func:`prunelens.stats.summarize` of ``frame`` (computed when not given);
+    figures that pool key columns summarise their own rows. Returns the figures and the skipped
+    ones as ``(suite, name, reason)``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    group_of = run_groups(frame, groups)
-    group_order = sorted(group_of.unique())
+    groups_of_rows = group_of(frame, groups)
+    group_order = sorted(groups_of_rows.unique())
     if summary is None:
-        summary = group_summary(frame, groups, n_boot, confidence, seed)
+        summary = summarize(frame, groups, n_boot, confidence)
     accuracy = accuracy_rows(summary)
     figures, skipped = [], []
-    for spec in tqdm(resolve_specs(frame), desc="figures", disable=None, leave=False):
+    for spec in tqdm(plots_for(frame), desc="figures", disable=None, leave=False):
         rows = _rows(frame, spec)
-        if spec.multi_group_only and group_of[rows.index].nunique() < 2:
+        if spec.multi_group_only and groups_of_rows[rows.index].nunique() < 2:
             continue
         if rows.empty:
             wanted = ", ".join(spec.metrics) if spec.metrics else "any metric"
@@ -184,7 +155,7 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
         if exact:
             curves = summary[(summary["suite"] == spec.suite) & summary["metric"].isin(rows["metric"])]
         else:
-            curves = group_summary(rows, groups, n_boot, confidence, seed)
+            curves = summarize(rows, groups, n_boot, confidence)
         spec = _fit_lines(spec, curves)
         fig = _draw(spec, curves, accuracy, spots if exact else None, group_order)
         stem = out_dir / spec.name
@@ -197,7 +168,7 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
     return figures, skipped
 
 
-def _caption(spec: FigureSpec, summary: pd.DataFrame, confidence: float) -> str:
+def _caption(spec: Plot, summary: pd.DataFrame, confidence: float) -> str:
     seeds = int(summary["n_seeds"].max()) if len(summary) else 1
     how = "two-stage bootstrap over seeds and items" if seeds > 1 else "bootstrap over items"
     text = (f"Mean per pruning level; band: {confidence:.0%} CI ({how}; none where a level has a "
@@ -209,7 +180,7 @@ def _caption(spec: FigureSpec, summary: pd.DataFrame, confidence: float) -> str:
                    "the bands overlap.")
 
 
-def _draw(spec: FigureSpec, summary: pd.DataFrame, accuracy: pd.DataFrame, spots: pd.DataFrame | None,
+def _draw(spec: Plot, summary: pd.DataFrame, accuracy: pd.DataFrame, spots: pd.DataFrame | None,
           group_order: list[str]) -> MplFigure:
     panels = sorted(summary.groupby(list(spec.panels)), key=lambda p: _natural(p[0]))
     inner = summary[spec.panels[-1]].nunique()  # the last panel column varies fastest: one per column
@@ -227,7 +198,7 @@ def _draw(spec: FigureSpec, summary: pd.DataFrame, accuracy: pd.DataFrame, spots
     return fig
 
 
-def _draw_panel(ax, spec: FigureSpec, pdata: pd.DataFrame, accuracy: pd.DataFrame,
+def _draw_panel(ax, spec: Plot, pdata: pd.DataFrame, accuracy: pd.DataFrame,
                 spots: pd.DataFrame | None, group_order: list[str], show_group: bool) -> None:
     handles = []
     marked = set()

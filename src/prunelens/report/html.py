@@ -17,37 +17,33 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from prunelens.errors import ConfigError
 from prunelens.report.figures import Figure
-from prunelens.runfolder import RunFolder
-from prunelens.report.sweet_spots import DIRECTIONS
 from prunelens.report.sweet_spots import __doc__ as SWEET_SPOT_RULE
+from prunelens.runfolder import RunFolder
+from prunelens.suite import ReportSection, all_suites, available_suites, get_suite
 
 
-@dataclass(frozen=True)
-class Section:
-    id: str
-    title: str
-    suites: tuple[str, ...]
-    question: str
+#: where suites no version of prunelens declared a section for go
+OTHER = ReportSection("other", "Other results", "Suites this version of prunelens does not know.",
+                      order=1000)
 
 
-SECTIONS = (
-    Section("pool", "Pool and accuracy", ("accuracy",),
-            "How does accuracy change as the network is pruned?"),
-    Section("rq1", "RQ1 — Interpretability", ("interpretability",),
-            "Do attributions of pruned models concentrate more on the object (Relevance Mass and Rank "
-            "Accuracy against object masks)?"),
-    Section("rq2", "RQ2 — Unsupervised object discovery", ("discovery",),
-            "Do the features of pruned models localise objects better without labels (LOST, CorLoc)?"),
-    Section("rq3", "RQ3 — Human alignment", ("alignment",),
-            "Do pruned models generalise out of distribution and err more like humans "
-            "(model-vs-human: OOD accuracy, shape bias, error consistency)?"),
-    Section("connectivity", "Connectivity and locality", ("connectivity",),
-            "Does local connectivity emerge in the surviving weights (Pellegrini & Biroli)?"),
-    Section("minima", "PSP-entropy and sharpness", ("psp", "sharpness"),
-            "Does pruning reach high-entropy, sharp minima (Tartaglione et al.)?"),
-    Section("other", "Other results", (), "Suites this version of the report has no section for."),
-)
+def sections(evaluated: set[str]) -> list[tuple[ReportSection, tuple[str, ...]]]:
+    """The report's sections in order, each with the suites it shows: every suite's declared
+    section, and :data:`OTHER` for evaluated suites this version does not know."""
+    by_id: dict[str, tuple[ReportSection, list[str]]] = {}
+    unknown = []
+    for name in sorted(set(available_suites()) | evaluated):
+        try:
+            section = get_suite(name).section
+        except ConfigError:
+            unknown.append(name)
+            continue
+        by_id.setdefault(section.id, (section, []))[1].append(name)
+    out = sorted(((sec, tuple(names)) for sec, names in by_id.values()), key=lambda p: p[0].order)
+    return out + ([(OTHER, tuple(unknown))] if unknown else [])
+
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;
@@ -168,14 +164,14 @@ def _spot_table(spots: pd.DataFrame, confidence: float) -> str:
     return _table(header, rows, text_cols=7, row_class=list(spots["status"]))
 
 
-def _figures(c: ReportContent, section: Section) -> str:
+def _figures(c: ReportContent, section: ReportSection, suites: tuple[str, ...]) -> str:
     parts = []
     for fig in c.figures:
         if fig.section == section.id:
             parts.append(f'<figure id="fig-{esc(fig.name)}"><img src="{esc(fig.png.as_posix())}" '
                          f'alt="{esc(fig.title)}"><figcaption><b>{esc(fig.title)}.</b> '
                          f"{esc(fig.caption)} {_link(fig.svg, 'SVG')}</figcaption></figure>")
-    for suite in section.suites:
+    for suite in suites:
         for run, path in c.suite_images.get(suite, []):
             parts.append(f'<figure><img src="{esc(path.as_posix())}" alt="{esc(path.stem)}">'
                          f"<figcaption>{esc(path.stem)} — drawn by the {esc(suite)} suite of "
@@ -183,8 +179,8 @@ def _figures(c: ReportContent, section: Section) -> str:
     return "".join(parts)
 
 
-def _section(c: ReportContent, section: Section, suites: tuple[str, ...]) -> str:
-    body = (_pool_tables(c) if section.id == "pool" else "") + _figures(c, section)
+def _section(c: ReportContent, section: ReportSection, suites: tuple[str, ...]) -> str:
+    body = (_pool_tables(c) if section.id == "pool" else "") + _figures(c, section, suites)
     spots = c.spots[c.spots["suite"].isin(suites)] if len(c.spots) else c.spots
     if len(spots):
         body += "<h3>Sweet spots</h3>" + _spot_table(spots, c.confidence)
@@ -205,19 +201,19 @@ def _rule() -> str:
         text = esc(re.sub(r":\w+:`~?([^`]*)`", r"\1", block.strip()).replace("``", "").replace("::", ":"))
         text = re.sub(r"\*\*(\w+)\*\*", r"<b>\1</b>", text).replace("*", "")
         paragraphs.append(f"<pre>{text}</pre>" if block.startswith("    ") else f"<p>{text}</p>")
-    directions = [(esc(m), esc(d.better or "— (not a criterion)"), esc(d.reason))
-                  for m, d in sorted(DIRECTIONS.items())]
+    directions = [(esc(suite.name), esc(m.name), esc(m.unit),
+                   esc(m.direction if m.direction != "none" else "— (not a criterion)"), esc(m.why))
+                  for suite in all_suites() for m in suite.metrics]
     return ("".join(paragraphs) + "<details><summary>Direction of each metric</summary>"
-            + _table(("metric", "better", "why"), directions, text_cols=3) + "</details>")
+            + _table(("suite", "metric", "unit", "better", "why"), directions, text_cols=5)
+            + "</details>")
 
 
 def render(c: ReportContent) -> str:
     """The full page as a string."""
-    known = {s for sec in SECTIONS for s in sec.suites}
-    other = tuple(sorted(s for s in c.evaluated_suites if s not in known))
-    sections = [(sec, sec.suites or other) for sec in SECTIONS if sec.suites or other]
+    shown = sections(c.evaluated_suites)
     counts = c.spots["status"].value_counts() if len(c.spots) else pd.Series(dtype=int)
-    nav = "".join(f'<a href="#{esc(sec.id)}">{esc(sec.title)}</a>' for sec, _ in sections)
+    nav = "".join(f'<a href="#{esc(sec.id)}">{esc(sec.title)}</a>' for sec, _ in shown)
     runs = ", ".join(esc(r.name) for r in c.runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     files = " · ".join(_link(path, title) for title, path in c.files.items())
@@ -237,7 +233,7 @@ sweet spots (<a href="#sweet-spots">rule and table</a>). Tables: {files}</p>
 <p class="muted">Every level's model and mask sha256 is in its pool table (hover for the full hash).
 Results were read from <code>RUN_DIR/results/</code>, each file checked against its recorded sha256.
 </p></section>
-{"".join(_section(c, sec, suites) for sec, suites in sections)}
+{"".join(_section(c, sec, suites) for sec, suites in shown)}
 <section id="sweet-spots"><h2>Sweet spots</h2>{_rule()}{_spot_table(c.spots, c.confidence)}</section>
 <section id="not-evaluated"><h2>Not evaluated, and why</h2>
 {f"<ul>{not_eval}</ul>" if not_eval else "<p>Everything was evaluated.</p>"}</section>

@@ -1,0 +1,278 @@
+"""The suite contract: what an evaluation suite is, declares and receives, and the registry.
+
+A *suite* is one evaluation axis. It declares its options, its metrics (name, direction, unit, the
+figure it is drawn in), its figures and the report section it belongs to; the driver
+(:mod:`prunelens.evaluate`) hands it a :class:`LevelContext` per level and writes the
+:class:`~prunelens.results.Record` rows it yields; the report, the sweet spots, the CLI help and
+the schedule comparison read its declarations. Adding a suite is one new module plus one line in
+:data:`SUITE_MODULES` (see ``docs/architecture.md``)::
+
+    class ToyOptions(SuiteOptions):
+        n_images: int = 64
+
+    @register_suite
+    class ToySuite(Suite):
+        name = "toy"
+        title = "what the toy suite measures"
+        Options = ToyOptions
+        section = ReportSection("toy", "Toy", "Does pruning change the toy score?", order=70)
+        metrics = (Metric("score", "higher", "a higher score is better", unit="fraction",
+                          figure="toy"),)
+        figures = (FigureSpec("toy", "Toy score vs sparsity", panels=("metric",), lines=("group",)),)
+
+        def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
+            yield Record("toy", "score", 0.5, item="img-0")
+
+This module is the leaf every suite imports: it imports the layers below it (config, run folder,
+results records, data, models) and nothing above.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from prunelens.config import RunConfig, validate_section
+from prunelens.config import load_configs as _load_config_file
+from prunelens.data.provider import RunData
+from prunelens.errors import ConfigError
+from prunelens.models.spec import ArchSpec
+from prunelens.options import Options
+from prunelens.results import Record
+from prunelens.runfolder import Level, PoolNote, RunFolder
+
+__all__ = ["SUITE_MODULES", "FigureSpec", "LevelContext", "Metric", "Record", "ReportSection",
+           "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
+           "get_suite", "load_configs", "metric_of", "register_suite", "suite_options"]
+
+Direction = Literal["higher", "lower", "none"]
+
+
+class SuiteOptions(Options):
+    """Base of every suite's options: unknown keys are errors, integers and booleans strict."""
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """A section of the report: the question it answers; sections appear in ``order``."""
+
+    id: str
+    title: str
+    question: str
+    order: int = 100
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a suite records.
+
+    ``direction``: whether a higher or a lower value is better, or ``none`` for a descriptive
+    quantity (only metrics with a direction can make a sweet spot); ``why`` says why, in the report.
+    ``figure`` names the suite figure(s) it is drawn in (None: a generic figure of the suite).
+    """
+
+    name: str
+    direction: Direction
+    why: str
+    unit: str = ""
+    figure: str | tuple[str, ...] | None = None
+
+    @property
+    def figures(self) -> tuple[str, ...]:
+        return (self.figure,) if isinstance(self.figure, str) else tuple(self.figure or ())
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure across pruning levels: one panel per value of the ``panels`` columns, one line per
+    value of the ``lines`` columns (columns in neither are pooled); its metrics are the suite's
+    metrics that name it."""
+
+    name: str
+    title: str
+    panels: tuple[str, ...] = ("metric",)
+    lines: tuple[str, ...] = ("group",)
+    first_present: bool = False    # draw only the first of its metrics that has rows
+    accuracy_axis: bool = True     # test accuracy on a twin axis (panels holding one run group)
+    multi_group_only: bool = False  # an overlay that only makes sense for several run groups
+
+
+@dataclass
+class RunContext:
+    """What a suite sees of a run."""
+
+    pool: RunFolder
+    config: RunConfig             # the run's config (with evaluate overrides applied)
+    options: SuiteOptions         # this suite's validated options
+    device: torch.device
+    data: RunData                 # the run's datasets, built on first use and cached
+    spec: ArchSpec                # the architecture's facts
+    artifacts: Path               # RUN_DIR/results/<suite>/ : for figures across levels
+    batch_size: int = 64
+    amp: bool = False             # bf16 autocast for the suite's model passes (evaluate.amp)
+    channels_last: bool = False   # channels-last model and images (evaluate.channels_last)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.pool.run_dir
+
+
+@dataclass
+class LevelContext(RunContext):
+    """A run context plus one level: its model (eval mode, on ``device``) and masks."""
+
+    level: Level | None = None
+    model: nn.Module | None = None
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    level_artifacts: Path | None = None  # RUN_DIR/results/<suite>/level_XX/
+
+
+class Suite:
+    """One evaluation axis (see the module docstring)."""
+
+    name: ClassVar[str]
+    title: ClassVar[str] = ""
+    Options: ClassVar[type[SuiteOptions]] = SuiteOptions
+    section: ClassVar[ReportSection]
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    figures: ClassVar[tuple[FigureSpec, ...]] = ()
+    #: measured on the dense and final levels by ``prunelens compare-schedules``
+    in_schedule_comparison: ClassVar[bool] = False
+
+    def skip_reason(self, ctx: RunContext) -> str | None:
+        """Why this suite does not apply to this run (None: it applies)."""
+        return None
+
+    def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
+        raise NotImplementedError
+
+    def after_levels(self, ctx: RunContext) -> None:
+        """Called once all levels are evaluated (figures across levels)."""
+
+    @classmethod
+    def metric(cls, name: str) -> Metric | None:
+        return next((m for m in cls.metrics if m.name == name), None)
+
+    @classmethod
+    def figure_metrics(cls, figure: str) -> tuple[str, ...]:
+        return tuple(m.name for m in cls.metrics if figure in m.figures)
+
+
+# ---- the registry --------------------------------------------------------------------------------
+#: suite name -> the module that registers it (imported on first use): a new suite's one line
+SUITE_MODULES = {
+    "accuracy": "prunelens.accuracy",
+    "interpretability": "prunelens.explain.suite",
+    "discovery": "prunelens.discovery.suite",
+    "alignment": "prunelens.alignment.suite",
+    "connectivity": "prunelens.analysis.suites",
+    "psp": "prunelens.analysis.suites",
+    "sharpness": "prunelens.analysis.suites",
+}
+
+_REGISTRY: dict[str, type[Suite]] = {}
+
+
+def register_suite(cls: type[Suite]) -> type[Suite]:
+    """Class decorator: make ``cls`` available under ``cls.name``."""
+    for attribute in ("name", "section"):
+        if not hasattr(cls, attribute):
+            raise TypeError(f"suite {cls.__name__} declares no {attribute}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_suites() -> list[str]:
+    return list(dict.fromkeys([*SUITE_MODULES, *_REGISTRY]))
+
+
+def get_suite(name: str) -> type[Suite]:
+    if name not in _REGISTRY:
+        module = SUITE_MODULES.get(name)
+        if module is None:
+            raise ConfigError(f"unknown suite '{name}'; available: {', '.join(available_suites())}")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not (module + ".").startswith(f"{exc.name}."):  # a missing dependency, not the module
+                raise
+            raise ConfigError(f"suite '{name}' is not available in this version of prunelens") from None
+    return _REGISTRY[name]
+
+
+def all_suites() -> list[type[Suite]]:
+    """Every suite that can be imported (one that cannot, e.g. for a missing extra, is left out)."""
+    out = []
+    for name in available_suites():
+        try:
+            out.append(get_suite(name))
+        except ConfigError:
+            continue
+    return out
+
+
+def metric_of(suite: str, metric: str) -> Metric | None:
+    """The declaration of ``metric`` of ``suite`` (None for a suite or metric nobody declared)."""
+    try:
+        return get_suite(suite).metric(metric)
+    except ConfigError:
+        return None
+
+
+# ---- suite options in configs ----------------------------------------------------------------------
+def suite_options(config: RunConfig, name: str) -> SuiteOptions:
+    """Suite ``name``'s options from ``evaluate.<name>`` of ``config``, validated."""
+    raw = (config.evaluate.model_extra or {}).get(name) or {}
+    return validate_section(get_suite(name).Options, raw, f"evaluate.{name}")
+
+
+def check_evaluate(config: RunConfig) -> RunConfig:
+    """Validate the suite names and suite options of a config's ``evaluate`` section (done when a
+    config is loaded, so a mistake is reported before any work starts)."""
+    unknown = [s for s in config.evaluate.suites or [] if s not in available_suites()]
+    if unknown:
+        raise ConfigError(f"evaluate.suites: unknown suite(s) {unknown}; available: "
+                          f"{', '.join(available_suites())}")
+    for name in config.evaluate.model_extra or {}:
+        if name not in available_suites():
+            raise ConfigError(f"unknown key 'evaluate.{name}': neither an evaluate setting nor a "
+                              f"suite ({', '.join(available_suites())})")
+        suite_options(config, name)
+    return config
+
+
+def load_configs(path=None, overrides: list[str] | None = None) -> list[RunConfig]:
+    """:func:`prunelens.config.load_configs` with every run's suite options checked too."""
+    return [check_evaluate(c) for c in _load_config_file(path, overrides)]
+
+
+def without_unknown_options(config: RunConfig, where: str) -> RunConfig:
+    """``config`` with the suite options this version does not know left out (a note says which):
+    for configs stored by another version of prunelens."""
+    extra = dict(config.evaluate.model_extra or {})
+    dropped = []
+    for name, raw in list(extra.items()):
+        if name not in available_suites() or not isinstance(raw, dict):
+            dropped.append(f"evaluate.{name}")
+            extra.pop(name)
+            continue
+        known = get_suite(name).Options.model_fields
+        dropped += [f"evaluate.{name}.{k}" for k in raw if k not in known]
+        extra[name] = {k: v for k, v in raw.items() if k in known}
+    if not dropped:
+        return config
+    warnings.warn(f"{where}: option(s) this version of prunelens does not have, left out: "
+                  f"{', '.join(dropped)}", PoolNote, stacklevel=2)
+    from prunelens.data.registry import folders_unchecked
+
+    raw = config.model_dump(mode="json")
+    raw["evaluate"] = {**{k: v for k, v in raw["evaluate"].items() if k not in config.evaluate.model_extra},
+                       **extra}
+    with folders_unchecked():
+        return validate_section(RunConfig, raw, where)
