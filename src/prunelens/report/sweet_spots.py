@@ -75,6 +75,9 @@ DIRECTIONS: dict[str, Direction] = {
                                         "minimum, the usual generalisation proxy (Keskar et al.)"),
     "hessian_top_eigenvalue": Direction("lower", "curvature along the sharpest direction: lower is "
                                                  "flatter"),
+    "probe_accuracy": Direction("higher", "linear probe on frozen features, downstream task: transfer"),
+    "fewshot_accuracy": Direction("higher", "probe on k downstream images per class: transfer"),
+    "probe_regularization": Direction(None, "C chosen by cross-validation: how the probe was fitted"),
 }
 
 
