@@ -20,6 +20,7 @@ def _two_run_config(tmp_path) -> dict:
             "interpretability": {"n_images": 8},
             "discovery": {"n_images": 8},
             "alignment": {"n_images": 16},
+            "transfer": {"n_train": 64, "n_test": 32, "c_grid": [0.1, 1.0], "shots": [1], "n_draws": 2},
         },
         "runs": [
             {"name": "cnn", "model": {"name": "small_resnet", "widths": [8, 16]}},
@@ -39,7 +40,8 @@ def test_run_prunes_evaluates_and_reports(tmp_path, capsys):
     assert f"report: {report}" in out
     frame = load_results([tmp_path / "runs" / "cnn", tmp_path / "runs" / "vit"])
     suites = {run: set(g["suite"]) for run, g in frame.groupby("run")}
-    expected = {"accuracy", "interpretability", "discovery", "alignment", "connectivity", "psp", "sharpness"}
+    expected = {"accuracy", "interpretability", "discovery", "alignment", "connectivity", "psp", "sharpness",
+                "transfer"}
     assert suites["cnn"] == expected and suites["vit"] == expected
     assert sorted(frame["level"].unique()) == [0, 1, 2]
     vit_methods = set(frame[(frame.run == "vit") & (frame.suite == "interpretability")]["method"])

@@ -174,6 +174,7 @@ SUITE_MODULES = {
     "connectivity": "prunelens.analysis.suites",
     "psp": "prunelens.analysis.suites",
     "sharpness": "prunelens.analysis.suites",
+    "transfer": "prunelens.transfer.suite",
 }
 
 _REGISTRY: dict[str, type[Suite]] = {}

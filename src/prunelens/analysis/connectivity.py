@@ -288,13 +288,30 @@ def shift_similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     sim(s) = Σ_c Σ_p a_c(p)·b_c(p + s) / √(k_a·k_b) (cosine similarity of the shifted masks, the
     shift moving all channels together); returns (max_s sim(s), sim(0)), NaN for empty masks.
     """
-    _, _, h, w = a.shape
-    fa = torch.fft.rfft2(a.to(torch.float64), s=(2 * h, 2 * w))
-    fb = torch.fft.rfft2(b.to(torch.float64), s=(2 * h, 2 * w))
-    corr = torch.fft.irfft2((fa.conj() * fb).sum(1), s=(2 * h, 2 * w)).round()
+    corr = shift_correlation(a, b).round()
     norm = (a.flatten(1).sum(1) * b.flatten(1).sum(1)).to(torch.float64).sqrt()
     norm = torch.where(norm > 0, norm, torch.full_like(norm, math.nan))
     return corr.flatten(1).max(1).values / norm, corr[:, 0, 0] / norm
+
+
+def shift_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """C(s) = Σ_c Σ_p a_c(p)·b_c(p + s) of pairs a[i], b[i] (P, C, H, W) at every shift, float64
+    (P, 2H, 2W) indexed by s mod (2H, 2W); zero padding to 2H×2W makes the FFT's circular
+    correlation the linear one. Masks or weights alike."""
+    _, _, h, w = a.shape
+    fa = torch.fft.rfft2(a.to(torch.float64), s=(2 * h, 2 * w))
+    fb = torch.fft.rfft2(b.to(torch.float64), s=(2 * h, 2 * w))
+    return torch.fft.irfft2((fa.conj() * fb).sum(1), s=(2 * h, 2 * w))
+
+
+def best_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The shift s = (Δy, Δx) at which mask b[i] overlaps mask a[i] most, (P, 2): b[i](p + s)
+    matches a[i](p). Ties go to the first shift in row-major order of the correlation map."""
+    corr = shift_correlation(a, b).round()
+    h2, w2 = corr.shape[-2:]
+    flat = corr.flatten(1).argmax(1)
+    dy, dx = flat // w2, flat % w2
+    return torch.stack([torch.where(dy < h2 // 2, dy, dy - h2), torch.where(dx < w2 // 2, dx, dx - w2)], 1)
 
 
 def sample_unit_pairs(alive: torch.Tensor, n_pairs: int, generator: torch.Generator | None = None

@@ -5,19 +5,22 @@
   and refuses every other object with a :class:`~prunelens.errors.DataError`.
 * :class:`ArrayImages` — one split held as a uint8 tensor (N, C, H, W) plus labels.
 * Task variants of Pellegrini & Biroli (2022, Sec. 5 "the role of data and tasks"):
-  ``superclasses`` (original class ``c`` → ``c mod K``, or a mapping file) and ``data_ratio``
-  (train on a fraction of the training set).
+  ``superclasses`` (original class ``c`` → ``c mod K``, a mapping file, or a map shipped in
+  ``data/superclass_maps/`` by name, e.g. ``superclasses: imagenet_mixed10``) and ``data_ratio``
+  (train on a fraction of the training set). Classes a map leaves out (id −1) are dropped.
 """
 from __future__ import annotations
 
 import codecs
+import functools
+import json
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prunelens.data.registry import DatasetOptions
 from prunelens.errors import DataError
@@ -176,19 +179,47 @@ class ArrayImages(torch.utils.data.Dataset):
 
 
 # ---- task variants -------------------------------------------------------------------------------
+SUPERCLASS_MAPS = ("imagenet_mixed10",)  # data/superclass_maps/<name>.json
+
+
+@functools.lru_cache(maxsize=None)
+def named_superclass_map(name: str) -> dict:
+    """A shipped superclass map (its JSON: source, superclasses, one entry per original class)."""
+    from importlib import resources
+    if name not in SUPERCLASS_MAPS:
+        raise DataError(f"no superclass map named '{name}'; shipped: {', '.join(SUPERCLASS_MAPS)}")
+    return json.loads((resources.files("prunelens") / "data" / "superclass_maps" / f"{name}.json")
+                      .read_text(encoding="utf-8"))
+
+
 class Superclasses(BaseModel):
     """``{modulo: K}``: class c → c mod K; ``{file: path}``: one superclass id per original class
-    (integers separated by commas and/or whitespace, e.g. the sifting paper's ``classes.dat``)."""
+    (integers separated by commas and/or whitespace, e.g. the sifting paper's ``classes.dat``; −1
+    leaves a class out); ``{name: imagenet_mixed10}`` (or just the name): a shipped map."""
 
     model_config = ConfigDict(extra="forbid")
     modulo: int | None = Field(None, ge=2)
     file: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _shipped(cls, name: str | None) -> str | None:
+        if name is not None and name not in SUPERCLASS_MAPS:
+            raise ValueError(f"no superclass map named '{name}'; shipped maps: {', '.join(SUPERCLASS_MAPS)} "
+                             "(or give {file: path} with one id per class)")
+        return name
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Superclasses:
-        if (self.modulo is None) == (self.file is None):
-            raise ValueError("give exactly one of 'modulo' (e.g. {modulo: 10}) or 'file' "
-                             "(a superclass id per original class)")
+        if sum(v is not None for v in (self.modulo, self.file, self.name)) != 1:
+            raise ValueError("give exactly one of 'modulo' (e.g. {modulo: 10}), 'file' "
+                             "(a superclass id per original class) or 'name' (a shipped map)")
         return self
 
 
@@ -199,8 +230,21 @@ class TaskOptions(DatasetOptions):
     data_ratio: float = Field(1.0, gt=0, le=1, description="fraction of the training split kept")
 
 
+def _named_table(name: str, num_classes: int) -> tuple[torch.Tensor, list[str]]:
+    shipped = named_superclass_map(name)
+    classes = shipped["classes"]
+    if len(classes) != num_classes:
+        raise DataError(f"superclass map '{name}' covers the {len(classes)} classes of ImageNet in "
+                        f"downsampled-ImageNet label order; this dataset has {num_classes} classes: "
+                        "use it with imagenet32")
+    table = torch.tensor([-1 if sup is None else int(sup) for _, _, sup in classes])
+    return table, [s["name"] for s in shipped["superclasses"]]
+
+
 def superclass_map(spec: Superclasses, num_classes: int) -> tuple[torch.Tensor, list[str]]:
-    """Lookup table original class → superclass, and the superclass names."""
+    """Lookup table original class → superclass (−1: left out), and the superclass names."""
+    if spec.name is not None:
+        return _named_table(spec.name, num_classes)
     if spec.modulo is not None:
         if spec.modulo > num_classes:
             raise DataError(f"superclasses.modulo={spec.modulo} exceeds the {num_classes} classes "
@@ -220,8 +264,9 @@ def superclass_map(spec: Superclasses, num_classes: int) -> tuple[torch.Tensor, 
         raise DataError(f"superclasses.file {path} lists {len(values)} superclass ids; the dataset "
                         f"has {num_classes} classes and needs one id per class")
     table = torch.tensor(values)
-    if int(table.min()) < 0:
-        raise DataError(f"superclasses.file {path}: superclass ids must be >= 0")
+    if int(table.min()) < -1 or int(table.max()) < 0:
+        raise DataError(f"superclasses.file {path}: superclass ids must be >= 0 (or -1 to leave a "
+                        "class out), with at least one class kept")
     k = int(table.max()) + 1
     return table, [f"superclass {j}" for j in range(k)]
 
@@ -230,6 +275,9 @@ def apply_task(dataset: ArrayImages, options: TaskOptions, split: str, seed: int
     """Superclass relabelling (every split) and ``data_ratio`` subsampling (train split only)."""
     if options.superclasses is not None:
         table, names = superclass_map(options.superclasses, dataset.num_classes)
+        kept = table[dataset.labels] >= 0
+        if not bool(kept.all()):  # images of classes the map leaves out
+            dataset = dataset.subset(torch.nonzero(kept).flatten())
         dataset = ArrayImages(dataset.images, table[dataset.labels], names, dataset._item_ids,
                               dataset.scale)
     if split == "train" and options.data_ratio < 1.0:

@@ -138,6 +138,22 @@ class ArchSpec:
         """Pixels per cell of the feature grid."""
         raise ModelError(f"{type(model).__name__} has no spatial feature map")
 
+    # ---- penultimate features (linear probes) ------------------------------------------------
+    def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The input of the classifier, (B, D): the representation a linear probe reads.
+
+        Default: captured by a forward pre-hook on the module of :meth:`classifier`; families
+        override it with the direct computation (no classifier pass).
+        """
+        module = model.get_submodule(self.classifier(model).rsplit(".", 1)[0])
+        captured: list[torch.Tensor] = []
+        handle = module.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]))
+        try:
+            self.forward(model, x)
+        finally:
+            handle.remove()
+        return captured[-1].flatten(1)
+
 
 class ResNetSpec(ArchSpec):
     """torchvision ResNets and the built-in SmallResNet: stages named ``layer1`` … ``layerN``."""
@@ -164,6 +180,15 @@ class ResNetSpec(ArchSpec):
             if downsample is not None:
                 s *= downsample[0].stride[0]
         return s
+
+    def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Globally average-pooled output of the last stage (the input of ``fc``)."""
+        x = model.relu(model.bn1(model.conv1(x)))
+        if isinstance(getattr(model, "maxpool", None), nn.Module):
+            x = model.maxpool(x)
+        for stage in self._stages(model):
+            x = stage(x)
+        return torch.flatten(model.avgpool(x), 1)
 
 
 def interpolate_pos_embedding(pos_embedding: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
@@ -202,12 +227,17 @@ class ViTSpec(ArchSpec):
         """torchvision's forward at any size multiple of the patch (interpolated positions)."""
         if x.shape[-2:] == (model.image_size, model.image_size):
             return model(x)
+        return model.heads(self.penultimate_features(model, x))
+
+    def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The class token after the encoder's final LayerNorm (the input of ``heads``), at any
+        size multiple of the patch (interpolated positions)."""
         patches = model.conv_proj(x)                      # (B, D, h, w)
         tokens = patches.flatten(2).transpose(1, 2)
         tokens = torch.cat([model.class_token.expand(len(x), -1, -1), tokens], 1)
         tokens = tokens + interpolate_pos_embedding(model.encoder.pos_embedding, tuple(patches.shape[-2:]))
         tokens = model.encoder.ln(model.encoder.layers(model.encoder.dropout(tokens)))
-        return model.heads(tokens[:, 0])
+        return tokens[:, 0]
 
     def gradcam_layer(self, model: nn.Module) -> nn.Module:
         return model.encoder.layers[-1]
@@ -264,6 +294,10 @@ class SwinSpec(ArchSpec):
         merges = sum(1 for m in model.features if type(m).__name__.startswith("PatchMerging"))
         return patch * 2 ** merges
 
+    def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Final-norm features average-pooled over the grid (the input of ``head``)."""
+        return model.flatten(model.avgpool(model.permute(model.norm(model.features(x)))))
+
 
 class FCNSpec(ArchSpec):
     """The fully connected net: the first layer's rows reshape to the input's (C, H, W)."""
@@ -272,6 +306,10 @@ class FCNSpec(ArchSpec):
 
     def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
         return tensor.reshape(tensor.shape[0], *model.input_shape)
+
+    def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer after its ReLU (the input of ``classifier``)."""
+        return model.layers[:-1](x)
 
 
 class LeNetSpec(ArchSpec):
@@ -283,6 +321,10 @@ class LeNetSpec(ArchSpec):
 
     def stride(self, model: nn.Module) -> int:
         return 2
+
+    def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The last fully connected hidden layer after its ReLU (the input of ``classifier``)."""
+        return model.head[:-1](model.features(x))
 
 
 def _family_table() -> list[tuple[type, Callable[[], ArchSpec]]]:
