@@ -201,7 +201,8 @@ def test_model_vs_human_datasets_are_compared_with_the_human_trials(tmp_path):
                                  "mvh_datasets": ["colour", "edge", "sketch"]}, spec=ArchSpec())
     with pytest.raises(ConfigError, match="needs its own mapping"):  # a 'synthetic' run's labels
         AlignmentSuite().evaluate_level(ctx)
-    ctx.config = SimpleNamespace(data=SimpleNamespace(name="imagenet"), model=ctx.config.model)
+    ctx.data = SimpleNamespace(provides=lambda capability: capability == "imagenet_classes",
+                               class_names=ctx.data.class_names)  # labels in ImageNet's class order
     with pytest.warns(UserWarning, match="'sketch' not found"):
         frame = records_frame(AlignmentSuite().evaluate_level(ctx))
     assert set(frame["dataset"]) == {"colour", "edge"}

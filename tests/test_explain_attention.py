@@ -76,8 +76,15 @@ def test_rollout_of_vit_rows_are_distributions():
 
 
 def test_models_without_attention_are_refused():
-    with pytest.raises(ModelError, match="no nn.MultiheadAttention over a class token"):
+    with pytest.raises(ModelError, match="no attention over a class token"):
         attention_map(small("small_resnet"), images())
+
+
+class _ClassTokenSpec(ArchSpec):
+    """A family whose attention modules attend over a class token (like ViT's)."""
+
+    def class_token_attention(self, model):
+        return self.attention_modules(model)
 
 
 def test_attention_masks_are_refused():
@@ -93,4 +100,4 @@ def test_attention_masks_are_refused():
             return self.attn(t, t, t, attn_mask=torch.zeros(t.shape[1], t.shape[1]))[0]
 
     with pytest.raises(ModelError, match="masks"):
-        all_attention(Masked(), torch.randn(1, 4, 2, 2), spec=ArchSpec())  # base spec: its MHA modules
+        all_attention(Masked(), torch.randn(1, 4, 2, 2), spec=_ClassTokenSpec())

@@ -195,8 +195,13 @@ def test_options_are_validated_with_key_names():
 
 
 def test_skip_reason_for_runs_without_masks():
-    imagenet = SimpleNamespace(data=SimpleNamespace(name="imagenet"))
-    ctx = SimpleNamespace(options=_options(), spec=spec_for(create_model("resnet18", 5)), config=imagenet)
+    from prunelens.config import DataConfig
+    from prunelens.data.provider import RunData
+    from prunelens.data.registry import folders_unchecked
+
+    with folders_unchecked():
+        imagenet = RunData(DataConfig(name="imagenet", root="/data/imagenet"), seed=0)
+    ctx = SimpleNamespace(options=_options(), spec=spec_for(create_model("resnet18", 5)), data=imagenet)
     assert "--voc-root" in Suite().skip_reason(ctx)
     ctx.options = _options(voc_root="/data/voc")
     assert Suite().skip_reason(ctx) is None
@@ -204,7 +209,11 @@ def test_skip_reason_for_runs_without_masks():
 
 def test_skip_reason_for_models_without_feature_maps():
     fcn = create_model("fcn", 5, input_shape=(3, 8, 8), widths=(4,))
-    ctx = SimpleNamespace(options=_options(methods=["gradcam"]), spec=spec_for(fcn), config=None)
+    from prunelens.config import DataConfig
+    from prunelens.data.provider import RunData
+
+    ctx = SimpleNamespace(options=_options(methods=["gradcam"]), spec=spec_for(fcn),
+                          data=RunData(DataConfig(name="synthetic"), seed=0))
     assert "spatial feature map" in Suite().skip_reason(ctx)
     ctx.options = _options()
     assert Suite().skip_reason(ctx) is None  # Integrated Gradients still applies

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from prunelens.analysis import connectivity as conn
 from prunelens.analysis import selectivity as sel

@@ -169,7 +169,7 @@ def test_transfer_suite_end_to_end_on_a_tiny_pool(tiny_config):
     from prunelens.runfolder import Layout
 
     cfg = tiny_config(prune={"rounds": 1, "max_sparsity": 0.5})
-    pool = prune_run(cfg, log=lambda *_: None)
+    prune_run(cfg, log=lambda *_: None)
     overrides = ["evaluate.transfer.n_train=120", "evaluate.transfer.n_test=60",
                  "evaluate.transfer.c_grid=[0.01, 0.1, 1.0]", "evaluate.transfer.shots=[1, 5]",
                  "evaluate.transfer.n_draws=3"]
@@ -212,9 +212,13 @@ def test_texture_task_is_skipped_with_a_reason_on_a_non_synthetic_run(tmp_path):
 
     from prunelens.transfer.suite import TransferOptions, TransferSuite
 
-    ctx = SimpleNamespace(options=TransferOptions(), data=SimpleNamespace(config=SimpleNamespace(name="digits")))
+    from prunelens.config import DataConfig
+    from prunelens.data.provider import RunData
+
+    digits = RunData(DataConfig(name="digits"), seed=0)
+    ctx = SimpleNamespace(options=TransferOptions(), data=digits)
     assert "evaluate.transfer.dataset" in TransferSuite().skip_reason(ctx)
     missing = SimpleNamespace(options=TransferOptions(dataset="cifar10", root=str(tmp_path / "none")),
-                              data=SimpleNamespace(config=SimpleNamespace(name="digits")))
+                              data=digits)
     with pytest.raises(ConfigError, match="evaluate.transfer.root"):
         TransferSuite().skip_reason(missing)

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
+import torch
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -60,8 +61,15 @@ class DataConfig(Section):
         return validate_section(dataset_entry(self.name).options, self.model_extra or {}, "data")
 
 
+def parse_device(name: str) -> torch.device:
+    """A torch device from its name, or a ConfigError naming the accepted forms."""
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"'{name}' is not a device: use auto, cpu, cuda or cuda:N") from None
+
+
 def _device(name: str) -> str:
-    from prunelens.pruning.train import parse_device
     if name != "auto":
         try:
             parse_device(name)

@@ -18,7 +18,7 @@ from prunelens.config import apply_overrides, validate_section
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_write_bytes, atomic_write_json
-from prunelens.models import spec_for
+from prunelens.models import spec_of
 from prunelens.pruning.train import resolve_device
 from prunelens.results import load_results, read_sidecar, write_level
 from prunelens.runfolder import Layout, RunFolder, RunLock
@@ -90,7 +90,7 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     if distributed.active():
         log = _rank_log(log, distributed.rank())
     data = RunData(config.data, config.seed)
-    spec = spec_for(wanted[0].load_model("cpu"))
+    spec = spec_of(config.model.name)
     instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
     with contextlib.ExitStack() as stack:
         def plan() -> dict:  # rank 0: list the work; lock the run folder only if there is some

@@ -232,7 +232,7 @@ def mvh_trials(ctx: LevelContext, subj: str) -> tuple[list[pd.DataFrame], list[s
     if opts.mvh_decision_mapping:
         mapping = DecisionMapping.from_groups(opts.mvh_decision_mapping, ctx.data.class_names,
                                               "evaluate.alignment.mvh_decision_mapping")
-    elif ctx.config.data.name in ("imagenet", "imagefolder"):
+    elif ctx.data.provides("imagenet_classes"):
         mapping = DecisionMapping.imagenet16()  # torchvision's class order = sorted ImageNet wnids
     else:
         raise ConfigError(

@@ -353,16 +353,17 @@ def _zero_units_hook(units: torch.Tensor, dim: int) -> Callable:
 @torch.no_grad()
 def ablation_correct(model: nn.Module, module: nn.Module, units: torch.Tensor,
                      batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                     transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x) -> torch.Tensor:
+                     transform: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                     unit_dim: int = 1) -> torch.Tensor:
     """Per-image correctness (bool) with the outputs of ``units`` of ``module`` set to 0.
 
     Without a normalisation after the layer, zeroing a unit's output removes it from the network
     (as if all its incoming weights and bias were pruned); a BatchNorm after a conv maps the zero
-    to its shift β − γμ/σ, so the unit then sends a constant instead. Units are output channels
-    (dim 1) of a conv, the last dim of a Linear.
+    to its shift β − γμ/σ, so the unit then sends a constant instead. Units index ``unit_dim`` of
+    the module's output (the spec's :meth:`~prunelens.models.ArchSpec.unit_dim`: 1 for a conv's
+    channels, -1 for a Linear's features).
     """
-    dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
-    handle = module.register_forward_hook(_zero_units_hook(units, dim)) if len(units) else None
+    handle = module.register_forward_hook(_zero_units_hook(units, unit_dim)) if len(units) else None
     device = next(model.parameters()).device
     try:
         correct = [model(transform(x.to(device))).argmax(1).cpu() == y for x, y in batches]

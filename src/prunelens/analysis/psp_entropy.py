@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from prunelens.models import ArchSpec, spec_for
+
 CLAMP = 1e-4
 
 
@@ -42,17 +44,11 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
 
 
-def default_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv/Linear module of ``model`` by name, in module order."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
-
-
 class _Counter:
     """Accumulates, per class, how often each neuron's output is > 0 and out of how many samples."""
 
-    def __init__(self, module: nn.Module, num_classes: int, mode: str) -> None:
-        self.channel_dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+    def __init__(self, channel_dim: int, num_classes: int, mode: str) -> None:
+        self.channel_dim = channel_dim
         self.num_classes, self.mode = num_classes, mode
         self.onehot: torch.Tensor | None = None
         self.positive: torch.Tensor | None = None   # (K, n)
@@ -85,16 +81,18 @@ def psp_entropy(model: nn.Module, loader: Iterable, num_classes: int,
                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 layers: dict[str, nn.Module] | None = None,
                 conv_neurons: Literal["channel", "element"] = "channel",
-                max_batches: int | None = None) -> PSPEntropy:
-    """PSP-entropy of every neuron of ``layers`` (default: all Conv/Linear) over ``loader``.
+                max_batches: int | None = None, spec: ArchSpec | None = None) -> PSPEntropy:
+    """PSP-entropy of every neuron of ``layers`` (default: the spec's
+    :meth:`~prunelens.models.ArchSpec.neuron_layers`, its Conv/Linear layers) over ``loader``.
 
     ``loader`` yields ``(images, labels, …)``; ``transform`` maps images to model inputs (e.g.
     ``spec.normalize``). The model is used as it is (call ``model.eval()`` first).
     """
     if conv_neurons not in ("channel", "element"):
         raise ValueError(f"conv_neurons must be 'channel' or 'element', got {conv_neurons!r}")
-    layers = default_layers(model) if layers is None else layers
-    counters = {name: _Counter(m, num_classes, conv_neurons) for name, m in layers.items()}
+    spec = spec if spec is not None else spec_for(model, generic=True)
+    layers = spec.neuron_layers(model) if layers is None else layers
+    counters = {name: _Counter(spec.unit_dim(m), num_classes, conv_neurons) for name, m in layers.items()}
     handles = [m.register_forward_hook(counters[name]) for name, m in layers.items()]
     device = next(model.parameters()).device
     per_class_samples = torch.zeros(num_classes, dtype=torch.float64)

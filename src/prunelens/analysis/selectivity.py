@@ -62,9 +62,8 @@ def first_layer_responses(model: nn.Module, spec, images: torch.Tensor, batch_si
     ``images`` are (N, C, H, W) in [0, 1]; they are normalised by the spec and sent through the model
     until its first prunable layer has run. Conv channels are averaged over positions.
     """
-    name = spec.first_layer(model)
-    module = model.get_submodule(name.rsplit(".", 1)[0])
-    conv = isinstance(module, nn.modules.conv._ConvNd)
+    module = spec.first_layer_module(model)
+    conv = spec.first_layer_units(model) == "kernels"
     captured: list[torch.Tensor] = []
 
     def hook(_, __, output):

@@ -117,30 +117,30 @@ class LayerView:
 
 def layer_views(model: nn.Module, spec, masks: dict[str, torch.Tensor],
                 options: ConnectivityOptions) -> tuple[list[LayerView], str | None]:
-    """The first layer (FCN rows as C×H×W, or conv kernels) and, for an FCN, the second layer's
-    effective mask. Returns the views and why none could be made (None when there are some)."""
+    """The first layer (FCN rows as C×H×W, or conv kernels) and, where the spec names one, the
+    second layer's effective mask. Returns the views and why none could be made (None when there
+    are some)."""
     prunable = spec.prunable(model)
-    names = list(prunable)
-    first = names[0]
+    first = spec.first_layer(model)
     w1 = prunable[first].detach().cpu()
     m1 = level_mask(masks, first, w1)
-    module = model.get_submodule(first.rsplit(".", 1)[0]) if first.endswith(".weight") else None
+    kind = spec.first_layer_units(model)
+    if kind is None:
+        return [], (f"first prunable layer {first}: the architecture spec gives no image view of it "
+                    "(neither conv kernels nor a fully connected layer on a known input shape)")
     unit_masks = spec.first_layer_images(model, m1)
-    if unit_masks is None:
-        return [], (f"first prunable layer {first} has shape {tuple(w1.shape)}: the architecture spec "
-                    "gives no image view of it (neither conv kernels nor an FCN layer)")
-    kernels = w1.ndim == 4
-    view = LayerView(layer_name(first), unit_masks, spec.first_layer_images(model, w1 * m1), module,
-                     min(w1.shape[-2:]) >= options.min_kernel if kernels else True)
+    spatial = kind == "rows" or min(unit_masks.shape[-2:]) >= options.min_kernel
+    view = LayerView(layer_name(first), unit_masks, spec.first_layer_images(model, w1 * m1),
+                     spec.first_layer_module(model), spatial)
     views = [view]
-    if options.second_layer and view.units.ndim == 4 and w1.ndim == 2 and len(names) > 1:
-        w2 = prunable[names[1]].detach().cpu()
-        if w2.ndim == 2 and w2.shape[1] == w1.shape[0]:
-            m2 = level_mask(masks, names[1], w2)
-            shape = view.units.shape[1:]
-            eff = conn.effective_mask(m1.flatten(1), m2).reshape(w2.shape[0], *shape)
-            eff_w = ((w2 * m2) @ (w1 * m1)).reshape(w2.shape[0], *shape)
-            views.append(LayerView(f"{layer_name(names[1])} (effective)", eff, eff_w, None, True))
+    second = spec.second_layer(model) if options.second_layer else None
+    if second is not None:
+        w2 = prunable[second].detach().cpu()
+        m2 = level_mask(masks, second, w2)
+        shape = view.units.shape[1:]
+        eff = conn.effective_mask(m1.flatten(1), m2).reshape(w2.shape[0], *shape)
+        eff_w = ((w2 * m2) @ (w1 * m1).flatten(1)).reshape(w2.shape[0], *shape)
+        views.append(LayerView(f"{layer_name(second)} (effective)", eff, eff_w, None, True))
     return views, None
 
 
@@ -254,7 +254,8 @@ class ConnectivitySuite(Suite):
                                       generator)}
         accuracy = {}
         for condition, units in chosen.items():
-            correct = conn.ablation_correct(ctx.model, view.module, units, batches, ctx.spec.normalize)
+            correct = conn.ablation_correct(ctx.model, view.module, units, batches, ctx.spec.normalize,
+                                            unit_dim=ctx.spec.unit_dim(view.module))
             accuracy[condition] = float(correct.float().mean()) if len(correct) else math.nan
             for item, c in zip(ids, correct.tolist()):
                 yield Record(self.name, "ablation_accuracy", float(c), method=view.name,
@@ -309,7 +310,8 @@ class PSPSuite(Suite):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing classes are reported in the summary below
             result = psp_entropy(ctx.model, loader(data, ctx.batch_size), num_classes,
-                                 transform=ctx.spec.normalize, conv_neurons=opts.conv_neurons)
+                                 transform=ctx.spec.normalize, conv_neurons=opts.conv_neurons,
+                                 spec=ctx.spec)
         for layer, values in result.per_neuron.items():
             for i, h in enumerate(values.tolist()):
                 yield Record(self.name, "psp_entropy", h, method=layer, item=str(i))

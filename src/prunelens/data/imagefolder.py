@@ -122,5 +122,8 @@ def _build(options: ImageFolderOptions, split: str, seed: int, augment: bool = T
         raise DataError(f"cannot read {folder}: {exc}") from None
 
 
-register_dataset("imagenet", ImageFolderOptions, splits=("train", "val"))(_build)
-register_dataset("imagefolder", ImageFolderOptions, splits=("train", "val"))(_build)
+register_dataset("imagenet", ImageFolderOptions, splits=("train", "val"),
+                 provides=("imagenet_classes",))(_build)
+# an ImageFolder of ImageNet's class folders has the same (sorted wnid) order
+register_dataset("imagefolder", ImageFolderOptions, splits=("train", "val"),
+                 provides=("imagenet_classes",))(_build)

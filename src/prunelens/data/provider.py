@@ -51,6 +51,10 @@ class RunData:
         picks = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
         return torch.utils.data.Subset(dataset, picks)
 
+    def provides(self, capability: str) -> bool:
+        """Whether the dataset provides ``capability`` (:data:`prunelens.data.registry.CAPABILITIES`)."""
+        return capability in self.entry.provides
+
     @property
     def eval_split(self) -> str:
         """The split suites evaluate on: ``test`` where the dataset has one, else its last split."""

@@ -63,20 +63,33 @@ class DatasetOptions(Options):
     """Base of every dataset's options: unknown keys are errors, integers and booleans strict."""
 
 
+#: what a dataset can provide beyond images and labels (suites ask for these, never for a name):
+#: ``masks`` object masks per image; ``boxes`` object boxes; ``textures`` a texture label per image;
+#: ``shape_variants`` silhouette / edge / cue-conflict renderings of the same objects;
+#: ``imagenet_classes`` labels in torchvision's ImageNet-1k class order (sorted wnids)
+CAPABILITIES = ("masks", "boxes", "textures", "shape_variants", "imagenet_classes")
+
+
 @dataclass(frozen=True)
 class DatasetEntry:
     name: str
     options: type[DatasetOptions]
     build: Callable[..., object]  # build(options, split, seed, **overrides) -> Dataset
     splits: tuple[str, ...] = ("train", "val", "test")
+    provides: frozenset[str] = frozenset()
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 
 
-def register_dataset(name: str, options: type[DatasetOptions], splits=("train", "val", "test")):
+def register_dataset(name: str, options: type[DatasetOptions], splits=("train", "val", "test"),
+                     provides: tuple[str, ...] = ()):
+    unknown = set(provides) - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"dataset {name}: unknown capabilities {sorted(unknown)}")
+
     def deco(build):
-        _REGISTRY[name] = DatasetEntry(name, options, build, tuple(splits))
+        _REGISTRY[name] = DatasetEntry(name, options, build, tuple(splits), frozenset(provides))
         return build
     return deco
 

@@ -16,7 +16,8 @@ class SyntheticOptions(DatasetOptions):
     n_test: int = Field(1000, ge=1)
 
 
-@register_dataset("synthetic", SyntheticOptions)
+@register_dataset("synthetic", SyntheticOptions,
+                  provides=("masks", "boxes", "textures", "shape_variants"))
 def build(options: SyntheticOptions, split: str, seed: int, variant: str = "standard",
           n: int | None = None) -> SyntheticShapes:
     if variant not in VARIANTS:

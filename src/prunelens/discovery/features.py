@@ -1,15 +1,15 @@
-"""Patch features for LOST from any backbone of a pool, through its architecture spec.
+"""Patch features for LOST from any backbone of a pool, through its architecture spec
+(:meth:`prunelens.models.ArchSpec.lost_tokens`).
 
-* Conv nets (and anything whose ``spec.feature_layer`` is not an attention module): the output of
-  the feature layer (ResNet: the last stage) as a (B, C, h, w) grid via ``spec.to_grid``, one
+* Conv nets: the output of the feature layer (ResNet: the last stage) as a (B, C, h, w) grid, one
   feature per cell. LOST's reference code LayerNorm'ed these with ``nn.LayerNorm(feats.shape[1:])``,
   i.e. over the whole (patches × channels) map of each image with unit weight and zero bias:
   ``layernorm="map"``; ``"channels"`` normalises each patch over its channels, ``"none"`` keeps
   the raw activations. Swin's last-stage tokens come through the same path.
-* ViTs (``spec.feature_layer`` is an ``nn.MultiheadAttention``): the *keys* of that attention layer,
-  computed from the input it receives and its own ``in_proj`` weights — those of the checkpoint
-  being evaluated — with CLS dropped. The reference reshapes its qkv output into heads and back;
-  concatenating the heads in order gives the key vector itself, so no split is needed.
+* ViTs: the *keys* of the last attention layer, computed from the input it receives and its own
+  ``in_proj`` weights — those of the checkpoint being evaluated — for the patch tokens. The
+  reference reshapes its qkv output into heads and back; concatenating the heads in order gives
+  the key vector itself.
 
 Images are normalised (``spec.normalize``) and then zero-padded at the bottom/right to a multiple
 of the stride, as the reference does (padding after normalisation = zeros in input space; the
@@ -34,6 +34,7 @@ from prunelens.errors import ModelError
 
 LayerNormMode = Literal["auto", "map", "channels", "none"]
 
+
 @dataclass
 class PatchFeatures:
     features: torch.Tensor            # (B, N, D), patches in raster order of the grid
@@ -42,50 +43,10 @@ class PatchFeatures:
     padded_hw: tuple[int, int]
 
 
-class _Captured(Exception):
-    """Raised by a hook to stop a forward pass once the wanted activation is captured."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.value = value
-
-
 def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     """Zero-pad (B, C, H, W) at the bottom/right to H, W multiples of ``stride`` (LOST's padding)."""
     h, w = x.shape[-2:]
     return F.pad(x, (0, (-w) % stride, 0, (-h) % stride))
-
-
-def _run_until(module: nn.Module, run, *, pre: bool) -> torch.Tensor:
-    """Run ``run()`` and return the first input (``pre``) or the output of ``module``, then stop."""
-    def pre_hook(_mod, args, kwargs):
-        raise _Captured(args[0] if args else kwargs["query"])
-
-    def post_hook(_mod, _args, output):
-        raise _Captured(output)
-
-    handle = (module.register_forward_pre_hook(pre_hook, with_kwargs=True) if pre
-              else module.register_forward_hook(post_hook))
-    try:
-        run()
-    except _Captured as captured:
-        return captured.value
-    finally:
-        handle.remove()
-    raise ModelError(f"the feature layer {type(module).__name__} was not called in the forward pass")
-
-
-def attention_keys(attention: nn.MultiheadAttention, query_input: torch.Tensor) -> torch.Tensor:
-    """Keys (B, T, E) of self-attention ``attention`` for its input (B, T, E), heads concatenated."""
-    if not attention.batch_first:
-        query_input = query_input.transpose(0, 1)
-    e = attention.embed_dim
-    if attention.in_proj_weight is not None:
-        weight = attention.in_proj_weight[e:2 * e]
-    else:
-        weight = attention.k_proj_weight
-    bias = attention.in_proj_bias[e:2 * e] if attention.in_proj_bias is not None else None
-    return F.linear(query_input, weight, bias)
 
 
 def _layer_norm(feats: torch.Tensor, mode: str) -> torch.Tensor:
@@ -137,18 +98,9 @@ def patch_features(model: nn.Module, images: torch.Tensor, spec=None,
                          f"(family '{spec.family}') has none")
     stride = int(spec.stride(model))
     x = normalize_and_pad(images, spec, stride, image_hw)
-    layer = spec.feature_layer(model)
-    if isinstance(layer, nn.MultiheadAttention):
-        query_input = _run_until(layer, lambda: spec.forward(model, x), pre=True)
-        feats = attention_keys(layer, query_input)[:, 1:]     # drop CLS
-        grid_hw = (x.shape[-2] // stride, x.shape[-1] // stride)
-    else:
-        grid = spec.to_grid(_run_until(layer, lambda: spec.forward(model, x), pre=False), model)
-        grid_hw = tuple(grid.shape[-2:])
-        feats = grid.flatten(2).transpose(1, 2)
-    if feats.shape[1] != grid_hw[0] * grid_hw[1]:
-        raise ModelError(f"{type(model).__name__}: {feats.shape[1]} patch features do not fill "
-                         f"a {grid_hw[0]}x{grid_hw[1]} grid")
+    grid = spec.lost_tokens(model, x)                      # (B, D, h, w)
+    grid_hw = tuple(grid.shape[-2:])
+    feats = grid.flatten(2).transpose(1, 2)
     feats = _layer_norm(feats.float(), resolve_layernorm(spec, layernorm))
     padded_hw = (x.shape[-2], x.shape[-1])
     scale = (padded_hw[0] / grid_hw[0], padded_hw[1] / grid_hw[1])

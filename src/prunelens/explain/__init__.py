@@ -21,6 +21,7 @@ from prunelens.explain.metrics import (
                                        relevance_rank_accuracy,
 )
 from prunelens.explain.pipeline import (
+                                       ATTRIBUTION_METHODS,
                                        DEFAULT_POOLING,
                                        METHODS,
                                        BatchExplanation,
@@ -30,7 +31,7 @@ from prunelens.explain.pipeline import (
 )
 
 __all__ = [
-    "DEFAULT_POOLING", "METHODS", "POOLINGS", "BatchExplanation", "GuidedMode", "IGResult", "IGSettings",
+    "ATTRIBUTION_METHODS", "DEFAULT_POOLING", "METHODS", "POOLINGS", "BatchExplanation", "GuidedMode", "IGResult", "IGSettings",
     "applicable_methods", "attention_map", "attention_probabilities", "attention_rollout",
     "explain_batch", "fold_batchnorm", "gradcam", "guided_backprop", "guided_gradcam",
     "integrated_gradients", "localisation_scores", "pool_heatmaps", "quadrature",

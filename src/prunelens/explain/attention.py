@@ -11,8 +11,9 @@ P = softmax(Q Kᵀ / √d) with Q, K the module's query/key inputs projected by 
   Ã_l = 0.5·Ā_l + 0.5·I (Ā_l the head-averaged attention of layer l, rows renormalised), and
   rollout = Ã_L ··· Ã_1; the class token's row over the patch tokens is the map.
 
-The class token is token 0 — the token the spec's ``to_grid`` drops before laying the others on
-the patch grid; the grid shape also comes from ``to_grid``.
+Where the class token is, how Q and K are projected and how the patch tokens lie on their grid are
+architecture facts of the spec (:meth:`~prunelens.models.ArchSpec.class_token_row`,
+:meth:`~prunelens.models.ArchSpec.query_key`, :meth:`~prunelens.models.ArchSpec.tokens_to_grid`).
 """
 from __future__ import annotations
 
@@ -26,47 +27,26 @@ from prunelens.errors import ModelError
 from prunelens.explain._common import check_images, forward, resolve_spec
 from prunelens.models import ArchSpec
 
-CLASS_TOKEN = 0
-
 
 def attention_probabilities(module: nn.MultiheadAttention, query: torch.Tensor,
                             key: torch.Tensor) -> torch.Tensor:
-    """softmax(QKᵀ/√d) per head, (B, heads, L, S), of an ``nn.MultiheadAttention`` for its inputs."""
-    if module.bias_k is not None or module.add_zero_attn:
-        raise ModelError("attention maps do not support nn.MultiheadAttention with add_bias_kv or "
-                         "add_zero_attn")
-    if not module.batch_first:
-        query, key = query.transpose(0, 1), key.transpose(0, 1)
-    e, h = module.embed_dim, module.num_heads
-    d = e // h
-    if module.in_proj_weight is not None:
-        w_q, w_k = module.in_proj_weight[:e], module.in_proj_weight[e:2 * e]
-    else:
-        w_q, w_k = module.q_proj_weight, module.k_proj_weight
-    b_q = b_k = None
-    if module.in_proj_bias is not None:
-        b_q, b_k = module.in_proj_bias[:e], module.in_proj_bias[e:2 * e]
-    q = F.linear(query, w_q, b_q).unflatten(-1, (h, d)).transpose(1, 2)  # (B, h, L, d)
-    k = F.linear(key, w_k, b_k).unflatten(-1, (h, d)).transpose(1, 2)    # (B, h, S, d)
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
-
-
-def class_token_attention(model: nn.Module, spec: ArchSpec) -> list[nn.MultiheadAttention]:
-    """The spec's attention modules that are ``nn.MultiheadAttention`` (ViT blocks; Swin's window
-    attention has no class token and is left out)."""
-    return [m for m in spec.attention_modules(model) if isinstance(m, nn.MultiheadAttention)]
+    """softmax(QKᵀ/√d) per head, (B, heads, L, S), of an ``nn.MultiheadAttention`` for its inputs
+    (Q, K from :meth:`prunelens.models.ArchSpec.query_key`)."""
+    q, k = ArchSpec.query_key(module, query, key)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
 
 
 @torch.no_grad()
 def all_attention(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None = None,
                   last_only: bool = False) -> list[torch.Tensor]:
-    """Attention probabilities (B, heads, N, N) of every attention module (in layer order) for ``x``."""
+    """Attention probabilities (B, heads, N, N) of every class-token attention module of the spec
+    (in layer order) for ``x``."""
     check_images(x)
     spec = resolve_spec(model, spec)
-    modules = class_token_attention(model, spec)
+    modules = spec.class_token_attention(model)
     if not modules:
-        raise ModelError(f"{type(model).__name__} has no nn.MultiheadAttention over a class token; "
-                         "attention maps apply to ViTs (not to CNNs or Swin's window attention)")
+        raise ModelError(f"{type(model).__name__} has no attention over a class token; attention maps "
+                         "apply to ViTs (not to CNNs or Swin's window attention)")
     if last_only:
         modules = modules[-1:]
     found: dict[int, torch.Tensor] = {}
@@ -88,10 +68,12 @@ def all_attention(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None = Non
     return [found[id(m)] for m in modules]
 
 
-def _class_token_row_to_map(row: torch.Tensor, x: torch.Tensor, model: nn.Module, spec: ArchSpec,
-                            upsample: bool) -> torch.Tensor:
-    """(B, N) weights of the class token over all tokens → (B, H, W) map over the patch grid."""
-    grid = spec.to_grid(row.unsqueeze(-1), model)  # (B, 1, h, w), class token dropped
+def class_token_map(attention: torch.Tensor, x: torch.Tensor, spec: ArchSpec,
+                    upsample: bool = True) -> torch.Tensor:
+    """The class token's row of (B, N, N) attention, over the patch tokens, as a (B, H, W) map
+    (upsampled bilinearly to the input size) or (B, h, w)."""
+    row = spec.class_token_row(attention)                 # (B, N)
+    grid = spec.tokens_to_grid(row.unsqueeze(-1))         # (B, 1, h, w)
     if upsample:
         grid = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
     return grid[:, 0]
@@ -102,7 +84,7 @@ def attention_map(model: nn.Module, x: torch.Tensor, *, spec: ArchSpec | None = 
     """Last-layer attention of the class token to the patches, mean over heads → (B, H, W)."""
     spec = resolve_spec(model, spec)
     probs = all_attention(model, x, spec, last_only=True)[-1]
-    return _class_token_row_to_map(probs.mean(1)[:, CLASS_TOKEN], x, model, spec, upsample)
+    return class_token_map(probs.mean(1), x, spec, upsample)
 
 
 def rollout(attentions: list[torch.Tensor], identity_weight: float = 0.5) -> torch.Tensor:
@@ -121,5 +103,4 @@ def attention_rollout(model: nn.Module, x: torch.Tensor, *, spec: ArchSpec | Non
                       identity_weight: float = 0.5, upsample: bool = True) -> torch.Tensor:
     """Attention rollout's class-token row over the patches → (B, H, W)."""
     spec = resolve_spec(model, spec)
-    joint = rollout(all_attention(model, x, spec), identity_weight)
-    return _class_token_row_to_map(joint[:, CLASS_TOKEN], x, model, spec, upsample)
+    return class_token_map(rollout(all_attention(model, x, spec), identity_weight), x, spec, upsample)

@@ -16,14 +16,13 @@ from pathlib import Path
 import torch
 
 from prunelens.errors import DataError, PoolError
+from prunelens.explain.pipeline import ATTRIBUTION_METHODS, applicable_methods, explain_batch
 from prunelens.io import atomic_write_bytes, load_tensors
 
 #: the file, in each level's artifacts folder of the interpretability suite, holding the heatmaps
 #: of its first images (what this figure is drawn from)
 HEATMAPS_FILE = "heatmaps.safetensors"
 
-TITLES = {"gradcam": "GradCAM", "guided_gradcam": "Guided GradCAM",
-          "integrated_gradients": "Integrated Gradients", "attention": "Attention", "rollout": "Rollout"}
 
 
 @dataclass
@@ -56,7 +55,7 @@ def draw_figure2(rows: Sequence[FigureRow], methods: Sequence[str], path: str | 
                 h = (h - h.min()) / (h.max() - h.min()).clamp(min=1e-12)
                 ax.imshow(h.numpy(), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
             if r == 0:
-                ax.set_title("image" if c == 0 else TITLES.get(methods[c - 1], methods[c - 1]), fontsize=9)
+                ax.set_title("image" if c == 0 else _title(methods[c - 1]), fontsize=9)
         axes[r][0].set_ylabel(row.label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -66,6 +65,11 @@ def draw_figure2(rows: Sequence[FigureRow], methods: Sequence[str], path: str | 
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def _title(method: str) -> str:
+    known = ATTRIBUTION_METHODS.get(method)
+    return known.title if known else method
 
 
 def _as_hwc01(image: torch.Tensor):
@@ -131,7 +135,6 @@ def explain_levels(levels: Sequence, images01: torch.Tensor, item_ids: Sequence[
                    class_names: Sequence[str] = (), ig=None) -> tuple[list[FigureRow], list[str]]:
     """Rows of Figure 2 computed afresh: ``levels`` are pool levels (``.index``, ``.sparsity``,
     ``.load_model()``), ``images01`` (B, 3, H, W) in [0, 1]. Returns the rows and the methods drawn."""
-    from prunelens.explain.pipeline import applicable_methods, explain_batch
     from prunelens.models import spec_for
 
     per_level = []

@@ -1,49 +1,28 @@
 """All RQ1 methods on one batch, sharing work: one GradCAM pass gives the prediction, the GradCAM map
-and (× guided backprop) Guided GradCAM; one forward pass gives both attention maps."""
+and (× guided backprop) Guided GradCAM; one forward pass gives both attention maps.
+
+The methods are one table, :data:`ATTRIBUTION_METHODS`: name, title, default channel pooling, what
+the architecture needs for it, and how it is computed from the passes a batch shares
+(:class:`SharedPasses`). Adding a method is one row (``docs/architecture.md``).
+"""
 from __future__ import annotations
 
 import contextlib
-
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
 
 import torch
 from torch import nn
 
 from prunelens.errors import ConfigError
 from prunelens.explain._common import check_images, forward, resolve_spec, select_targets
-from prunelens.explain.attention import (
-    CLASS_TOKEN,
-    _class_token_row_to_map,
-    all_attention,
-    class_token_attention,
-    rollout,
-)
+from prunelens.explain.attention import all_attention, class_token_map, rollout
 from prunelens.explain.gradients import _guided_backprop, gradcam_with_logits
 from prunelens.explain.integrated import integrated_gradients
 from prunelens.explain.metrics import POOLINGS, pool_heatmaps
 from prunelens.models import ArchSpec
-
-METHODS = ("gradcam", "guided_gradcam", "integrated_gradients", "attention", "rollout")
-
-#: Channel pooling per method before RMA/RRA. GradCAM and attention maps are one non-negative
-#: channel already; for the signed three-channel maps the paper's code used CLEVR-XAI's
-#: ``l2-norm,sq`` (squared L2 norm over the colour channels).
-DEFAULT_POOLING = {"gradcam": "none", "guided_gradcam": "l2-norm,sq", "integrated_gradients": "l2-norm,sq",
-                   "attention": "none", "rollout": "none"}
-
-
-def applicable_methods(model: nn.Module, spec: ArchSpec | None = None) -> list[str]:
-    """Methods that apply to this architecture: GradCAM-based ones need a spatial feature map,
-    attention maps need multi-head attention over a class token (ViT), Integrated Gradients applies
-    to every model."""
-    spec = resolve_spec(model, spec)
-    out = []
-    if spec.has_spatial_features:
-        out += ["gradcam", "guided_gradcam"]
-    out.append("integrated_gradients")
-    if class_token_attention(model, spec):
-        out += ["attention", "rollout"]
-    return out
 
 
 @dataclass
@@ -55,6 +34,106 @@ class IGSettings:
     memory_cap_mb: float = 1024.0
     internal_batch_size: int | None = None
     generator: torch.Generator | None = None
+
+
+class SharedPasses:
+    """The passes of one batch that several methods share, each computed on first use: the
+    GradCAM pass (map, explained classes, logits), the explained classes from a plain forward pass
+    when no GradCAM is asked for, and the attention probabilities of every layer."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, spec: ArchSpec, methods, target,
+                 ig: IGSettings | None) -> None:
+        self.model, self.x, self.spec, self.target, self.ig = model, x, spec, target, ig or IGSettings()
+        self.uses_gradcam = any(ATTRIBUTION_METHODS[m].needs == "spatial" for m in methods)
+        self.completeness_gap: torch.Tensor | None = None
+
+    @cached_property
+    def gradcam(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return gradcam_with_logits(self.model, self.x, self.target, spec=self.spec)
+
+    @cached_property
+    def logits_and_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.uses_gradcam:
+            _, targets, logits = self.gradcam
+            return logits, targets
+        with torch.no_grad():
+            logits = forward(self.model, self.x, self.spec)
+        return logits, select_targets(logits, self.target)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.logits_and_targets[1]
+
+    @cached_property
+    def attention(self) -> list[torch.Tensor]:
+        return all_attention(self.model, self.x, self.spec)
+
+
+def _gradcam(p: SharedPasses) -> torch.Tensor:
+    return p.gradcam[0]
+
+
+def _guided_gradcam(p: SharedPasses) -> torch.Tensor:
+    guided, _ = _guided_backprop(p.model, p.x, p.targets, True, p.spec)
+    return guided * p.gradcam[0].unsqueeze(1)
+
+
+def _integrated_gradients(p: SharedPasses) -> torch.Tensor:
+    s = p.ig
+    attributions, p.completeness_gap = integrated_gradients(
+        p.model, p.x, p.targets, n_steps=s.n_steps, method=s.method, noise_samples=s.noise_samples,
+        noise_std=s.noise_std, generator=s.generator, internal_batch_size=s.internal_batch_size,
+        memory_cap_mb=s.memory_cap_mb, spec=p.spec)
+    return attributions
+
+
+def _attention(p: SharedPasses) -> torch.Tensor:
+    return class_token_map(p.attention[-1].mean(1), p.x, p.spec)
+
+
+def _rollout(p: SharedPasses) -> torch.Tensor:
+    return class_token_map(rollout(p.attention), p.x, p.spec)
+
+
+@dataclass(frozen=True)
+class AttributionMethod:
+    """One attribution method. ``needs``: ``spatial`` (a spatial feature map), ``class_token``
+    (attention over a class token) or None (every model). ``default_pooling`` turns its map into
+    one non-negative value per pixel before RMA/RRA (:data:`prunelens.explain.metrics.POOLINGS`)."""
+
+    name: str
+    title: str
+    default_pooling: str
+    needs: Literal["spatial", "class_token"] | None
+    compute: Callable[[SharedPasses], torch.Tensor]
+
+    def applies_to(self, model: nn.Module, spec: ArchSpec) -> bool:
+        if self.needs == "spatial":
+            return spec.has_spatial_features
+        if self.needs == "class_token":
+            return bool(spec.class_token_attention(model))
+        return True
+
+
+#: Every attribution method. GradCAM and attention maps are one non-negative channel already; for
+#: the signed three-channel maps the paper's code used CLEVR-XAI's ``l2-norm,sq`` (squared L2 norm
+#: over the colour channels).
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in (
+    AttributionMethod("gradcam", "GradCAM", "none", "spatial", _gradcam),
+    AttributionMethod("guided_gradcam", "Guided GradCAM", "l2-norm,sq", "spatial", _guided_gradcam),
+    AttributionMethod("integrated_gradients", "Integrated Gradients", "l2-norm,sq", None,
+                      _integrated_gradients),
+    AttributionMethod("attention", "Attention", "none", "class_token", _attention),
+    AttributionMethod("rollout", "Rollout", "none", "class_token", _rollout),
+)}
+METHODS = tuple(ATTRIBUTION_METHODS)
+DEFAULT_POOLING = {m.name: m.default_pooling for m in ATTRIBUTION_METHODS.values()}
+
+
+def applicable_methods(model: nn.Module, spec: ArchSpec | None = None) -> list[str]:
+    """The methods that apply to this architecture (table order)."""
+    spec = resolve_spec(model, spec)
+    return [m.name for m in ATTRIBUTION_METHODS.values() if m.applies_to(model, spec)]
 
 
 @dataclass
@@ -94,37 +173,15 @@ def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[
 
 def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooling) -> BatchExplanation:
     spec = resolve_spec(model, spec)
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
     if unknown:
         raise ConfigError(f"unknown attribution method(s) {unknown}; available: {', '.join(METHODS)}")
     pooling = {**DEFAULT_POOLING, **(pooling or {})}
     bad = {m: p for m, p in pooling.items() if p not in POOLINGS}
     if bad:
         raise ConfigError(f"unknown pooling {bad}; choose from {', '.join(POOLINGS)}")
-    maps: dict[str, torch.Tensor] = {}
-    if "gradcam" in methods or "guided_gradcam" in methods:
-        cam, target, logits = gradcam_with_logits(model, x, target, spec=spec)
-        maps["gradcam"] = cam
-        if "guided_gradcam" in methods:
-            guided, _ = _guided_backprop(model, x, target, True, spec)
-            maps["guided_gradcam"] = guided * cam.unsqueeze(1)
-    else:
-        with torch.no_grad():
-            logits = forward(model, x, spec)
-        target = select_targets(logits, target)
-    gap = None
-    if "integrated_gradients" in methods:
-        s = ig or IGSettings()
-        maps["integrated_gradients"], gap = integrated_gradients(
-            model, x, target, n_steps=s.n_steps, method=s.method, noise_samples=s.noise_samples,
-            noise_std=s.noise_std, generator=s.generator, internal_batch_size=s.internal_batch_size,
-            memory_cap_mb=s.memory_cap_mb, spec=spec)
-    if "attention" in methods or "rollout" in methods:
-        probs = all_attention(model, x, spec)
-        if "attention" in methods:
-            maps["attention"] = _class_token_row_to_map(probs[-1].mean(1)[:, CLASS_TOKEN], x, model, spec, True)
-        if "rollout" in methods:
-            maps["rollout"] = _class_token_row_to_map(rollout(probs)[:, CLASS_TOKEN], x, model, spec, True)
-    return BatchExplanation(predictions=logits.argmax(1), targets=target,
-                            heatmaps={m: maps[m] for m in methods}, completeness_gap=gap,
-                            pooling=pooling)
+    passes = SharedPasses(model, x, spec, methods, target, ig)
+    maps = {m: ATTRIBUTION_METHODS[m].compute(passes) for m in methods}
+    logits, targets = passes.logits_and_targets
+    return BatchExplanation(predictions=logits.argmax(1), targets=targets, heatmaps=maps,
+                            completeness_gap=passes.completeness_gap, pooling=pooling)

@@ -8,7 +8,7 @@ without it.
 
 Records: ``rma`` and ``rra`` per image (NaN when the mask is empty or the heatmap all zero), method
 = attribution method, dataset = ``synthetic`` / ``voc12`` (``voc07`` when given a VOC2007 folder).
-Default channel pooling per method: :data:`prunelens.explain.pipeline.DEFAULT_POOLING`.
+Default channel pooling per method: :data:`prunelens.explain.pipeline.ATTRIBUTION_METHODS`.
 
 Artifacts per level (``level_XX/``): ``heatmaps.safetensors`` — the pooled heatmaps, images and
 predictions of the first ``figure_images`` images, so Figure 2 can be drawn across levels without
@@ -114,10 +114,10 @@ class InterpretabilitySuite(Suite):
         self._data = None
 
     def skip_reason(self, ctx: RunContext) -> str | None:
-        run_data = getattr(getattr(ctx.config, "data", None), "name", "synthetic")
-        if ctx.options.source == "synthetic" and run_data != "synthetic":
-            return (f"the run's dataset '{run_data}' has no segmentation masks: give VOC2012 with "
-                    "`prunelens evaluate RUN_DIR --voc-root PATH` (or evaluate.interpretability.voc_root)")
+        if ctx.options.source == "synthetic" and not ctx.data.provides("masks"):
+            return (f"the run's dataset '{ctx.data.config.name}' has no segmentation masks: give "
+                    "VOC2012 with `prunelens evaluate RUN_DIR --voc-root PATH` (or "
+                    "evaluate.interpretability.voc_root)")
         wanted = ctx.options.methods or list(METHODS)
         if not ctx.spec.has_spatial_features and set(wanted) <= {"gradcam", "guided_gradcam"}:
             return f"{', '.join(wanted)} need a spatial feature map, which this architecture lacks"

@@ -1,5 +1,8 @@
-"""Architectures: a registry (``create_model``) and one spec per family (``spec_for``)."""
-from prunelens.models.registry import create_model, list_models, load_state_dict_strict
-from prunelens.models.spec import ArchSpec, spec_for
+"""Architectures: a registry (one entry per architecture: builder, class, spec) and one spec per
+family holding every per-architecture fact."""
+from prunelens.models.registry import (ARCHITECTURES, create_model, list_models, load_state_dict_strict,
+                                       spec_for, spec_of)
+from prunelens.models.spec import ArchSpec
 
-__all__ = ["ArchSpec", "create_model", "list_models", "load_state_dict_strict", "spec_for"]
+__all__ = ["ARCHITECTURES", "ArchSpec", "create_model", "list_models", "load_state_dict_strict",
+           "spec_for", "spec_of"]

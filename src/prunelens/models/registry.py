@@ -1,14 +1,17 @@
-"""``create_model(name, num_classes, weights=None, **kw)`` over a registry of architectures.
+"""The architectures: one registry entry each (how to build it, the class its models are, its
+spec), ``create_model(name, num_classes, weights=None, **kw)`` and ``spec_for(model)``.
 
 Weights are a local file (safetensors, or a tensor-only ``.pth`` read with ``weights_only=True``)
 or a torchvision weights name whose file is already in the torch hub cache: prunelens never
-downloads anything.
+downloads anything. Adding an architecture: a spec in :mod:`prunelens.models.spec` (if no family's
+fits) and one :class:`Architecture` entry here (``docs/architecture.md``).
 """
 from __future__ import annotations
 
 import inspect
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,33 +20,78 @@ from torch import nn
 from prunelens._compat import torchvision
 from prunelens.errors import ModelError
 from prunelens.models import builtins
+from prunelens.models.spec import ArchSpec, FCNSpec, LeNetSpec, ResNetSpec, SwinSpec, ViTSpec
 from prunelens.options import _union_members, strict_scalar_error
 
-_TORCHVISION = ("resnet18", "resnet50", "vit_b_32", "swin_v2_t")
-_BUILTINS: dict[str, Callable[..., nn.Module]] = {
-    "fcn": builtins.FCN,
-    "lenet5": builtins.LeNet5,
-    "small_resnet": builtins.SmallResNet,
-    "small_vit": builtins.small_vit,
-}
+
+@dataclass(frozen=True)
+class Architecture:
+    """A registry entry: ``builder()`` gives the function that builds a model (its parameters but
+    ``num_classes`` are the config's model options), ``model_class()`` the class its models are
+    instances of, ``spec`` the spec of its family. torchvision's builders forward ``**kwargs`` to
+    their class, so their options cannot be listed (``torchvision=True``)."""
+
+    name: str
+    builder: Callable[[], Callable[..., nn.Module]]
+    model_class: Callable[[], type]
+    spec: type[ArchSpec]
+    torchvision: bool = False
+
+
+def _tv(attribute: str) -> Callable[[], object]:
+    return lambda: getattr(torchvision().models, attribute)
+
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("resnet18", _tv("resnet18"), _tv("ResNet"), ResNetSpec, torchvision=True),
+    Architecture("resnet50", _tv("resnet50"), _tv("ResNet"), ResNetSpec, torchvision=True),
+    Architecture("vit_b_32", _tv("vit_b_32"), _tv("VisionTransformer"), ViTSpec, torchvision=True),
+    Architecture("swin_v2_t", _tv("swin_v2_t"), _tv("SwinTransformer"), SwinSpec, torchvision=True),
+    Architecture("fcn", lambda: builtins.FCN, lambda: builtins.FCN, FCNSpec),
+    Architecture("lenet5", lambda: builtins.LeNet5, lambda: builtins.LeNet5, LeNetSpec),
+    Architecture("small_resnet", lambda: builtins.SmallResNet, lambda: builtins.SmallResNet, ResNetSpec),
+    Architecture("small_vit", lambda: builtins.small_vit, _tv("VisionTransformer"), ViTSpec),
+)}
 
 
 def list_models() -> list[str]:
-    return sorted((*_TORCHVISION, *_BUILTINS))
+    return sorted(ARCHITECTURES)
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return ARCHITECTURES[name]
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:
-    if name in _BUILTINS:
-        return _BUILTINS[name]
-    if name in _TORCHVISION:
-        return getattr(torchvision().models, name)
-    raise ModelError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+    return architecture(name).builder()
+
+
+def spec_of(name: str) -> ArchSpec:
+    """The spec of architecture ``name`` (no model needed)."""
+    return architecture(name).spec()
+
+
+def spec_for(model: nn.Module, generic: bool = False) -> ArchSpec:
+    """The spec of a model's architecture (DDP/compiled wrappers are looked through). A model of no
+    registered architecture gets the base :class:`ArchSpec` (plain Conv/Linear stacks) with
+    ``generic``, else a ModelError."""
+    inner = getattr(model, "_orig_mod", model)
+    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
+    for entry in ARCHITECTURES.values():
+        if isinstance(inner, entry.model_class()):
+            return entry.spec()
+    if generic:
+        return ArchSpec()
+    raise ModelError(f"prunelens has no architecture spec for {type(inner).__name__}; add a registry "
+                     "entry in prunelens/models/registry.py (docs/architecture.md)")
 
 
 def accepted_options(name: str) -> dict[str, inspect.Parameter] | None:
     """The options architecture ``name`` takes (its builder's parameters but ``num_classes``), or
     None where they cannot be listed (torchvision builders forward ``**kwargs``)."""
-    if name in _TORCHVISION:
+    if architecture(name).torchvision:
         return None
     params = inspect.signature(_builder(name)).parameters
     return {p: v for p, v in params.items() if p != "num_classes"}
@@ -99,7 +147,7 @@ def read_weights(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _cached_torchvision_weights(name: str, weights: str) -> Path:
-    if name not in _TORCHVISION:
+    if not architecture(name).torchvision:
         raise ModelError(f"weights file '{weights}' does not exist")
     enum = torchvision().models.get_model_weights(name)
     entry_name = weights.split(".")[-1]

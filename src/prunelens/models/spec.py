@@ -1,6 +1,7 @@
 """One spec per architecture family: every per-architecture fact lives here.
 
-A spec answers, for a model of its family: which parameters are prunable, which of them are the
+Which architecture has which spec is the registry's (:mod:`prunelens.models.registry`). A spec
+answers, for a model of its family: which parameters are prunable, which of them are the
 first layer and the classifier, the GradCAM target layer and how its activation becomes a
 (B, C, h, w) grid, the feature layer used by LOST, the attention modules, the feature stride and
 the input normalisation. Code elsewhere asks :func:`spec_for` and never tests architecture names.
@@ -41,6 +42,9 @@ class ArchSpec:
     std: tuple[float, ...] = IMAGENET_STD
     #: fnmatch patterns of parameter names that are never prunable in this family
     never_prune: tuple[str, ...] = ()
+    #: tokens that precede the patch tokens in this family's token sequences (class and distillation
+    #: tokens; timm's name): 0 for conv nets and Swin, 1 for torchvision's ViT
+    num_prefix_tokens: int = 0
     #: names (last component) of the parameters torchvision's references/classification/train.py
     #: gives ``--transformer-embedding-decay``: it matches "class_token", "position_embedding" and
     #: "relative_position_bias_table" against the parameter's own name
@@ -78,12 +82,82 @@ class ArchSpec:
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
 
+    def class_token_attention(self, model: nn.Module) -> list[nn.MultiheadAttention]:
+        """The attention modules whose token sequences start with a class token (in layer order);
+        empty for families without one."""
+        return []
+
+    @staticmethod
+    def query_key(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q and K of an ``nn.MultiheadAttention`` for the inputs it receives, per head:
+        (B, heads, L, d) each, from its packed ``in_proj`` weights (or separate q/k projections)."""
+        if module.bias_k is not None or module.add_zero_attn:
+            raise ModelError("attention maps do not support nn.MultiheadAttention with add_bias_kv or "
+                             "add_zero_attn")
+        if not module.batch_first:
+            query, key = query.transpose(0, 1), key.transpose(0, 1)
+        e, h = module.embed_dim, module.num_heads
+        if module.in_proj_weight is not None:
+            w_q, w_k = module.in_proj_weight[:e], module.in_proj_weight[e:2 * e]
+        else:
+            w_q, w_k = module.q_proj_weight, module.k_proj_weight
+        b_q = b_k = None
+        if module.in_proj_bias is not None:
+            b_q, b_k = module.in_proj_bias[:e], module.in_proj_bias[e:2 * e]
+        q = F.linear(query, w_q, b_q).unflatten(-1, (h, e // h)).transpose(1, 2)
+        k = F.linear(key, w_k, b_k).unflatten(-1, (h, e // h)).transpose(1, 2)
+        return q, k
+
+    def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, …) tokens without the prefix tokens (:attr:`num_prefix_tokens`)."""
+        return tokens[:, self.num_prefix_tokens:]
+
+    def class_token_row(self, attention: torch.Tensor) -> torch.Tensor:
+        """(B, N) attention of the class token to every token, from (B, N, N) attention."""
+        raise ModelError(f"the '{self.family}' family has no class token")
+
+    def tokens_to_grid(self, tokens: torch.Tensor, grid_hw: tuple[int, int] | None = None
+                       ) -> torch.Tensor:
+        """Token features (B, N, C), prefix tokens included, as a (B, C, h, w) grid of the patch
+        tokens (a square grid unless ``grid_hw`` is given)."""
+        tokens = self.patch_tokens(tokens)
+        b, n, c = tokens.shape
+        if grid_hw is None:
+            side = math.isqrt(n)
+            grid_hw = (side, side)
+        if grid_hw[0] * grid_hw[1] != n:
+            raise ModelError(f"{n} patch tokens do not fill a {grid_hw[0]}x{grid_hw[1]} grid")
+        return tokens.transpose(1, 2).reshape(b, c, *grid_hw)
+
     def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
         """The first layer's weight (or mask) as one image per unit, (U, C, H, W), or None.
 
         Conv kernels are their own images; a fully connected first layer needs the input shape.
         """
-        return tensor if tensor.dim() == 4 else None
+        return tensor if self.first_layer_units(model) == "kernels" else None
+
+    def first_layer_module(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.first_layer(model).rsplit(".", 1)[0])
+
+    def first_layer_units(self, model: nn.Module) -> str | None:
+        """What a unit of the first layer is: ``kernels`` (a conv filter over the pixels), ``rows``
+        (a fully connected unit over the flattened image), or None (neither can be seen as an image)."""
+        return "kernels" if isinstance(self.first_layer_module(model), nn.Conv2d) else None
+
+    def unit_dim(self, module: nn.Module) -> int:
+        """The dimension of ``module``'s output that indexes its units (neurons, channels)."""
+        return 1 if isinstance(module, nn.modules.conv._ConvNd) else -1
+
+    def second_layer(self, model: nn.Module) -> str | None:
+        """The weight of the layer that reads the first layer's units directly, when its mask can be
+        composed with the first's (fully connected stacks), else None."""
+        return None
+
+    def neuron_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every module whose outputs are neurons (PSP-entropy): the Conv and Linear layers."""
+        return {name: m for name, m in model.named_modules()
+                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))}
 
     def attention_parameters(self, model: nn.Module) -> list[str]:
         """Prunable weights of the attention projections (q/k/v and output)."""
@@ -133,6 +207,11 @@ class ArchSpec:
     def feature_layer(self, model: nn.Module) -> nn.Module:
         """The layer whose output LOST uses as patch features (see discovery.lost)."""
         return self.gradcam_layer(model)
+
+    def lost_tokens(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """LOST's patch features of model inputs ``x``: (B, C, h, w), one feature per grid cell.
+        Default: the output of :meth:`feature_layer` laid on its grid (the forward pass stops there)."""
+        return self.to_grid(activation_of(self.feature_layer(model), lambda: self.forward(model, x)), model)
 
     def stride(self, model: nn.Module) -> int:
         """Pixels per cell of the feature grid."""
@@ -216,6 +295,7 @@ class ViTSpec(ArchSpec):
     family = "vit"
     has_spatial_features = True
     lost_layernorm = "none"
+    num_prefix_tokens = 1  # the class token, first
     # the position embedding is encoder.pos_embedding, a name torchvision's recipe does not match:
     # it keeps the ordinary weight decay there, and so here
     embedding_names = ("class_token",)
@@ -243,15 +323,26 @@ class ViTSpec(ArchSpec):
         return model.encoder.layers[-1]
 
     def to_grid(self, activation: torch.Tensor, model: nn.Module) -> torch.Tensor:
-        tokens = activation[:, 1:]  # drop CLS
-        b, n, c = tokens.shape
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ModelError(f"ViT has {n} patch tokens, not a square grid")
-        return tokens.transpose(1, 2).reshape(b, c, side, side)
+        return self.tokens_to_grid(activation)
+
+    def class_token_attention(self, model: nn.Module) -> list[nn.MultiheadAttention]:
+        return self.attention_modules(model)
+
+    def class_token_row(self, attention: torch.Tensor) -> torch.Tensor:
+        return attention[:, 0]
 
     def feature_layer(self, model: nn.Module) -> nn.Module:
         return self.attention_modules(model)[-1]
+
+    def lost_tokens(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The *keys* of the last attention layer (LOST's choice for ViTs), heads concatenated, for
+        the patch tokens, on the (h, w) patch grid of ``x``."""
+        layer = self.feature_layer(model)
+        tokens = activation_of(layer, lambda: self.forward(model, x), pre=True)
+        _, k = self.query_key(layer, tokens, tokens)          # (B, heads, N, d)
+        keys = k.transpose(1, 2).flatten(2)                   # (B, N, heads·d)
+        stride = self.stride(model)
+        return self.tokens_to_grid(keys, (x.shape[-2] // stride, x.shape[-1] // stride))
 
     def stride(self, model: nn.Module) -> int:
         return int(model.patch_size)
@@ -307,6 +398,13 @@ class FCNSpec(ArchSpec):
     def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
         return tensor.reshape(tensor.shape[0], *model.input_shape)
 
+    def first_layer_units(self, model: nn.Module) -> str | None:
+        return "rows"
+
+    def second_layer(self, model: nn.Module) -> str | None:
+        names = list(self.prunable(model))
+        return names[1] if len(names) > 1 else None
+
     def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer after its ReLU (the input of ``classifier``)."""
         return model.layers[:-1](x)
@@ -327,27 +425,29 @@ class LeNetSpec(ArchSpec):
         return model.head[:-1](model.features(x))
 
 
-def _family_table() -> list[tuple[type, Callable[[], ArchSpec]]]:
-    from prunelens._compat import torchvision
-    from prunelens.models import builtins
+class _Captured(Exception):
+    """Raised by a hook to stop a forward pass once the wanted activation is captured."""
 
-    tvm = torchvision().models
-    return [
-        (tvm.ResNet, ResNetSpec),
-        (builtins.SmallResNet, ResNetSpec),
-        (tvm.VisionTransformer, ViTSpec),
-        (tvm.SwinTransformer, SwinSpec),
-        (builtins.FCN, FCNSpec),
-        (builtins.LeNet5, LeNetSpec),
-    ]
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.value = value
 
 
-def spec_for(model: nn.Module) -> ArchSpec:
-    """The spec of a model's architecture family (DDP/compiled wrappers are looked through)."""
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
-    for cls, spec in _family_table():
-        if isinstance(inner, cls):
-            return spec()
-    raise ModelError(f"prunelens has no architecture spec for {type(inner).__name__}; "
-                     "add one in prunelens/models/spec.py")
+def activation_of(module: nn.Module, run: Callable[[], object], *, pre: bool = False) -> torch.Tensor:
+    """The first input (``pre``) or the output of ``module`` when ``run()`` calls it; the forward
+    pass stops there."""
+    def pre_hook(_mod, args, kwargs):
+        raise _Captured(args[0] if args else kwargs["query"])
+
+    def post_hook(_mod, _args, output):
+        raise _Captured(output[0] if isinstance(output, tuple) else output)
+
+    handle = (module.register_forward_pre_hook(pre_hook, with_kwargs=True) if pre
+              else module.register_forward_hook(post_hook))
+    try:
+        run()
+    except _Captured as captured:
+        return captured.value
+    finally:
+        handle.remove()
+    raise ModelError(f"the layer {type(module).__name__} was not called in the forward pass")

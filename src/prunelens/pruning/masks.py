@@ -14,7 +14,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from prunelens.models.spec import ArchSpec, spec_for
+from prunelens.models.registry import spec_for
+from prunelens.models.spec import ArchSpec
 
 
 def prunable_parameters(model: nn.Module, spec: ArchSpec | None = None, *,

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import default_collate
 
 from prunelens._compat import torchvision
-from prunelens.models.spec import spec_for
+from prunelens.models.registry import spec_for
 from prunelens.pruning.masks import Masker
 
 #: the layers whose parameters torchvision's ``set_weight_decay`` puts in the norm group

@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from prunelens import distributed
+from prunelens.config import parse_device
 from prunelens.errors import ConfigError, DivergedError
 from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors, sha256_file
 from prunelens.pruning.masks import Masker
@@ -58,13 +59,6 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device '{name}' does not exist: this machine has "
                           f"{torch.cuda.device_count()} CUDA device(s)")
     return device
-
-
-def parse_device(name: str) -> torch.device:
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"'{name}' is not a device: use auto, cpu, cuda or cuda:N") from None
 
 
 def derived_seed(*parts: int | str) -> int:

@@ -105,7 +105,7 @@ class TransferSuite(Suite):
     def skip_reason(self, ctx: RunContext) -> str | None:
         opts: TransferOptions = ctx.options
         run_data = ctx.data.config.name
-        if opts.dataset in ds.SYNTHETIC_TASKS and run_data != "synthetic":
+        if opts.dataset in ds.SYNTHETIC_TASKS and not ctx.data.provides("textures"):
             return (f"downstream task '{opts.dataset}' is built from the synthetic dataset, and this run "
                     f"trains on '{run_data}': set evaluate.transfer.dataset to cifar10, cifar100 or "
                     "imagefolder with evaluate.transfer.root")
