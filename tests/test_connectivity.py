@@ -352,6 +352,17 @@ def test_connectivity_suite_on_a_pruned_fcn(tmp_path):
     assert {"connections_layers.fc1.png", "pairs_layers.fc1.png", "gallery_layers.fc1.png",
             "pairs_layers.fc2_effective.png"} <= names
 
+    # class-independent response: the selectivity module's records for the suite's images
+    from prunelens.analysis.selectivity import selectivity_records
+    from prunelens.analysis.suites import sample_images, stacked
+    x, y = stacked(sample_images(ctx, "test", opts.selectivity_images), 16)
+    direct = list(selectivity_records(model, ctx.spec, masks, x, y, num_classes=10, batch_size=16,
+                                      n_pairs=20))
+    fraction = by[("class_independent_fraction", "layers.fc1", "eta2")]
+    assert len(fraction) == 64
+    assert [r.value for r in fraction] == pytest.approx(
+        [r.value for r in direct if r.metric == "class_independent_fraction"], nan_ok=True)
+
 
 def test_connectivity_suite_reads_conv_kernels(tmp_path):
     from prunelens.suite import get_suite
@@ -387,8 +398,7 @@ def test_skip_reason_only_for_architectures_without_images_in_the_first_layer(tm
     opts = suite.Options()
 
     def ctx(spec, model):
-        pool = SimpleNamespace(levels=[SimpleNamespace(load_model=lambda: model)])
-        return SimpleNamespace(spec=spec, options=opts, pool=pool)
+        return SimpleNamespace(spec=spec, options=opts, architecture=lambda: model)
     fcn = create_model("fcn", 3, input_shape=(1, 4, 4), widths=(8,))
     cnn = create_model("small_resnet", 3, widths=(4, 8))
     assert suite().skip_reason(ctx(FCNSpec(), fcn)) is None

@@ -1,6 +1,8 @@
 """GradCAM, guided backprop and Guided GradCAM against Captum (oracle) and hand computations."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -226,7 +228,7 @@ def test_every_registry_architecture_through_the_pipeline(name, size):
     methods = applicable_methods(model, spec)
     expected = {"fcn": ["integrated_gradients"]}.get(
         name, ["gradcam", "guided_gradcam", "integrated_gradients"]
-        + (["attention", "rollout"] if "vit" in name else []))
+        + (["attention", "rollout"] if "vit" in name else ["attention"] if "swin" in name else []))
     assert methods == expected
     x = images(1, size, torch.float32)
     result = explain_batch(model, x, methods, ig=IGSettings(n_steps=2))
@@ -241,17 +243,72 @@ def test_every_registry_architecture_through_the_pipeline(name, size):
     assert float(result.completeness_gap[0]) == pytest.approx(float((ig_sum - out).abs()), rel=1e-3, abs=1e-4)
 
 
-def test_window_attention_without_class_token_is_not_an_attention_map_method(swin):
+def test_swin_has_an_attention_map_but_no_rollout(swin):
     from prunelens.explain import applicable_methods
-    from prunelens.models.spec import SwinSpec
+    from prunelens.explain.pipeline import ATTRIBUTION_METHODS
 
-    class WindowAttentionSpec(SwinSpec):  # main's SwinSpec lists its ShiftedWindowAttention modules
-        def attention_modules(self, model):
-            return [m for m in model.modules() if type(m).__name__.startswith("ShiftedWindowAttention")]
+    spec = spec_for(swin)
+    assert applicable_methods(swin, spec) == ["gradcam", "guided_gradcam", "integrated_gradients",
+                                              "attention"]
+    assert "no class token" in ATTRIBUTION_METHODS["rollout"].why_not(swin, spec)
 
-    spec = WindowAttentionSpec()
-    assert spec.attention_modules(swin)
-    assert applicable_methods(swin, spec) == ["gradcam", "guided_gradcam", "integrated_gradients"]
+
+def _swin_v2_received(block, tokens):
+    """Attention received per token by Swin V2's definition (Liu et al. 2022, eq. 2) for one window
+    covering the whole (B, H, W, C) input, zero-padded to the window as torchvision does: cosine
+    attention scaled by exp(logit_scale) plus the block's continuous relative position bias,
+    softmax, mean over heads and queries, cropped back to H×W."""
+    b, h, w, c = tokens.shape
+    ws = block.window_size[0]
+    tokens = torch.nn.functional.pad(tokens, (0, 0, 0, ws - w, 0, ws - h))
+    x = tokens.reshape(b, ws * ws, c)
+    bias = block.qkv.bias.clone()
+    bias[c:2 * c] = 0                                   # V2 drops the key bias
+    qkv = torch.nn.functional.linear(x, block.qkv.weight, bias)
+    q, k, _ = qkv.reshape(b, ws * ws, 3, block.num_heads, -1).unbind(2)
+    q, k = (torch.nn.functional.normalize(t.transpose(1, 2), dim=-1) for t in (q, k))
+    scale = torch.clamp(block.logit_scale, max=math.log(100.0)).exp()
+    probs = torch.softmax(q @ k.transpose(-2, -1) * scale + block.get_relative_position_bias(), dim=-1)
+    return probs.mean(1).mean(1).reshape(b, ws, ws)[:, :h, :w]
+
+
+def test_swin_attention_map_is_the_attention_tokens_receive(swin):
+    from prunelens.explain import IGSettings, explain_batch  # noqa: F401
+
+    x = images(2, 64, torch.float32)
+    spec = spec_for(swin)
+    blocks = [m for m in swin.features[-1].modules() if type(m).__name__ == "ShiftedWindowAttentionV2"]
+    inputs = {}
+    handles = [b.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for b in blocks]
+    with torch.no_grad():
+        swin(x)
+    for handle in handles:
+        handle.remove()
+    # at 64 px the last stage is a 2x2 grid: one window, no shift
+    expected = torch.stack([_swin_v2_received(b, inputs[b]) for b in blocks]).mean(0)
+    with torch.no_grad():
+        got = spec.window_attention_map(swin, x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    maps = explain_batch(swin, x, ["attention"]).heatmaps["attention"]
+    assert maps.shape == (2, 64, 64) and float(maps.min()) >= 0
+    torch.testing.assert_close(maps, torch.nn.functional.interpolate(
+        expected.unsqueeze(1), size=(64, 64), mode="bilinear", align_corners=False)[:, 0])
+
+
+def test_window_attention_is_laid_back_on_the_grid_with_the_shift_undone():
+    """A 6x6 grid, 4x4 windows (padded to 8x8), shift 2: torchvision's partition, inverted."""
+    from types import SimpleNamespace
+
+    from prunelens.models.spec import _received_on_grid
+
+    b, h, w, ws, shift = 2, 6, 6, 4, 2
+    grid = torch.arange(b * h * w, dtype=torch.float64).reshape(b, h, w) + 1
+    padded = torch.nn.functional.pad(grid, (0, 2, 0, 2))
+    rolled = torch.roll(padded, shifts=(-shift, -shift), dims=(1, 2))          # as torchvision
+    windows = rolled.view(b, 2, ws, 2, ws).permute(0, 1, 3, 2, 4).reshape(b * 4, ws * ws)
+    probs = windows[:, None, None, :].expand(-1, 3, ws * ws, -1)                # every query, head
+    block = SimpleNamespace(window_size=[ws, ws], shift_size=[shift, shift])
+    torch.testing.assert_close(_received_on_grid(probs, (b, h, w, 8), block), grid)
 
 
 def test_forward_goes_through_the_spec_when_it_has_one():

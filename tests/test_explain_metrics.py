@@ -136,3 +136,38 @@ def test_radix_select_equals_sorting(dtype):
         assert torch.equal(n_above, above.sum(1)) and torch.equal(n_tied, tied.sum(1))
         assert torch.equal(marked_above, (above & marked).sum(1))
         assert torch.equal(marked_tied, (tied & marked).sum(1))
+
+
+# ---- the paper's scoring choices ---------------------------------------------------------------------
+def test_index_tie_rule_is_quantus_ranking_with_a_stable_sort():
+    """Quantus ranks with np.argsort(-a) and takes the first K: ties in index order."""
+    g = torch.Generator().manual_seed(3)
+    heat = torch.round(torch.rand(6, 9, 9, generator=g) * 3)          # heavy ties
+    masks = torch.rand(6, 9, 9, generator=g) > 0.6
+    a, s = heat.reshape(6, -1).numpy(), masks.reshape(6, -1).numpy()
+    expected = []
+    for row, gt in zip(a, s):
+        top = np.argsort(-row, kind="stable")[:gt.sum()]
+        expected.append(gt[top].sum() / gt.sum())
+    got = relevance_rank_accuracy(heat, masks, ties="index")
+    np.testing.assert_allclose(got.double().numpy(), expected)
+    # hand-worked: three pixels tie for the top-1 place; the first in raster order wins
+    heat = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])
+    assert relevance_rank_accuracy(heat, torch.tensor([[[True, False, False, False]]]), ties="index") == 1
+    assert relevance_rank_accuracy(heat, torch.tensor([[[False, True, False, False]]]), ties="index") == 0
+    assert relevance_rank_accuracy(heat, torch.tensor([[[False, True, False, False]]])) == pytest.approx(1 / 3)
+
+
+def test_minmax_normalisation_removes_the_relevance_floor():
+    # an attention-like map: a uniform floor of 0.3 everywhere, more on the object (last two pixels)
+    heat = torch.tensor([[[0.3, 0.3, 0.5, 0.9]]])
+    mask = torch.tensor([[[False, False, True, True]]])
+    plain = localisation_scores(heat, mask)
+    scaled = localisation_scores(heat, mask, minmax=True)
+    assert plain["rma"].item() == pytest.approx(1.4 / 2.0)           # (0.5 + 0.9) / 2.0
+    assert scaled["rma"].item() == pytest.approx((1 / 3 + 1) / (4 / 3))  # [0, 0, 1/3, 1]
+    assert scaled["rra"].item() == plain["rra"].item() == 1.0
+    # ignored pixels are left out of the minimum and the maximum
+    ignore = torch.tensor([[[True, False, False, False]]])
+    heat = torch.tensor([[[9.0, 0.4, 0.3, 0.9]]])                 # valid part → [1/6, 0, 1]
+    assert localisation_scores(heat, mask, ignore, minmax=True)["rma"].item() == pytest.approx(6 / 7)

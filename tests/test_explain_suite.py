@@ -255,3 +255,39 @@ def test_reevaluating_without_figure_images_drops_stale_heatmaps(tmp_path, resne
     assert saved.is_file()
     list(suite.evaluate_level(_context(tmp_path, resnet, _options(ig_steps=2, n_images=2, figure_images=0))))
     assert not saved.exists()
+
+
+def test_paper_preset_equals_the_papers_own_pipeline(tmp_path, resnet):
+    """preset: paper = min-max normalised GradCAM, Captum's default (zero) IG baseline, Quantus'
+    RMA, and RRA ties by index (Quantus' ranking with a stable sort)."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+
+    quantus = pytest.importorskip("quantus")
+    options = _options(preset="paper", methods=["gradcam", "integrated_gradients"], ig_steps=8,
+                       n_images=6, batch_size=4, figure_images=0)
+    assert options.scoring == ("minmax", "zero", False, "index")
+    assert _options(preset="paper", guide_gelu=True).scoring.guide_gelu  # one choice overridden
+    frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
+    spec, data = spec_for(resnet), _Data()
+    x = spec.normalize(data.test.images.float() / 255)
+    target = resnet(x).argmax(1)
+    cam = LayerGradCam(resnet, spec.gradcam_layer(resnet)).attribute(x, target=target, relu_attributions=True)
+    cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear").detach()
+    low, high = cam.amin((1, 2, 3), keepdim=True), cam.amax((1, 2, 3), keepdim=True)
+    cam = (cam - low) / (high - low)                                     # the paper's min-max
+    ig = IntegratedGradients(resnet).attribute(x, target=target, n_steps=8, method="gausslegendre")
+    ig = ig.detach().square().sum(1, keepdim=True)                       # zero baseline: Captum's default
+    masks = data.test.masks.unsqueeze(1).float().numpy()
+    for method, a in (("gradcam", cam), ("integrated_gradients", ig)):
+        kwargs = {"model": None, "x_batch": x.numpy(), "y_batch": target.numpy(), "a_batch": a.numpy(),
+                  "s_batch": masks}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rma = quantus.RelevanceMassAccuracy(disable_warnings=True)(**kwargs)
+        rows = frame[(frame["method"] == method) & (frame["metric"] == "rma")]
+        np.testing.assert_allclose(rows["value"].to_numpy(), rma, rtol=1e-4, atol=1e-6, err_msg=method)
+        flat, gt = a.reshape(6, -1).numpy(), masks.reshape(6, -1).astype(bool)
+        rra = [g[np.argsort(-f, kind="stable")[:g.sum()]].mean() for f, g in zip(flat, gt)]
+        rows = frame[(frame["method"] == method) & (frame["metric"] == "rra")]
+        np.testing.assert_allclose(rows["value"].to_numpy(), rra, rtol=1e-6, err_msg=method)
+    assert "scoring preset 'paper'" in Suite.describe(options)

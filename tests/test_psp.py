@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import nn
 
+from prunelens.io import load_tensors
+
 from prunelens.analysis.psp_entropy import CLAMP, binary_entropy, psp_entropy
 
 
@@ -148,12 +150,22 @@ def test_psp_suite_records_every_neuron(tmp_path):
     images = torch.stack([train[i][0] for i in range(24)])
     direct = psp_entropy(model, [(images, train.labels[:24])], 4, transform=spec_for(model).normalize)
     assert {r.method for r in records} == set(direct.per_neuron)
+    neurons = [r for r in records if r.metric == "psp_entropy"]
     for layer, values in direct.per_neuron.items():
-        got = [r.value for r in records if r.method == layer]
+        got = [r.value for r in neurons if r.method == layer]
         assert got == pytest.approx(values.tolist())
-    assert all(r.metric == "psp_entropy" and r.item for r in records)
+    # per class: H_ik averaged over the layer's neurons, one record per class (item = its name)
+    per_class = [r for r in records if r.metric == "psp_entropy_per_class"]
+    names = data.split("train").class_names
+    for layer, h_ik in direct.per_class.items():
+        got = {r.item: r.value for r in per_class if r.method == layer}
+        assert got == pytest.approx({names[k]: float(h_ik[:, j].mean()) for j, k in enumerate(direct.classes)})
+    assert all(r.item for r in records) and {r.metric for r in records} == {"psp_entropy", "psp_entropy_per_class"}
     summary = json.loads((ctx.level_artifacts / "psp_summary.json").read_text())
     assert summary["layer_mean"] == pytest.approx(direct.layer_mean)
+    saved = load_tensors(ctx.level_artifacts / "psp_per_class.safetensors")
+    assert set(saved) == set(direct.per_class)
+    torch.testing.assert_close(saved["conv1"], direct.per_class["conv1"])
 
 
 def test_psp_figure_across_levels(tmp_path):
@@ -197,8 +209,7 @@ def test_suites_skip_a_split_the_dataset_lacks():
     from prunelens.models import create_model
     from prunelens.models.spec import FCNSpec
     fcn = create_model("fcn", 3, input_shape=(1, 4, 4), widths=(8,))
-    pool = SimpleNamespace(levels=[SimpleNamespace(load_model=lambda: fcn)])
-    ctx = SimpleNamespace(data=data, spec=FCNSpec(), options=conn.Options(), pool=pool)
+    ctx = SimpleNamespace(data=data, spec=FCNSpec(), options=conn.Options(), architecture=lambda: fcn)
     assert conn().skip_reason(ctx) is None  # default: the dataset's evaluation split
     ctx.options = conn.Options(split="test")
     assert "evaluate.connectivity.split" in conn().skip_reason(ctx)

@@ -157,7 +157,8 @@ def test_unknown_suites_and_metrics_get_a_generic_figure(tmp_path):
                           "condition": "", "item": "", "value": [1.0, 2.0, 3.0, 4.0]})
     figures, skipped = draw_figures(frame, tmp_path, n_boot=50)
     assert {f.name: f.section for f in figures} == {"newsuite_other": "other", "psp_other": "minima"}
-    assert skipped == [("psp", "psp_entropy", "no results of suite 'psp' (psp_entropy)")]
+    assert skipped == [("psp", "psp_entropy", "no results of suite 'psp' (psp_entropy)"),
+                       ("psp", "psp_entropy_per_class", "no results of suite 'psp' (psp_entropy_per_class)")]
 
 
 def test_interpretability_figure_curves_bands_and_markers(report):

@@ -35,6 +35,10 @@ class ToySuite(contract.Suite):
     figures = (contract.FigureSpec("toy", "Toy score vs sparsity", panels=("metric",),
                                    lines=("group",)),)
 
+    @classmethod
+    def describe(cls, options):
+        return f"toy gain {options.gain}"
+
     def evaluate_level(self, ctx):
         rng = np.random.default_rng(ctx.level.index)
         for i in range(40):
@@ -80,6 +84,7 @@ def test_a_registered_suite_is_seen_everywhere(toy, pool, tmp_path, capsys):
     assert '<section id="toy"><h2>Toy question</h2>' in html
     assert (index.parent / "figures" / "toy.png").is_file() and 'id="fig-toy"' in html
     assert "a higher toy score is better" in html
+    assert "tiny (toy): toy gain 0.2" in html  # the settings its results were computed with
     # CLI help lists it with what it measures
     assert main(["evaluate", "--help"]) == 0
     assert "a toy score that rises with sparsity" in capsys.readouterr().out

@@ -8,7 +8,6 @@ files is skipped), writing and the summary; see ``docs/architecture.md`` for the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ from prunelens.suite import (LevelContext, RunContext, Suite, SuiteOptions, avai
                              check_evaluate, get_suite, suite_options, without_unknown_options)
 
 
-def _options_hash(options: SuiteOptions) -> str:
-    blob = json.dumps(options.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def _same_options(suite: type[Suite], meta: dict, options: SuiteOptions) -> bool:
+    """Whether a result was computed with ``options``: the options its sidecar records, read with
+    this version (an option added since takes its default), equal them."""
+    return suite.options_from(meta.get("options")) == options
 
 
 def default_suites() -> list[str]:
@@ -147,13 +147,19 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
                 log(f"{pool.name}: suite {name} does not apply: {reason}")
             continue
         idle &= not skipped.exists()
+        partial = run_ctx.artifacts / "not_applicable.json"
+        parts = suite.not_applicable(run_ctx)
+        idle &= _json_equals(partial, parts) if parts else not partial.exists()
         if write:
             skipped.unlink(missing_ok=True)
+            if parts:
+                atomic_write_json(partial, parts)
+            else:
+                partial.unlink(missing_ok=True)
         applicable.append(name)
-        opt_hash = _options_hash(run_ctx.options)
         for level in wanted:
             meta = read_sidecar(run_dir, name, level.index)
-            if (not force and meta is not None and meta.get("options_hash") == opt_hash
+            if (not force and meta is not None and _same_options(type(suite), meta, run_ctx.options)
                     and meta.get("level_sha256") == level.model_sha256):
                 continue
             work.append([name, level.index])
@@ -177,7 +183,7 @@ def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
     records = list(suite.evaluate_level(ctx))
     seconds = time.perf_counter() - t0
     write_level(run_dir, name, level.index, records, {
-        "options_hash": _options_hash(run_ctx.options), "options": json.loads(run_ctx.options.model_dump_json()),
+        "options": json.loads(run_ctx.options.model_dump_json()),
         "level_sha256": level.model_sha256, "wall_time_s": seconds})
     log(f"{run_ctx.pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
 

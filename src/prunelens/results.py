@@ -77,6 +77,16 @@ def read_sidecar(run_dir: str | Path, suite: str, level: int) -> dict | None:
     return meta if meta is not None and meta.get("sha256") == sha256_file(path) else None
 
 
+def options_used(run_dir: str | Path, suite: str) -> list[dict]:
+    """The distinct suite options recorded by the intact results of ``suite`` in a run."""
+    found: list[dict] = []
+    for csv in sorted(Layout(run_dir).suite(suite).glob("level_*.csv")):
+        meta = _sidecar(csv.with_suffix(".json"))
+        if meta is not None and meta.get("sha256") == sha256_file(csv) and meta.get("options") not in found:
+            found.append(meta.get("options"))
+    return found
+
+
 def _sidecar(side: Path) -> dict | None:
     try:
         meta = json.loads(side.read_text())

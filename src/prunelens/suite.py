@@ -122,6 +122,11 @@ class RunContext:
     def run_dir(self) -> Path:
         return self.pool.run_dir
 
+    def architecture(self) -> nn.Module:
+        """An untrained model of the run's architecture: what it is, not what it learned."""
+        from prunelens.models import create_model
+        return create_model(self.config.model.name, self.pool.num_classes, **self.config.model.options)
+
 
 @dataclass
 class LevelContext(RunContext):
@@ -149,11 +154,34 @@ class Suite:
         """Why this suite does not apply to this run (None: it applies)."""
         return None
 
+    def not_applicable(self, ctx: RunContext) -> dict[str, str]:
+        """Parts of the suite that do not apply to this run (e.g. a method the architecture cannot
+        have), each with the reason; the report lists them under what was not evaluated."""
+        return {}
+
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         raise NotImplementedError
 
     def after_levels(self, ctx: RunContext) -> None:
         """Called once all levels are evaluated (figures across levels)."""
+
+    @classmethod
+    def describe(cls, options: SuiteOptions) -> str | None:
+        """One line on the settings a reader of the report must know to read its numbers (None:
+        nothing to say)."""
+        return None
+
+    @classmethod
+    def options_from(cls, stored: dict) -> SuiteOptions | None:
+        """Options recorded by an evaluation (a results sidecar), read with this version: renamed
+        keys migrated, unknown keys left out; None when they no longer validate."""
+        if not isinstance(stored, dict):
+            return None
+        known = {k: v for k, v in cls.Options.migrated(stored).items() if k in cls.Options.model_fields}
+        try:
+            return cls.Options.model_validate(known)
+        except ValueError:
+            return None
 
     @classmethod
     def metric(cls, name: str) -> Metric | None:

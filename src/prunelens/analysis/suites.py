@@ -6,6 +6,7 @@ when it is not a module's ``weight``), ``item`` the unit / neuron / draw / image
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from torch import nn
 from prunelens.analysis import connectivity as conn
 from prunelens.analysis import figures
 from prunelens.analysis.psp_entropy import psp_entropy
+from prunelens.analysis.selectivity import selectivity_records
 from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
 from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
                              SuiteOptions, register_suite)
-from prunelens.io import atomic_write_json
+from prunelens.io import atomic_save_tensors, atomic_write_json
 from prunelens.results import Record, load_results
 
 
@@ -100,6 +102,15 @@ class ConnectivityOptions(SuiteOptions):
     n_images: int = Field(256, ge=0, description="images for the ablation (0: no ablation)")
     split: str | None = Field(None, description="ablation images; default: the evaluation split")
     gallery_units: int = Field(8, ge=0)
+    selectivity_images: int = Field(512, ge=0, description=(
+        "images for the class-independent response of first-layer units (0: off)"))
+    selectivity_measure: Literal["eta2", "on_off_information"] = "eta2"
+    n_permutations: int = Field(200, ge=10, description="shuffled-label baseline of the selectivity")
+    independence_quantile: float = Field(0.95, gt=0, lt=1, description=(
+        "a unit is class-independent when its selectivity is not above this quantile of its "
+        "shuffled-label baseline"))
+    translated_match: float = Field(0.9, gt=0, le=1, description=(
+        "mask similarity at the best shift above which two units are translated copies"))
     figures: bool = True
     seed: int = 0
 
@@ -172,14 +183,27 @@ class ConnectivitySuite(Suite):
         ("ablation_accuracy", "none", "accuracy with chosen units zeroed: read as the accuracy drop",
          "fraction"),
         ("accuracy_drop", "none", "which units matter, not a quality of the level", "fraction"),
+    )) + tuple(Metric(name, "none", why, unit=unit, figure="class_independence") for name, why, unit in (
+        ("class_independent_fraction", "share of first-layer units whose response is no more "
+         "class-specific than with shuffled labels (Pellegrini & Biroli: class-independent units)",
+         "fraction"),
+        ("class_selectivity", "how much of a unit's response variance the class explains", ""),
+        ("class_selectivity_shuffled", "the same with shuffled labels: the chance level", ""),
+        ("translated_weight_similarity", "cosine similarity of the weights of units whose masks are "
+         "translated copies, at the shift that matches them", "cosine"),
+        ("translated_weight_similarity_random", "the same for random pairs of units: the reference",
+         "cosine"),
+        ("translated_pair_fraction", "share of sampled unit pairs whose masks are translated copies",
+         "fraction"),
     ))
     figures = (FigureSpec("connectivity", "Connectivity and locality of the surviving weights vs "
-                          "sparsity", panels=("metric",), lines=("group", "method", "condition")),)
+                          "sparsity", panels=("metric",), lines=("group", "method", "condition")),
+               FigureSpec("class_independence", "Class-independent response and translated copies of "
+                          "first-layer units vs sparsity", panels=("metric",),
+                          lines=("group", "method", "condition")))
 
     def skip_reason(self, ctx: RunContext) -> str | None:
-        model = ctx.pool.levels[0].load_model()
-        first = next(iter(ctx.spec.prunable(model).values()))
-        if ctx.spec.first_layer_images(model, first.detach()) is None:
+        if ctx.spec.first_layer_units(ctx.architecture()) is None:
             return (f"architecture family '{ctx.spec.family}' gives no image view of its first layer "
                     "(neither conv kernels nor a fully connected layer on a known input shape)")
         split = ctx.options.split
@@ -199,6 +223,21 @@ class ConnectivitySuite(Suite):
             yield from self._layer(ctx, view, generator)
         if views and views[0].module is not None and opts.n_images > 0:
             yield from self._ablation(ctx, views[0], generator)
+        if views and opts.selectivity_images > 0:
+            yield from self._class_independence(ctx)
+
+    def _class_independence(self, ctx: LevelContext) -> Iterator[Record]:
+        """Class-independent response and translated copies of first-layer units
+        (:func:`prunelens.analysis.selectivity.selectivity_records`)."""
+        opts: ConnectivityOptions = ctx.options
+        x, y = stacked(sample_images(ctx, opts.split or ctx.data.eval_split, opts.selectivity_images),
+                       ctx.batch_size)
+        yield from selectivity_records(
+            ctx.model, ctx.spec, ctx.masks, x.to(ctx.device), y, suite=self.name,
+            num_classes=ctx.data.num_classes, batch_size=ctx.batch_size,
+            n_permutations=opts.n_permutations, quantile=opts.independence_quantile,
+            measure=opts.selectivity_measure, n_pairs=opts.n_shift_pairs, match=opts.translated_match,
+            seed=opts.seed)
 
     def _layer(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
                ) -> Iterator[Record]:
@@ -294,9 +333,14 @@ class PSPSuite(Suite):
     section = MINIMA
     metrics = (Metric("psp_entropy", "none", "describes how class-specific the neurons' on/off states "
                       "are; Tartaglione et al. find high entropy with well-generalising gradual "
-                      "pruning, a finding to read, not a criterion", unit="bits", figure="psp_entropy"),)
+                      "pruning, a finding to read, not a criterion", unit="bits", figure="psp_entropy"),
+               Metric("psp_entropy_per_class", "none", "the binary entropy H_ik of class k, averaged "
+                      "over a layer's neurons (item = class): which classes the neurons' states "
+                      "separate", unit="bits", figure="psp_entropy_per_class"))
     figures = (FigureSpec("psp_entropy", "PSP-entropy per layer vs sparsity", panels=("metric",),
-                          lines=("group", "method")),)
+                          lines=("group", "method")),
+               FigureSpec("psp_entropy_per_class", "Per-class PSP-entropy per layer vs sparsity (band: "
+                          "spread over classes)", panels=("metric",), lines=("group", "method")))
     in_schedule_comparison = True
 
     def skip_reason(self, ctx: RunContext) -> str | None:
@@ -312,11 +356,17 @@ class PSPSuite(Suite):
             result = psp_entropy(ctx.model, loader(data, ctx.batch_size), num_classes,
                                  transform=ctx.spec.normalize, conv_neurons=opts.conv_neurons,
                                  spec=ctx.spec)
+        names = list(getattr(base, "class_names", []) or [])
         for layer, values in result.per_neuron.items():
             for i, h in enumerate(values.tolist()):
                 yield Record(self.name, "psp_entropy", h, method=layer, item=str(i))
+        for layer, per_class in result.per_class.items():  # (neurons, classes present)
+            for k, h in zip(result.classes, per_class.mean(0).tolist()):
+                yield Record(self.name, "psp_entropy_per_class", h, method=layer,
+                             item=names[k] if k < len(names) else str(k))
         if ctx.level_artifacts is not None:
-            names = list(getattr(base, "class_names", []) or [])
+            atomic_save_tensors(ctx.level_artifacts / "psp_per_class.safetensors", result.per_class,
+                                metadata={"classes": json.dumps(result.classes)})
             atomic_write_json(ctx.level_artifacts / "psp_summary.json", {
                 "layer_mean": result.layer_mean,
                 "classes_present": result.classes,
@@ -332,7 +382,8 @@ class PSPSuite(Suite):
 
     def after_levels(self, ctx: RunContext) -> None:
         save_figures_vs_sparsity(ctx, self.name, [
-            ("psp_entropy", "PSP-entropy per layer", "mean PSP-entropy (bits)")])
+            ("psp_entropy", "PSP-entropy per layer", "mean PSP-entropy (bits)"),
+            ("psp_entropy_per_class", "per-class PSP-entropy per layer", "mean H_ik over neurons (bits)")])
 
 
 # ---- sharpness -----------------------------------------------------------------------------------

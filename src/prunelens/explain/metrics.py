@@ -10,10 +10,18 @@ pooling names). Pixels marked ``ignore`` (e.g. the 255 border of VOC masks) are 
 numerator and denominator, and out of the ranking. An empty mask, an all-zero heatmap or a heatmap
 with non-finite values gives NaN for that item; callers count NaNs instead of averaging them away.
 
-Ties in RRA are scored by the *expected* value under uniformly random tie-breaking: the pixels
-strictly above the K-th largest value all count, and of the ``t`` pixels equal to it, which share the
-remaining ``K - n_above`` places, a fraction ``|tied ∩ GT| / t`` is inside GT. The result does not
-depend on pixel order (an index-based tie rule would, and GradCAM maps have many exact zeros).
+Ties in RRA are scored by the *expected* value under uniformly random tie-breaking (``ties=
+"expected"``, the default): the pixels strictly above the K-th largest value all count, and of the
+``t`` pixels equal to it, which share the remaining ``K - n_above`` places, a fraction
+``|tied ∩ GT| / t`` is inside GT. The result does not depend on pixel order. ``ties="index"`` is
+Quantus' rule instead: it ranks the flattened map with ``np.argsort(-a)`` and takes the first K,
+so equal values rank in index order (raster order, the earlier pixel first) — exactly so with a
+stable sort, which prunelens uses; numpy's default sort may order ties otherwise on some machines.
+
+``minmax=True`` rescales each pooled map to [0, 1] over its (not ignored) pixels before scoring,
+``(h − min) / (max − min)``, as the paper's code does for GradCAM and attention maps: the
+relevance floor no longer counts towards the mass, so RMA rises wherever the floor is spread over
+the background. RRA only changes through the ties it creates at the minimum.
 """
 from __future__ import annotations
 
@@ -73,7 +81,7 @@ class _Prepared(NamedTuple):
 
 
 def _prepare(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None,
-             pooling: str) -> _Prepared:
+             pooling: str, minmax: bool = False) -> _Prepared:
     h = pool_heatmaps(heatmaps, pooling)
     if masks.shape != h.shape:
         raise DataError(f"masks of shape {tuple(masks.shape)} do not match heatmaps of shape "
@@ -87,6 +95,8 @@ def _prepare(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor |
     if ignore is not None:
         valid = ~ignore.reshape(b, -1).to(torch.bool)
         h, gt = torch.where(valid, h, 0), gt & valid
+    if minmax:
+        h = _minmax(h, valid)
     k = torch.count_nonzero(gt, dim=1)
     total = h.sum(1)
     # a non-finite value makes the total non-finite too
@@ -102,20 +112,34 @@ def relevance_mass_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor,
 
 
 def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor,
-                            ignore: torch.Tensor | None = None, pooling: str = "none") -> torch.Tensor:
+                            ignore: torch.Tensor | None = None, pooling: str = "none",
+                            ties: str = "expected", minmax: bool = False) -> torch.Tensor:
     """RRA per item (B,): share of the K = |GT| top-ranked pixels inside GT (Arras et al. 2022, eq. 2).
 
-    Ties at the K-th value count fractionally (expected value under random tie-breaking, see module
-    docstring).
+    Ties at the K-th value count fractionally (``expected``, see the module docstring) or by pixel
+    index (``index``, as Quantus).
     """
-    return _rank_accuracy(_prepare(heatmaps, masks, ignore, pooling))
+    return _RANKING[ties](_prepare(heatmaps, masks, ignore, pooling, minmax))
 
 
 def localisation_scores(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None,
-                        pooling: str = "none") -> dict[str, torch.Tensor]:
+                        pooling: str = "none", ties: str = "expected", minmax: bool = False
+                        ) -> dict[str, torch.Tensor]:
     """``{"rma": (B,), "rra": (B,)}`` with one pooling pass for both metrics."""
-    p = _prepare(heatmaps, masks, ignore, pooling)
-    return {"rma": _mass_accuracy(p), "rra": _rank_accuracy(p)}
+    if ties not in _RANKING:
+        raise DataError(f"unknown RRA tie rule '{ties}'; choose one of {', '.join(_RANKING)}")
+    p = _prepare(heatmaps, masks, ignore, pooling, minmax)
+    return {"rma": _mass_accuracy(p), "rra": _RANKING[ties](p)}
+
+
+def _minmax(h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(h − min) / (max − min) per row over the valid pixels (0 elsewhere); a constant row → 0."""
+    inside = valid if valid is not None else torch.ones_like(h, dtype=torch.bool)
+    low = torch.where(inside, h, torch.inf).amin(1, keepdim=True)
+    high = torch.where(inside, h, -torch.inf).amax(1, keepdim=True)
+    span = high - low
+    scaled = (h - low) / torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(inside & (span > 0), scaled, torch.zeros_like(h))
 
 
 def _mass_accuracy(p: _Prepared) -> torch.Tensor:
@@ -128,6 +152,16 @@ def _rank_accuracy(p: _Prepared) -> torch.Tensor:
     _, n_above, n_tied, gt_above, gt_tied = _kth_largest(keys, k, n_bits, p.gt)
     hits = gt_above + (k - n_above) * gt_tied.double() / n_tied
     return torch.where(p.undefined, torch.nan, (hits / k).to(p.h.dtype))
+
+
+def _rank_accuracy_by_index(p: _Prepared) -> torch.Tensor:
+    """RRA with ties broken by pixel index, as Quantus: a stable descending sort of the flattened
+    map, whose first K pixels are the top K (ignored pixels sort last)."""
+    h = p.h if p.valid is None else torch.where(p.valid, p.h, -torch.inf)
+    order = torch.sort(h, dim=1, descending=True, stable=True).indices
+    top = torch.arange(h.shape[1], device=h.device).unsqueeze(0) < p.k.unsqueeze(1)
+    hits = (p.gt.gather(1, order) & top).sum(1)
+    return torch.where(p.undefined, torch.nan, (hits / p.k.clamp(min=1)).to(p.h.dtype))
 
 
 def _order_keys(h: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, int]:
@@ -191,3 +225,7 @@ def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int, marked: torch
         decided = shift
     tied = hist.gather(2, chosen.view(1, b, 1).expand(2, b, 1)).squeeze(2)
     return prefix, k - remaining, tied.sum(0), marked_above, tied[1]
+
+
+#: RRA tie rules (module docstring)
+_RANKING = {"expected": _rank_accuracy, "index": _rank_accuracy_by_index}

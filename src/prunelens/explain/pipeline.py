@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunelens.errors import ConfigError
@@ -34,6 +35,9 @@ class IGSettings:
     memory_cap_mb: float = 1024.0
     internal_batch_size: int | None = None
     generator: torch.Generator | None = None
+    #: ``black``: a black image in pixel space (normalised by the spec); ``zero``: 0 in the model's
+    #: normalised input space (Captum's default, which the paper's code used)
+    baseline: Literal["black", "zero"] = "black"
 
 
 class SharedPasses:
@@ -42,8 +46,9 @@ class SharedPasses:
     when no GradCAM is asked for, and the attention probabilities of every layer."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, spec: ArchSpec, methods, target,
-                 ig: IGSettings | None) -> None:
+                 ig: IGSettings | None, guide_gelu: bool = True) -> None:
         self.model, self.x, self.spec, self.target, self.ig = model, x, spec, target, ig or IGSettings()
+        self.guide_gelu = guide_gelu
         self.uses_gradcam = any(ATTRIBUTION_METHODS[m].needs == "spatial" for m in methods)
         self.completeness_gap: torch.Tensor | None = None
 
@@ -74,21 +79,28 @@ def _gradcam(p: SharedPasses) -> torch.Tensor:
 
 
 def _guided_gradcam(p: SharedPasses) -> torch.Tensor:
-    guided, _ = _guided_backprop(p.model, p.x, p.targets, True, p.spec)
+    guided, _ = _guided_backprop(p.model, p.x, p.targets, p.guide_gelu, p.spec)
     return guided * p.gradcam[0].unsqueeze(1)
 
 
 def _integrated_gradients(p: SharedPasses) -> torch.Tensor:
     s = p.ig
+    baseline = torch.zeros_like(p.x) if s.baseline == "zero" else None  # None: black (the default)
     attributions, p.completeness_gap = integrated_gradients(
-        p.model, p.x, p.targets, n_steps=s.n_steps, method=s.method, noise_samples=s.noise_samples,
+        p.model, p.x, p.targets, baseline=baseline, n_steps=s.n_steps, method=s.method, noise_samples=s.noise_samples,
         noise_std=s.noise_std, generator=s.generator, internal_batch_size=s.internal_batch_size,
         memory_cap_mb=s.memory_cap_mb, spec=p.spec)
     return attributions
 
 
 def _attention(p: SharedPasses) -> torch.Tensor:
-    return class_token_map(p.attention[-1].mean(1), p.x, p.spec)
+    """The class token's last-layer attention (ViT), or the attention tokens receive in local
+    windows (Swin, :meth:`prunelens.models.spec.SwinSpec.window_attention_map`), upsampled."""
+    if p.spec.class_token_attention(p.model):
+        return class_token_map(p.attention[-1].mean(1), p.x, p.spec)
+    with torch.no_grad():
+        grid = p.spec.window_attention_map(p.model, p.x)
+    return F.interpolate(grid.unsqueeze(1), size=p.x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
 def _rollout(p: SharedPasses) -> torch.Tensor:
@@ -98,21 +110,29 @@ def _rollout(p: SharedPasses) -> torch.Tensor:
 @dataclass(frozen=True)
 class AttributionMethod:
     """One attribution method. ``needs``: ``spatial`` (a spatial feature map), ``class_token``
-    (attention over a class token) or None (every model). ``default_pooling`` turns its map into
-    one non-negative value per pixel before RMA/RRA (:data:`prunelens.explain.metrics.POOLINGS`)."""
+    (attention over a class token), ``attention`` (that, or local window attention) or None (every
+    model). ``default_pooling`` turns its map into one non-negative value per pixel before RMA/RRA
+    (:data:`prunelens.explain.metrics.POOLINGS`)."""
 
     name: str
     title: str
     default_pooling: str
-    needs: Literal["spatial", "class_token"] | None
+    needs: Literal["spatial", "class_token", "attention"] | None
     compute: Callable[[SharedPasses], torch.Tensor]
 
     def applies_to(self, model: nn.Module, spec: ArchSpec) -> bool:
-        if self.needs == "spatial":
-            return spec.has_spatial_features
-        if self.needs == "class_token":
-            return bool(spec.class_token_attention(model))
-        return True
+        return self.why_not(model, spec) is None
+
+    def why_not(self, model: nn.Module, spec: ArchSpec) -> str | None:
+        """Why the method does not apply to this architecture (None when it does)."""
+        if self.needs == "spatial" and not spec.has_spatial_features:
+            return f"needs a spatial feature map, which the '{spec.family}' architecture lacks"
+        class_token = bool(spec.class_token_attention(model)) if self.needs else False
+        if self.needs == "class_token" and not class_token:
+            return spec.attention_not_applicable(model, self.name)
+        if self.needs == "attention" and not (class_token or spec.has_window_attention):
+            return spec.attention_not_applicable(model, self.name)
+        return None
 
 
 #: Every attribution method. GradCAM and attention maps are one non-negative channel already; for
@@ -123,7 +143,7 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in (
     AttributionMethod("guided_gradcam", "Guided GradCAM", "l2-norm,sq", "spatial", _guided_gradcam),
     AttributionMethod("integrated_gradients", "Integrated Gradients", "l2-norm,sq", None,
                       _integrated_gradients),
-    AttributionMethod("attention", "Attention", "none", "class_token", _attention),
+    AttributionMethod("attention", "Attention", "none", "attention", _attention),
     AttributionMethod("rollout", "Rollout", "none", "class_token", _rollout),
 )}
 METHODS = tuple(ATTRIBUTION_METHODS)
@@ -152,9 +172,11 @@ class BatchExplanation:
 def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[str, ...] = METHODS, *,
                   spec: ArchSpec | None = None, target: torch.Tensor | int | None = None,
                   ig: IGSettings | None = None, pooling: dict[str, str] | None = None,
-                  amp: bool = False, channels_last: bool = False) -> BatchExplanation:
+                  amp: bool = False, channels_last: bool = False,
+                  guide_gelu: bool = True) -> BatchExplanation:
     """Heatmaps of normalised images ``x`` for each of ``methods`` (predicted class when ``target``
-    is None).
+    is None). ``guide_gelu``: guided backpropagation also guides GELU (see
+    :mod:`prunelens.explain.gradients`); False leaves GELU alone, as Captum does.
 
     ``amp`` runs the model passes under bf16 autocast and ``channels_last`` converts the model and
     images to channels-last (GPU speed options); heatmaps are returned in float32 either way.
@@ -166,12 +188,13 @@ def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[
     autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp
                 else contextlib.nullcontext())
     with autocast:
-        result = _explain(model, x, methods, spec, target, ig, pooling)
+        result = _explain(model, x, methods, spec, target, ig, pooling, guide_gelu)
     result.heatmaps = {m: h.float() for m, h in result.heatmaps.items()}
     return result
 
 
-def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooling) -> BatchExplanation:
+def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooling,
+             guide_gelu: bool = True) -> BatchExplanation:
     spec = resolve_spec(model, spec)
     unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
     if unknown:
@@ -180,7 +203,7 @@ def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooli
     bad = {m: p for m, p in pooling.items() if p not in POOLINGS}
     if bad:
         raise ConfigError(f"unknown pooling {bad}; choose from {', '.join(POOLINGS)}")
-    passes = SharedPasses(model, x, spec, methods, target, ig)
+    passes = SharedPasses(model, x, spec, methods, target, ig, guide_gelu)
     maps = {m: ATTRIBUTION_METHODS[m].compute(passes) for m in methods}
     logits, targets = passes.logits_and_targets
     return BatchExplanation(predictions=logits.argmax(1), targets=targets, heatmaps=maps,

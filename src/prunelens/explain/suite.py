@@ -22,7 +22,7 @@ import logging
 import math
 import sys
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from pydantic import Field, model_validator
@@ -36,12 +36,29 @@ from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
 from prunelens.explain.integrated import RULES
 from prunelens.explain.metrics import POOLINGS, localisation_scores
-from prunelens.explain.pipeline import METHODS, IGSettings, applicable_methods, explain_batch
+from prunelens.explain.pipeline import (ATTRIBUTION_METHODS, METHODS, IGSettings, applicable_methods,
+                                       explain_batch)
 from prunelens.io import atomic_save_tensors, atomic_write_json
 from prunelens.results import Record
 
 log = logging.getLogger(__name__)
 FIGURE_FILE = "figure2.png"
+
+
+class Scoring(NamedTuple):
+    """How heatmaps are made and scored where the paper's code and a principled choice differ."""
+
+    normalize_maps: str   # none | minmax (one-channel maps: GradCAM, attention, rollout)
+    ig_baseline: str      # black (pixel space) | zero (normalised space)
+    guide_gelu: bool      # guided backprop rule on GELU
+    rra_ties: str         # expected | index
+
+
+#: ``default``: scores that do not depend on an arbitrary floor, baseline or pixel order;
+#: ``paper``: the choices of Cassano et al.'s code (min-max normalised GradCAM/attention maps,
+#: Captum's default zero baseline and GuidedBackprop, which leaves GELU alone, Quantus' RRA)
+PRESETS = {"default": Scoring("none", "black", True, "expected"),
+           "paper": Scoring("minmax", "zero", False, "index")}
 
 
 class InterpretabilityOptions(SuiteOptions):
@@ -67,6 +84,22 @@ class InterpretabilityOptions(SuiteOptions):
                             "keep a whole batch's activations; IG is chunked by ig_memory_cap_mb)")
     figure_images: int = Field(4, ge=0, description="images whose heatmaps are saved for Figure 2")
     seed: int = 0
+    preset: Literal["default", "paper"] = Field("default", description=(
+        "scoring choices: default (principled) or paper (those of Cassano et al.'s code); the four "
+        "options below override single choices"))
+    normalize_maps: Literal["none", "minmax"] | None = Field(
+        None, description="min-max normalise one-channel maps (GradCAM, attention) before RMA/RRA")
+    ig_baseline: Literal["black", "zero"] | None = Field(
+        None, description="black: a black image in pixel space; zero: 0 in normalised input space")
+    guide_gelu: bool | None = Field(None, description="guided backprop also guides GELU (Captum: no)")
+    rra_ties: Literal["expected", "index"] | None = Field(
+        None, description="RRA ties: expected value under random tie-breaking, or pixel index (Quantus)")
+
+    @property
+    def scoring(self) -> Scoring:
+        """The preset's choices with the options given explicitly in their place."""
+        chosen = {k: getattr(self, k) for k in Scoring._fields if getattr(self, k) is not None}
+        return PRESETS[self.preset]._replace(**chosen)
 
     @property
     def source(self) -> str:
@@ -123,6 +156,12 @@ class InterpretabilitySuite(Suite):
             return f"{', '.join(wanted)} need a spatial feature map, which this architecture lacks"
         return None
 
+    def not_applicable(self, ctx: RunContext) -> dict[str, str]:
+        model = ctx.architecture()
+        wanted = ctx.options.methods or list(METHODS)
+        reasons = {m: ATTRIBUTION_METHODS[m].why_not(model, ctx.spec) for m in wanted}
+        return {f"method '{m}'": why for m, why in reasons.items() if why}
+
     # ---- data -----------------------------------------------------------------------------------
     def dataset(self, ctx: RunContext):
         """The evaluation images with masks (built once, reused by every level)."""
@@ -156,8 +195,9 @@ class InterpretabilitySuite(Suite):
         methods = [m for m in (opts.methods or METHODS) if m in applicable_methods(ctx.model, ctx.spec)]
         dataset_name = data.name if opts.source == "voc" else "synthetic"
         generator = torch.Generator().manual_seed(opts.seed)
+        scoring = opts.scoring
         ig = IGSettings(opts.ig_steps, opts.ig_rule, opts.ig_noise_samples, opts.ig_noise_std,
-                        opts.ig_memory_cap_mb, generator=generator)
+                        opts.ig_memory_cap_mb, generator=generator, baseline=scoring.ig_baseline)
         sizes = data.sizes() if hasattr(data, "sizes") and opts.resize == "none" else None
         tally = {m: {"n": 0, "nan_rma": 0, "nan_rra": 0} for m in methods}
         gaps, relative_gaps, figure = [], [], []
@@ -165,12 +205,16 @@ class InterpretabilitySuite(Suite):
             x = ctx.spec.normalize(batch.images01(ctx.device))
             _check_input_size(ctx.model, ctx.spec, x, opts)
             result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling,
-                                   amp=ctx.amp, channels_last=ctx.channels_last)
+                                   amp=ctx.amp, channels_last=ctx.channels_last,
+                                   guide_gelu=scoring.guide_gelu)
             gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
             ignore = batch.ignore.to(ctx.device)
             pooled = {m: result.pooled(m) for m in methods}
             for method in methods:
-                scores = {k: v.tolist() for k, v in localisation_scores(pooled[method], gt, ignore).items()}
+                minmax = scoring.normalize_maps == "minmax" and result.pooling[method] == "none"
+                scores = localisation_scores(pooled[method], gt, ignore, ties=scoring.rra_ties,
+                                             minmax=minmax)
+                scores = {k: v.tolist() for k, v in scores.items()}
                 for metric in ("rma", "rra"):
                     for item, value in zip(batch.item_ids, scores[metric]):
                         yield Record(self.name, metric, value, method=method, dataset=dataset_name, item=item)
@@ -208,6 +252,15 @@ class InterpretabilitySuite(Suite):
             atomic_save_tensors(out / HEATMAPS_FILE, tensors, metadata=meta)
         else:  # none asked for: drop those of an earlier evaluation with other options
             (out / HEATMAPS_FILE).unlink(missing_ok=True)
+
+    @classmethod
+    def describe(cls, options: InterpretabilityOptions) -> str:
+        s = options.scoring
+        return (f"scoring preset '{options.preset}': one-channel maps "
+                f"{'min-max normalised' if s.normalize_maps == 'minmax' else 'as computed'}, "
+                f"IG baseline {'0 in normalised space' if s.ig_baseline == 'zero' else 'black'}, "
+                f"guided backprop {'also guides' if s.guide_gelu else 'leaves'} GELU, "
+                f"RRA ties {'by pixel index (Quantus)' if s.rra_ties == 'index' else 'by expected value'}")
 
     def after_levels(self, ctx: RunContext) -> None:
         if any(ctx.artifacts.glob(f"level_*/{HEATMAPS_FILE}")):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from prunelens.errors import ModelError
 
@@ -86,6 +87,16 @@ class ArchSpec:
         """The attention modules whose token sequences start with a class token (in layer order);
         empty for families without one."""
         return []
+
+    def window_attention_map(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """A relevance map (B, h, w) from local window attention, or None for families without
+        it (see :class:`SwinSpec`)."""
+        return None
+
+    def attention_not_applicable(self, model: nn.Module, method: str) -> str:
+        """Why attention-based method ``method`` does not apply to this family."""
+        return (f"the '{self.family}' architecture has no attention over a class token, which "
+                f"{method} maps are read from")
 
     @staticmethod
     def query_key(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor
@@ -191,6 +202,8 @@ class ArchSpec:
 
     # ---- spatial features (GradCAM, LOST) ----------------------------------------------------
     has_spatial_features = False
+    #: local window attention, read by :meth:`window_attention_map` (Swin)
+    has_window_attention = False
     #: GradCAM reads the *input* of ``gradcam_layer`` rather than its output (see ViTSpec)
     gradcam_uses_input = False
     #: LayerNorm LOST applies to CNN feature maps by default: over the whole map, as the
@@ -353,6 +366,7 @@ class SwinSpec(ArchSpec):
 
     family = "swin"
     has_spatial_features = True
+    has_window_attention = True
     lost_layernorm = "none"
     # Swin v1's learned bias tables; v2 computes its biases with cpb_mlp and has no such parameter
     embedding_names = ("relative_position_bias_table",)
@@ -368,6 +382,29 @@ class SwinSpec(ArchSpec):
 
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if type(m).__name__.startswith("ShiftedWindowAttention")]
+
+    def window_attention_map(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Attention *received*, on the last stage's token grid (B, h, w).
+
+        For every block of the last stage, with P = softmax(attention) of each window (B·nW,
+        heads, N, N), the attention token k receives is the mean over heads and over the window's
+        N queries q of P[q → k]. Windows are laid back on the padded grid, the cyclic shift of
+        shifted blocks is undone, and the padding cropped; the map is the mean over the stage's
+        blocks. Swin has no class token, so there is no class-specific row as in a ViT: this map
+        says which tokens the model attends to, whatever the class.
+        """
+        blocks = [m for m in model.features[-1].modules()
+                  if type(m).__name__.startswith("ShiftedWindowAttention")]
+        captured = _capture_window_attention(blocks, lambda: self.forward(model, x))
+        maps = [_received_on_grid(probs, shape, block) for block, (shape, probs) in captured.items()]
+        return torch.stack(maps).mean(0)
+
+    def attention_not_applicable(self, model: nn.Module, method: str) -> str:
+        if method == "rollout":
+            return ("attention rollout multiplies attention matrices over one token sequence up to a "
+                    "class token; Swin attends within shifted local windows and has no class token, "
+                    "so the product is not defined")
+        return super().attention_not_applicable(model, method)
 
     def attention_parameters(self, model: nn.Module) -> list[str]:
         prunable = self.prunable(model)
@@ -451,3 +488,62 @@ def activation_of(module: nn.Module, run: Callable[[], object], *, pre: bool = F
     finally:
         handle.remove()
     raise ModelError(f"the layer {type(module).__name__} was not called in the forward pass")
+
+
+class _SoftmaxCapture(TorchFunctionMode):
+    """Keeps the output of every ``F.softmax`` called while ``current`` names a module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: nn.Module | None = None
+        self.found: dict[nn.Module, list[torch.Tensor]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is F.softmax and self.current is not None:
+            self.found.setdefault(self.current, []).append(out)
+        return out
+
+
+def _capture_window_attention(blocks: list[nn.Module], run: Callable[[], object]
+                              ) -> dict[nn.Module, tuple[tuple[int, ...], torch.Tensor]]:
+    """Per window-attention module: its input's shape (B, H, W, C) and the attention
+    probabilities its forward computed (torchvision's ``shifted_window_attention`` calls
+    ``F.softmax`` once per forward)."""
+    mode, shapes = _SoftmaxCapture(), {}
+
+    def enter(module, args):
+        shapes[module] = tuple(args[0].shape)
+        mode.current = module
+
+    def leave(module, args, output):
+        mode.current = None
+
+    handles = [h for b in blocks for h in (b.register_forward_pre_hook(enter),
+                                            b.register_forward_hook(leave))]
+    try:
+        with mode:
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(len(mode.found.get(b, [])) != 1 for b in blocks):
+        raise ModelError("Swin's window attention did not compute its probabilities with one softmax "
+                         "per block (a torchvision version prunelens does not know)")
+    return {b: (shapes[b], mode.found[b][0]) for b in blocks}
+
+
+def _received_on_grid(probs: torch.Tensor, shape: tuple[int, ...], block: nn.Module) -> torch.Tensor:
+    """Attention received per token (mean over heads and queries) of one block's windows,
+    (B·nW, heads, N, N), back on the block's (B, H, W) grid: windows un-partitioned, the shift
+    undone, the padding cropped — the inverse of torchvision's ``shifted_window_attention``."""
+    b, h, w, _ = shape
+    wh, ww = block.window_size
+    pad_h, pad_w = h + (wh - h % wh) % wh, w + (ww - w % ww) % ww
+    received = probs.mean(1).mean(1)                                   # (B·nW, N)
+    grid = received.view(b, pad_h // wh, pad_w // ww, wh, ww).permute(0, 1, 3, 2, 4)
+    grid = grid.reshape(b, pad_h, pad_w)
+    shift = [0 if wh >= pad_h else block.shift_size[0], 0 if ww >= pad_w else block.shift_size[1]]
+    if sum(shift) > 0:
+        grid = torch.roll(grid, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return grid[:, :h, :w]

@@ -18,16 +18,18 @@ from pathlib import Path
 import pandas as pd
 
 import prunelens
-from prunelens.errors import PrunelensError
+from prunelens.errors import ConfigError, PrunelensError
 from prunelens.io import atomic_write_bytes, current_umask
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
-from prunelens.report.runs import pool_accuracy_rows, pool_table, seed_groups, skip_reasons, suite_pngs
+from prunelens.report.runs import (not_applicable, pool_accuracy_rows, pool_table, seed_groups,
+                                   skip_reasons, suite_pngs)
 from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
 from prunelens.runfolder import RunFolder
 from prunelens.stats import summarize
-from prunelens.suite import available_suites, metric_of
+from prunelens.results import options_used
+from prunelens.suite import available_suites, get_suite, metric_of
 
 __all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense", "sweet_spots",
            "draw_figures"]
@@ -87,7 +89,8 @@ def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | 
             runs=runs, groups=groups, pools={r.name: pool_table(r) for r in runs}, figures=figures,
             suite_images=_copy_suite_images(runs, tmp / "suites"), spots=spots,
             not_evaluated=not_evaluated, files=files, confidence=confidence,
-            version=prunelens.__version__, evaluated_suites=set(frame["suite"]))
+            version=prunelens.__version__, evaluated_suites=set(frame["suite"]),
+            settings=_settings(runs, frame))
         atomic_write_bytes(tmp / "index.html", render(content).encode())
         atomic_write_bytes(tmp / MARKER, json.dumps({"prunelens": prunelens.__version__}).encode())
         _swap_in(tmp, out_dir)
@@ -116,6 +119,8 @@ def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: 
                         f"only levels {_levels([lv.index for lv in run.levels])} exist"))
         rows = frame[frame["run"] == run.name]
         reasons = skip_reasons(run)
+        for suite, parts in not_applicable(run).items():
+            out += [(suite, f"{part} of suite '{suite}' on {run.name}", why) for part, why in parts.items()]
         pool_levels = {lv.index for lv in run.levels}
         for suite in available_suites():
             measured = rows[rows["suite"] == suite]
@@ -144,6 +149,24 @@ def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: 
     if accuracy_rows(comparisons).empty:
         out.append(("", "sweet spots", "no accuracy of a pruned level to compare with the dense "
                     "level 0 (both are needed)"))
+    return out
+
+
+def _settings(runs: Sequence[RunFolder], frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(suite, run, description) of the settings each suite says a reader must know
+    (:meth:`prunelens.suite.Suite.describe`), from the options its results were computed with."""
+    out = []
+    for run in runs:
+        for name in sorted(set(frame.loc[frame["run"] == run.name, "suite"])):
+            try:
+                suite = get_suite(name)
+            except ConfigError:
+                continue
+            for stored in options_used(run.run_dir, name):
+                options = suite.options_from(stored)
+                text = suite.describe(options) if options is not None else None
+                if text:
+                    out.append((name, run.name, text))
     return out
 
 

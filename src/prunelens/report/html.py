@@ -76,6 +76,7 @@ class ReportContent:
     confidence: float = 0.95
     version: str = ""
     evaluated_suites: set[str] = field(default_factory=set)
+    settings: list[tuple[str, str, str]] = field(default_factory=list)  # (suite, run, description)
 
 
 def esc(value) -> str:
@@ -180,7 +181,10 @@ def _figures(c: ReportContent, section: ReportSection, suites: tuple[str, ...]) 
 
 
 def _section(c: ReportContent, section: ReportSection, suites: tuple[str, ...]) -> str:
-    body = (_pool_tables(c) if section.id == "pool" else "") + _figures(c, section, suites)
+    settings = "".join(f"<li>{esc(run)} ({esc(suite)}): {esc(text)}</li>"
+                       for suite, run, text in c.settings if suite in suites)
+    body = (f'<p class="muted">Settings:</p><ul class="muted">{settings}</ul>' if settings else "")
+    body += (_pool_tables(c) if section.id == "pool" else "") + _figures(c, section, suites)
     spots = c.spots[c.spots["suite"].isin(suites)] if len(c.spots) else c.spots
     if len(spots):
         body += "<h3>Sweet spots</h3>" + _spot_table(spots, c.confidence)

@@ -60,6 +60,19 @@ def suite_pngs(run: RunFolder) -> dict[str, list[Path]]:
     return found
 
 
+def not_applicable(run: RunFolder) -> dict[str, dict[str, str]]:
+    """Suite → {part: why} for the parts of a suite that did not apply (``not_applicable.json``)."""
+    found = {}
+    for path in sorted(run.layout.results.glob("*/not_applicable.json")):
+        try:
+            parts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(parts, dict):
+            found[path.parent.name] = {str(k): str(v) for k, v in parts.items()}
+    return found
+
+
 def skip_reasons(run: RunFolder) -> dict[str, str]:
     """Suite → why it was skipped, from ``results/<suite>/skipped.json`` where the driver wrote one."""
     reasons = {}
