@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -204,18 +205,38 @@ def cmd_run(args) -> int:
     from prunelens import distributed
 
     configs = load_configs(args.config, args.overrides)
-    pools = [prune_run(cfg, force=args.force) for cfg in configs]
+    stages = _Stages()
+    pools = [stages.timed(f"prune {cfg.name}", prune_run, cfg, force=args.force) for cfg in configs]
     for pool in pools:
         if distributed.is_main():
             print(format_pool_table(pool))
     for pool in pools:
-        evaluate_run(pool.run_dir)
+        stages.timed(f"evaluate {pool.name}", evaluate_run, pool.run_dir)
     if not distributed.is_main():
         return 0
     out = None if len(pools) == 1 else Path(configs[0].output_dir) / "report"
-    path = build_report([p.run_dir for p in pools], out)
+    path = stages.timed("report", build_report, [p.run_dir for p in pools], out)
+    print(stages.summary())
     print(f"report: {path}")
     return 0
+
+
+class _Stages:
+    """Wall time of each stage of ``prunelens run``, for the closing summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def timed(self, name: str, work, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return work(*args, **kwargs)
+        finally:
+            self.seconds[name] = time.perf_counter() - start
+
+    def summary(self) -> str:
+        parts = " · ".join(f"{name} {s:.0f} s" for name, s in self.seconds.items())
+        return f"prunelens run: {parts} · total {sum(self.seconds.values()):.0f} s"
 
 
 def cmd_evaluate(args) -> int:

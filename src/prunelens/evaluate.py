@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from prunelens import distributed
 from prunelens.config import apply_overrides, validate_section
 from prunelens.data.provider import RunData
@@ -108,10 +110,12 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
             return
         if todo["work"]:
             data.check_against(pool.class_names, f"run {pool.name}")
-        for k, (name, index) in enumerate(todo["work"]):
-            if k % distributed.world_size() == distributed.rank():
-                ctx = _run_context(run_dir, pool, config, name, spec, data, device)
-                _evaluate_level(ctx, instances[name], pool.level(index), log)
+        mine = [(name, index) for k, (name, index) in enumerate(todo["work"])
+                if k % distributed.world_size() == distributed.rank()]
+        for name, index in tqdm(mine, desc=f"{pool.name}: evaluate", unit="level", leave=False,
+                                disable=None if distributed.is_main() else True):
+            ctx = _run_context(run_dir, pool, config, name, spec, data, device)
+            _evaluate_level(ctx, instances[name], pool.level(index), log)
         distributed.barrier("every rank finishing its share of the levels", EVALUATE_BARRIER_TIMEOUT_S)
         if distributed.is_main():
             for name in todo["applicable"]:
