@@ -33,6 +33,7 @@ class _Data:
     def __init__(self, n=6, size=32):
         self.test = SyntheticShapes("test", n, size, 5, 0.5, "standard", 0)
         self.class_names = self.test.class_names
+        self.config = SimpleNamespace(name="synthetic")
 
     def split(self, name, **overrides):
         assert name == "test"

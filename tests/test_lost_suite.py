@@ -26,10 +26,15 @@ def data():
     return RunData(DataConfig(name="synthetic", image_size=32, num_classes=4, n_test=16), seed=0)
 
 
-def level_ctx(tmp_path: Path, model, data, level: int = 0, sparsity: float = 0.0, **options):
+def level_ctx(tmp_path: Path, model, data, level: int = 0, sparsity: float = 0.0, levels=(0, 1, 2, 3),
+              **options):
+    """A level's context; its pool (name, levels) and config are what the suite reads of them."""
+    from prunelens.config import RunConfig
+
     artifacts = tmp_path / "results" / "discovery"
+    pool = SimpleNamespace(name="lost-test", levels=[SimpleNamespace(index=i) for i in levels])
     return LevelContext(
-        pool=None, config=None, options=DiscoveryOptions(**options),
+        pool=pool, config=RunConfig(), options=DiscoveryOptions(**options),
         device=torch.device("cpu"), data=data, spec=spec_for(model), artifacts=artifacts,
         batch_size=5, level=SimpleNamespace(index=level, sparsity=sparsity), model=model.eval(),
         level_artifacts=artifacts / f"level_{level:02d}")
@@ -72,6 +77,11 @@ def test_per_image_records_boxes_and_summary(tmp_path, data):
     assert summary["corloc"] == pytest.approx(wide["corloc"].mean())
     assert summary["mean_iou"] == pytest.approx(wide["iou"].mean())
     assert summary["ci_low"] <= summary["corloc"] <= summary["ci_high"]
+    # the same interval the results summary gives this number (one bootstrap, seeded alike)
+    from prunelens.stats import summarize
+    rows = frame.assign(run="lost-test", level=0, sparsity=0.0)
+    row = summarize(rows, n_boot=ctx.config.evaluate.n_boot).set_index("metric").loc["corloc"]
+    assert (summary["ci_low"], summary["ci_high"]) == (row["ci_low"], row["ci_high"])
 
 
 def test_vit_levels_and_the_figure_across_levels(tmp_path, data):

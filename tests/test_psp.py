@@ -168,12 +168,9 @@ def test_psp_suite_records_every_neuron(tmp_path):
     torch.testing.assert_close(saved["conv1"], direct.per_class["conv1"])
 
 
-def test_psp_figure_across_levels(tmp_path):
-
-    from prunelens.suite import RunContext, get_suite
+def test_psp_results_across_levels(tmp_path):
     from prunelens.results import Record, write_level
 
-    suite = get_suite("psp")
     from conftest import hand_made_pool
     pool = hand_made_pool(tmp_path, (0.0, 0.5, 0.8))
     levels = pool.levels
@@ -181,16 +178,10 @@ def test_psp_figure_across_levels(tmp_path):
         rows = [Record("psp", "psp_entropy", 1.0 + level.sparsity + 0.1 * i, method="conv1", item=str(i))
                 for i in range(4)]
         write_level(tmp_path, "psp", level.index, rows, meta={})
-    ctx = RunContext(pool=pool, config=None,
-                     options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
-                     artifacts=tmp_path / "results" / "psp")
     from prunelens.results import load_results
-    frame = load_results(ctx.run_dir, suite="psp")
+    frame = load_results(pool.run_dir, suite="psp")
     assert sorted(frame["sparsity"].unique()) == [0.0, 0.5]
     assert frame.groupby("sparsity")["value"].mean().tolist() == pytest.approx([1.15, 1.65])
-    suite().after_levels(ctx)
-    png = ctx.artifacts / "psp_entropy_vs_sparsity.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_suites_skip_a_split_the_dataset_lacks():

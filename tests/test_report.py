@@ -274,7 +274,8 @@ def test_out_dir_is_replaced_whole_and_foreign_folders_refused(tmp_path):
     (out / "stale.txt").write_text("old")
     write_report([run], frame, out, n_boot=100)
     assert (out / "index.html").is_file() and not (out / "stale.txt").exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    # no build or old folder is left beside it; the lock file stays, as a run folder's .lock does
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == [".out.lock"]
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep me")

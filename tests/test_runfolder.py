@@ -71,7 +71,7 @@ def _one_line_error(code: int, err: str, *phrases: str) -> None:
 
 def _files(run_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
+            if p.is_file() and p.suffix != ".lock" and p.name != ".lock"}
 
 
 def _edit_json(path: Path, change, reseal: bool = False) -> None:
@@ -128,9 +128,15 @@ FAULTS = {
         lambda d, c: (d / "results/accuracy/level_01.csv").write_text(
             (d / "results/accuracy/level_01.csv").read_text().replace(",1.0", ",0.0")),
         ["results", "{run}"], ["does not match its recorded sha256"]),
-    "pool.json nested 500 deep": (
-        lambda d, c: (d / "pool.json").write_text("[" * 500 + "]" * 500),
-        ["pool", "show", "{run}"], ["pool.json does not hold a JSON object"]),
+    "pool.json nested 5000 deep": (
+        lambda d, c: (d / "pool.json").write_text("[" * 5000 + "]" * 5000),
+        ["pool", "show", "{run}"], ["pool.json is not readable JSON (nested too deeply)"]),
+    "a results sidecar nested 5000 deep": (
+        lambda d, c: (d / "results/accuracy/level_01.json").write_text("[" * 5000 + "]" * 5000),
+        ["results", "{run}"], ["level_01.csv has no readable sidecar"]),
+    "a symbolic link in the run folder": (
+        lambda d, c: (d / "results" / "accuracy" / "leak.png").symlink_to("/etc/hostname"),
+        ["report", "{run}", "-o", "{tmp}/out"], ["holds symbolic links", "leak.png -> /etc/hostname"]),
     "pool.json of a newer format": (
         lambda d, c: _edit_json(d / "pool.json", _set("format", FORMAT + 1), reseal=True),
         ["results", "{run}"], [f"pool format {FORMAT + 1}", "upgrade prunelens"]),
@@ -192,6 +198,8 @@ def test_identity_is_the_effective_config(tmp_path):
     other_seed = resolve_runs(tiny_config_dict(tmp_path, seed=1))[0]
     assert other_seed.identity_hash() != cfg.identity_hash()
     assert other_seed.experiment_hash() == cfg.experiment_hash()
+    other_model = dict(tiny_config_dict(tmp_path), model={"name": "small_vit"})
+    assert resolve_runs(other_model)[0].experiment_hash() != cfg.experiment_hash()
 
 
 def test_an_option_added_with_its_default_keeps_the_identity(run, capsys):
@@ -229,6 +237,21 @@ def test_a_changed_default_is_a_different_identity_and_the_recorded_value_is_use
     assert model.conv1.stride == (2, 2)  # the recorded architecture, not today's default
 
 
+def test_a_dataset_default_that_changed_since_is_a_difference(run, capsys):
+    """pool.json records every dataset option, defaults included: a run folder written when a
+    default was different (simulated: its recorded value differs from today's default, and the
+    config does not set the option) is not taken for today's config."""
+    run_dir, config = run
+    raw = yaml.safe_load(config.read_text())
+    raw["data"].pop("n_val")                                 # the config leaves it to the default
+    config.write_text(yaml.safe_dump(raw))
+    default = resolve_runs(raw)[0].data.options.n_val
+    _edit_json(run_dir / "pool.json", _set("config.data.n_val", default + 7), reseal=True)
+    code, err = _cli(capsys, "prune", config)
+    _one_line_error(code, err, f"data.n_val: {default + 7} in the run folder vs {default} now")
+    assert RunFolder(run_dir).config.data.options.n_val == default + 7  # readers use the recorded value
+
+
 def test_a_different_config_names_every_difference(run, capsys):
     run_dir, config = run
     config.write_text(config.read_text().replace("lr: 0.05", "lr: 0.01").replace("rate: 0.5", "rate: 0.4"))
@@ -242,9 +265,19 @@ def test_pool_json_records_its_format_and_hashes(run):
     info = json.loads((run_dir / "pool.json").read_text())
     assert info["format"] == FORMAT
     folder = RunFolder(run_dir)
-    assert info["identity_sha256"] == folder.identity_hash
     assert {e["dir"]: e["level_json_sha256"] for e in info["levels"]} == \
         {lv.path.name: _sha(lv.path / "level.json") for lv in folder.levels}
+
+
+def test_the_identity_hash_survives_an_added_option(run):
+    """The hash covers values beyond the defaults: a key an older version did not write (its
+    option added since, at its default) leaves it unchanged; a value set away from it does not."""
+    run_dir, _ = run
+    before = RunFolder(run_dir).identity_hash
+    _edit_json(run_dir / "pool.json", lambda i: i["config"]["train"].pop("nesterov"), reseal=True)
+    assert RunFolder(run_dir).identity_hash == before
+    _edit_json(run_dir / "pool.json", _set("config.train.nesterov", True), reseal=True)
+    assert RunFolder(run_dir).identity_hash != before
 
 
 def test_a_format_1_run_folder_is_upgraded_and_then_read(tmp_path, capsys):
@@ -259,8 +292,9 @@ def test_a_format_1_run_folder_is_upgraded_and_then_read(tmp_path, capsys):
     frame = load_results(run_dir)  # results computed before the upgrade still belong to their levels
     assert sorted(frame["level"].unique()) == [0, 1, 2]
     assert _cli(capsys, "report", run_dir)[0] == 0
-    out = _cli(capsys, "pool", "upgrade", run_dir)
-    assert out[0] == 0
+    upgraded = (run_dir / "pool.json").read_bytes()
+    assert _cli(capsys, "pool", "upgrade", run_dir)[0] == 0   # already upgraded: nothing to do
+    assert (run_dir / "pool.json").read_bytes() == upgraded
 
 
 def test_a_format_1_level_that_fails_its_hash_is_not_upgraded(tmp_path, capsys):
@@ -409,7 +443,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_nan_level(tmp_path, cap
     raw = tiny_config_dict(tmp_path, train={"epochs": 1, "lr": 1e30, "momentum": 0.0})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     code, err = _cli(capsys, "prune", tmp_path / "c.yaml")
-    _one_line_error(code, err, "training loss became", "lower train.lr")
+    _one_line_error(code, err, "training loss became", "lower train.lr", "another run name", "--force")
     info = json.loads((tmp_path / "runs" / "tiny" / "pool.json").read_text())
     assert info["levels"] == [] and not info["complete"]
 
@@ -469,7 +503,7 @@ def test_leftovers_are_cleaned_by_the_next_successful_run(run, capsys):
     (report_parent / ".report.old-abc").mkdir()
     assert main(["run", str(config)]) == 0
     left = [p.name for p in run_dir.rglob("*") if ".tmp" in p.name or ".partial-" in p.name
-            or ".report." in p.name]
+            or (".report." in p.name and p.suffix != ".lock")]
     assert left == []
 
 

@@ -152,25 +152,3 @@ def test_sharpness_suite_records(tmp_path):
     assert len(eig) == 1
     saved = json.loads((ctx.level_artifacts / "hessian.json").read_text())
     assert saved["eigenvalue"] == eig[0] and saved["images"] == 8
-
-
-def test_sharpness_figures_across_levels(tmp_path):
-
-    from prunelens.suite import RunContext, get_suite
-    from prunelens.results import Record, write_level
-
-    suite = get_suite("sharpness")
-    from conftest import hand_made_pool
-    pool = hand_made_pool(tmp_path, (0.0, 0.6))
-    levels = pool.levels
-    for level in levels:
-        rows = [Record("sharpness", "loss_increase", 0.1 * (1 + level.index) + 0.01 * d,
-                       method="sigma=0.05", item=str(d)) for d in range(3)]
-        rows.append(Record("sharpness", "hessian_top_eigenvalue", 3.0 + level.index))
-        write_level(tmp_path, "sharpness", level.index, rows, meta={})
-    ctx = RunContext(pool=pool, config=None,
-                     options=suite.Options(), device=torch.device("cpu"), data=None, spec=None,
-                     artifacts=tmp_path / "results" / "sharpness")
-    suite().after_levels(ctx)
-    assert {p.name for p in ctx.artifacts.glob("*.png")} == {"loss_increase_vs_sparsity.png",
-                                                        "hessian_top_eigenvalue_vs_sparsity.png"}

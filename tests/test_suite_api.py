@@ -14,43 +14,21 @@ from prunelens.errors import ConfigError
 from prunelens.evaluate import evaluate_run
 from prunelens.report import build_report
 from prunelens.report.sweet_spots import compare_to_dense
-from prunelens.results import Record, load_results
+from prunelens.results import load_results
 from prunelens.stats import summarize
-
-
-class ToyOptions(contract.SuiteOptions):
-    gain: float = 0.1
-
-
-class ToySuite(contract.Suite):
-    """A score that rises with the level's sparsity, one record per image."""
-
-    name = "toy"
-    title = "a toy score that rises with sparsity"
-    Options = ToyOptions
-    section = contract.ReportSection("toy", "Toy question", "Does pruning raise the toy score?",
-                                     order=60)
-    metrics = (contract.Metric("score", "higher", "a higher toy score is better", unit="fraction",
-                               figure="toy"),)
-    figures = (contract.FigureSpec("toy", "Toy score vs sparsity", panels=("metric",),
-                                   lines=("group",)),)
-
-    @classmethod
-    def describe(cls, options):
-        return f"toy gain {options.gain}"
-
-    def evaluate_level(self, ctx):
-        rng = np.random.default_rng(ctx.level.index)
-        for i in range(40):
-            yield Record(self.name, "score", 0.5 + ctx.options.gain * ctx.level.sparsity
-                         + float(rng.normal(0, 0.01)), item=f"img-{i}")
 
 
 @pytest.fixture
 def toy(monkeypatch):
-    """The toy suite registered for one test (its one line of registration)."""
-    monkeypatch.setitem(contract._REGISTRY, "toy", ToySuite)
-    return ToySuite
+    """The toy suite registered for one test: its one line in SUITE_MODULES, nothing else (the
+    registration and the module are forgotten afterwards)."""
+    import sys
+
+    monkeypatch.setitem(contract.SUITE_MODULES, "toy", "toy_suite")
+    sys.modules.pop("toy_suite", None)
+    yield contract.get_suite("toy")
+    contract._REGISTRY.pop("toy", None)
+    sys.modules.pop("toy_suite", None)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +56,11 @@ def test_a_registered_suite_is_seen_everywhere(toy, pool, tmp_path, capsys):
     comparisons = compare_to_dense(load_results(run_dir), n_boot=200)
     toy_rows = comparisons[comparisons["suite"] == "toy"]
     assert list(toy_rows["better"]) == ["higher", "higher"] and (toy_rows["delta"] > 0).all()
-    # report: its section, its figure, its direction
+    # report: its section, its figure, its direction, its comparison with the dense level
     index = build_report([run_dir], tmp_path / "out", n_boot=200)
     html = index.read_text()
+    versus_dense = pd.read_csv(index.parent / "level_vs_dense.csv")
+    assert (versus_dense[versus_dense["suite"] == "toy"]["ci_low"] > 0).all()  # +0.2·sparsity, tiny noise
     assert '<section id="toy"><h2>Toy question</h2>' in html
     assert (index.parent / "figures" / "toy.png").is_file() and 'id="fig-toy"' in html
     assert "a higher toy score is better" in html

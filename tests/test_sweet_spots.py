@@ -161,7 +161,8 @@ def _run(name: str, seed: int, lr: float = 0.1, device: str = "cpu") -> SimpleNa
     """What seed_groups reads of a run folder: its name, config and experiment hash."""
     config = resolve_runs({"name": name, "seed": seed, "model": {"name": "small_resnet"},
                            "train": {"lr": lr, "device": device}, "evaluate": {"device": "cpu"}})[0]
-    return SimpleNamespace(name=name, config=config, experiment_hash=config.experiment_hash())
+    return SimpleNamespace(name=name, config=config, experiment_hash=config.experiment_hash(),
+                           class_names=None)
 
 
 def test_seed_groups_pool_runs_that_differ_only_by_seed():

@@ -412,7 +412,7 @@ def _report(exc: BaseException, prefix: str) -> int:
     if isinstance(exc, PrunelensError):
         print(f"{prefix}{_one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
-    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_FAULTS:
+    if isinstance(exc, OSError) and (exc.errno in _ENVIRONMENT_FAULTS or exc.filename):
         print(f"{prefix}{_environment_fault(exc)}", file=sys.stderr)
         return 2
     if isinstance(exc, BrokenPipeError):  # output piped into head & co.
@@ -434,17 +434,19 @@ _ENVIRONMENT_FAULTS = {
     errno.EDQUOT: "free some space within your quota (or use another disk)",
     errno.EROFS: "the file system is read-only: copy the folder somewhere writable, or give an "
                  "output folder there (-o / output_dir)",
-    errno.EACCES: "you may not write there: fix the folder's permissions or use another folder",
-    errno.EPERM: "you may not write there: fix the folder's permissions or use another folder",
+    errno.EACCES: "fix the permissions of the file or its folder, or use another folder",
+    errno.EPERM: "fix the permissions of the file or its folder, or use another folder",
     errno.EFBIG: "the file is larger than this system allows: raise the file-size limit",
 }
 
 
 def _environment_fault(exc: OSError) -> str:
-    where = f" {exc.filename}" if exc.filename else ""
-    return (f"cannot write{where}: {exc.strerror or os.strerror(exc.errno)}; "
-            f"{_ENVIRONMENT_FAULTS[exc.errno]}. Everything written before is kept: re-run the same "
-            "command to continue")
+    """One line for an OSError the machine raised about a file: which file, what, and the fix."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    fix = _ENVIRONMENT_FAULTS.get(exc.errno, "check the path (and that its folders exist and are "
+                                             "folders)")
+    return (f"{where}{exc.strerror or os.strerror(exc.errno or 0)}; {fix}. Everything written "
+            "before is kept: re-run the same command to continue")
 
 
 def _one_line(message: str) -> str:

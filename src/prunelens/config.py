@@ -91,6 +91,19 @@ class TrainConfig(Section):
     RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {"grad_clip": ("clip_grad_norm",),
                                                       "warmup_epochs": ("lr_warmup_epochs",)}
 
+    RENAME_NOTES: ClassVar[dict[str, str]] = {"warmup_epochs": (
+        " (the earlier ramp was linear: set lr_warmup_method: linear too; torchvision's default, "
+        "and prunelens', is constant)")}
+
+    @classmethod
+    def migrated(cls, raw: dict) -> dict:
+        """Renamed keys migrated; an earlier version's warm-up was a linear ramp, so a stored
+        ``warmup_epochs`` > 0 keeps a linear one (now torchvision's, from ``lr_warmup_decay`` × lr)."""
+        out = super().migrated(raw)
+        if raw.get("warmup_epochs") and "lr_warmup_method" not in raw:
+            out["lr_warmup_method"] = "linear"
+        return out
+
     epochs: int = Field(10, ge=0)
     batch_size: int = Field(128, ge=1, description="the global batch: split over ranks under torchrun")
     eval_batch_size: int = Field(256, ge=1, description="per rank")
@@ -230,16 +243,49 @@ class RunConfig(Section):
         return d
 
     def identity_hash(self) -> str:
-        """The run's identity as 16 hex digits (see :func:`digest`)."""
-        return digest(self.identity())
+        """The run's identity as 16 hex digits: :func:`digest` of the identity's values that differ
+        from today's defaults (as OpenLTH names its runs), so a later version that only adds
+        options gives the same hash, while a value recorded under an earlier default that has since
+        changed counts as the difference it is."""
+        return digest(self._beyond_defaults())
 
     def experiment_hash(self) -> str:
-        """The identity without the seed: runs that share it are seeds of one experiment."""
-        return digest({k: v for k, v in self.identity().items() if k != "seed"})
+        """The identity hash without the seed: runs that share it are seeds of one experiment."""
+        return digest({k: v for k, v in self._beyond_defaults().items() if k != "seed"})
+
+    def _beyond_defaults(self) -> dict[str, Any]:
+        defaults = flatten_keys(self._default_identity())
+        return {k: v for k, v in flatten_keys(self.identity()).items() if defaults.get(k, _MISSING) != v}
+
+    def _default_identity(self) -> dict[str, Any]:
+        """The defaults each value of this config's identity is compared with: the default model
+        and dataset names, and the defaults of this config's model's and dataset's options."""
+        from prunelens.data.registry import dataset_entry
+        from prunelens.models.registry import option_defaults
+
+        data_options = dataset_entry(self.data.name).options.model_fields
+        return {"seed": RunConfig.model_fields["seed"].default,
+                "model": _json({"name": ModelConfig().name, "num_classes": None, "weights": None,
+                                **option_defaults(self.model.name)}),
+                "data": _json({"name": DataConfig().name, **{k: f.default for k, f in data_options.items()
+                                                            if not f.is_required() and k != "root"}}),
+                "train": {k: v for k, v in TrainConfig().model_dump(mode="json").items()
+                          if k not in RUNTIME_KEYS},
+                "prune": PruneConfig().model_dump(mode="json")}
 
 
 #: train settings that change where or how fast a run computes, not what it trains
 RUNTIME_KEYS = ("device", "num_workers", "eval_batch_size", "compile")
+_MISSING = object()
+
+
+def flatten_keys(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        out.update(flatten_keys(value, f"{prefix}{key}.") if isinstance(value, dict)
+                   else {f"{prefix}{key}": value})
+    return out
 
 
 def canonical_json(obj) -> str:

@@ -34,6 +34,15 @@ def _same_options(suite: type[Suite], meta: dict, options: SuiteOptions) -> bool
     return suite.options_from(meta.get("options")) == options
 
 
+def _inputs(config) -> dict:
+    """What a result depends on besides the level and the suite's options: the data it read (its
+    options and where it lies) and the numeric settings of the passes."""
+    data = config.resolved()["data"]
+    if data.get("root"):
+        data["root"] = str(Path(data["root"]).expanduser().resolve())
+    return {"data": data, "amp": config.evaluate.amp, "channels_last": config.evaluate.channels_last}
+
+
 def default_suites() -> list[str]:
     return available_suites()
 
@@ -161,10 +170,11 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
             else:
                 partial.unlink(missing_ok=True)
         applicable.append(name)
+        inputs = _inputs(config)
         for level in wanted:
             meta = read_sidecar(run_dir, name, level.index)
             if (not force and meta is not None and _same_options(type(suite), meta, run_ctx.options)
-                    and meta.get("level_sha256") == level.model_sha256):
+                    and meta.get("level_sha256") == level.model_sha256 and meta.get("inputs") == inputs):
                 continue
             work.append([name, level.index])
     return {"applicable": applicable, "work": work, "idle": idle and not work}
@@ -173,7 +183,7 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
 def _json_equals(path: Path, expected: dict) -> bool:
     try:
         return json.loads(path.read_text()) == expected
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
 
 
@@ -187,7 +197,7 @@ def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
     records = list(suite.evaluate_level(ctx))
     seconds = time.perf_counter() - t0
     write_level(run_dir, name, level.index, records, {
-        "options": json.loads(run_ctx.options.model_dump_json()),
+        "options": json.loads(run_ctx.options.model_dump_json()), "inputs": _inputs(run_ctx.config),
         "level_sha256": level.model_sha256, "wall_time_s": seconds})
     log(f"{run_ctx.pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
 
@@ -209,7 +219,7 @@ def _results_covered(run_dir: str | Path) -> dict[str, str]:
     for side in sorted(Layout(run_dir).results.glob("*/level_*.json")):
         try:
             out[f"{side.parent.name}/{side.stem}.csv"] = str(json.loads(side.read_text())["sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             out[f"{side.parent.name}/{side.stem}.csv"] = "unreadable"
     return out
 

@@ -58,6 +58,8 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: what else a user of a renamed key must know (appended to the message)
+    RENAME_NOTES: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -65,7 +67,8 @@ class Options(BaseModel):
         if isinstance(raw, dict):
             for old, new in cls.RENAMED.items():
                 if old in raw:
-                    raise ValueError(f"'{old}' is now {' and '.join(map(repr, new))}: rename the key")
+                    raise ValueError(f"'{old}' is now {' and '.join(map(repr, new))}: rename the key"
+                                     f"{cls.RENAME_NOTES.get(old, '')}")
         return raw
 
     @classmethod

@@ -90,7 +90,7 @@ def options_used(run_dir: str | Path, suite: str) -> list[dict]:
 def _sidecar(side: Path) -> dict | None:
     try:
         meta = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # ValueError: bad JSON or UTF-8
         return None
     return meta if isinstance(meta, dict) and isinstance(meta.get("level"), int) else None
 

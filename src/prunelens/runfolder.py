@@ -116,6 +116,23 @@ class Layout:
     def level_artifacts(self, suite: str, level: int) -> Path:
         return self.suite(suite) / level_dir_name(level)
 
+    def links(self) -> list[Path]:
+        """Symbolic links anywhere in the run folder (the folder itself may be one)."""
+        found = []
+        for folder, dirs, files in os.walk(self.root):  # os.walk does not follow links
+            found += [Path(folder) / name for name in (*dirs, *files) if (Path(folder) / name).is_symlink()]
+        return sorted(found)
+
+    def check_no_links(self) -> None:
+        """A PoolError if the run folder holds a symbolic link: through one, reading a run folder
+        someone sent could copy any file into a report, and writing one could write elsewhere."""
+        found = self.links()
+        if found:
+            shown = ", ".join(f"{p.relative_to(self.root)} -> {os.readlink(p)}" for p in found[:3])
+            raise PoolError(f"run folder {self.root} holds symbolic links ({shown}): prunelens uses a "
+                            "run folder only through its own files; replace each link by a copy of "
+                            "what it points to")
+
     def leftovers(self) -> list[Path]:
         """What interrupted runs leave behind and a finished one no longer needs: half-written
         files and level folders, and the epoch checkpoints of levels set aside."""
@@ -166,8 +183,10 @@ class RunLock:
     """An exclusive lock on a run folder, released when the process ends (even by kill -9). Only
     writers take it: reading needs no lock, so a read-only run folder can be read."""
 
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Layout(run_dir).lock
+    def __init__(self, run_dir: str | Path, lock_file: Path | None = None,
+                 what: str | None = None) -> None:
+        self.path = lock_file or Layout(run_dir).lock
+        self.what = what or f"run folder {Path(run_dir)}"
         self._file = None
 
     def acquire(self) -> RunLock:
@@ -176,7 +195,7 @@ class RunLock:
             f = open(self.path, "a+")
         except OSError as exc:
             if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise PoolError(f"run folder {self.path.parent} cannot be written "
+                raise PoolError(f"{self.what} cannot be written "
                                 f"({os.strerror(exc.errno)}): this command writes into it; copy the "
                                 "folder somewhere writable, or use a command that only reads "
                                 "(pool show, results, report -o OUT)") from None
@@ -187,9 +206,8 @@ class RunLock:
             f.seek(0)
             owner = f.read().strip() or "unknown"
             f.close()
-            raise RunLockedError(f"run folder {self.path.parent} is in use by another prunelens "
-                                 f"process (pid {owner}); wait for it to finish or use another "
-                                 "output folder") from None
+            raise RunLockedError(f"{self.what} is in use by another prunelens process (pid {owner}); "
+                                 "wait for it to finish or use another output folder") from None
         f.seek(0)
         f.truncate()
         f.write(str(os.getpid()))
@@ -303,6 +321,7 @@ class RunFolder:
         if not self.run_dir.is_dir():
             raise PoolError(f"run folder {self.run_dir} does not exist; create it with "
                             "`prunelens prune CONFIG` (or check the path)")
+        self.layout.check_no_links()
         self.info = verified_manifest(self.run_dir)
         self.name = check_name(self.info["name"], "run name")
 

@@ -125,28 +125,6 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
     return fig
 
 
-def metric_vs_sparsity(frame: pd.DataFrame, title: str, ylabel: str, by: str = "method",
-                       n_boot: int = 1000, confidence: float = 0.95) -> Figure:
-    """Mean and bootstrap CI (:func:`prunelens.stats.summarize`) of the records in ``frame`` (one
-    metric, columns of :func:`prunelens.results.load_results`) per level, one line per ``by``."""
-    from prunelens.stats import summarize
-
-    fig = Figure(figsize=(6, 3.8), layout="constrained")
-    ax = fig.add_subplot(1, 1, 1)
-    summary = summarize(frame, n_boot=n_boot, confidence=confidence)
-    for key, line in summary.groupby(by, sort=True):
-        line = line.sort_values("level")
-        errors = np.nan_to_num(np.stack([line["mean"] - line["ci_low"], line["ci_high"] - line["mean"]]))
-        ax.errorbar(line["sparsity"] * 100, line["mean"], yerr=errors, marker="o", ms=3,
-                    capsize=2, label=str(key) or "(all)")
-    ax.set_xlabel("sparsity (%)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    if frame[by].nunique() <= 12:
-        ax.legend(fontsize=7)
-    return fig
-
-
 def schedule_comparison(table: pd.DataFrame) -> Figure:
     """Gradual vs one-shot bars (mean, 95 % CI) of the network-level rows of a comparison table:
     accuracy, PSP-entropy of all layers, loss increase per σ, top Hessian eigenvalue."""

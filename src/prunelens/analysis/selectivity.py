@@ -67,8 +67,7 @@ def first_layer_responses(model: nn.Module, spec, images: torch.Tensor, batch_si
     captured: list[torch.Tensor] = []
 
     def hook(_, __, output):
-        out = output.flatten(2).mean(2) if conv else output
-        captured.append(out.reshape(len(out), -1, out.shape[-1]).mean(1) if out.ndim > 2 else out)
+        captured.append(output.flatten(2).mean(2) if conv else output)  # rows: (N, U) already
         raise _Captured
 
     device = next(model.parameters()).device

@@ -25,7 +25,7 @@ from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
 from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
                              SuiteOptions, register_suite)
 from prunelens.io import atomic_save_tensors, atomic_write_json
-from prunelens.results import Record, load_results
+from prunelens.results import Record
 
 
 # ---- helpers shared by the suites ----------------------------------------------------------------
@@ -76,22 +76,6 @@ def finite(value: float) -> float:
     return float(value) if value is not None else math.nan
 
 
-def save_figures_vs_sparsity(ctx: RunContext, suite: str, metrics: list[tuple[str, str, str]]) -> None:
-    """``<metric>_vs_sparsity.png`` for each (metric, title, y label) of ``suite`` that has results,
-    when the suite's options ask for figures."""
-    if not ctx.options.figures:
-        return
-    frame = load_results(ctx.run_dir, suite=suite)
-    if frame.empty:
-        return
-    n_boot = ctx.config.evaluate.n_boot if ctx.config is not None else 1000
-    for metric, title, ylabel in metrics:
-        sub = frame[frame["metric"] == metric]
-        if not sub.empty:
-            figures.save(figures.metric_vs_sparsity(sub, title, ylabel, n_boot=n_boot),
-                         ctx.artifacts / f"{metric}_vs_sparsity.png")
-
-
 # ---- connectivity --------------------------------------------------------------------------------
 class ConnectivityOptions(SuiteOptions):
     radius: float = Field(2.0, gt=0, description="pairs with |d| <= radius (pixels) are local")
@@ -111,7 +95,7 @@ class ConnectivityOptions(SuiteOptions):
         "shuffled-label baseline"))
     translated_match: float = Field(0.9, gt=0, le=1, description=(
         "mask similarity at the best shift above which two units are translated copies"))
-    figures: bool = True
+    figures: bool = Field(True, description="each level's mask galleries, counts and pair maps")
     seed: int = 0
 
 
@@ -303,11 +287,6 @@ class ConnectivitySuite(Suite):
             yield Record(self.name, "accuracy_drop", accuracy["none"] - accuracy[condition],
                          method=view.name, condition=condition)
 
-    def after_levels(self, ctx: RunContext) -> None:
-        save_figures_vs_sparsity(ctx, self.name, [
-            ("locality_score", "locality score", "locality score (1 = random mask)"),
-            ("alive_units_fraction", "alive units fraction", "fraction of units with inputs"),
-            ("connections_per_unit", "connections per unit", "connections per unit")])
 
 
 # ---- PSP-entropy ---------------------------------------------------------------------------------
@@ -320,7 +299,6 @@ class PSPOptions(SuiteOptions):
     split: str = Field("train", description="data whose class-conditional neuron states are measured")
     n_images: int = Field(500, ge=1)
     conv_neurons: Literal["channel", "element"] = "channel"
-    figures: bool = True
 
 
 @register_suite
@@ -380,10 +358,6 @@ class PSPSuite(Suite):
                           f"{result.missing_classes[:10]}{more}; raise evaluate.psp.n_images",
                           stacklevel=2)
 
-    def after_levels(self, ctx: RunContext) -> None:
-        save_figures_vs_sparsity(ctx, self.name, [
-            ("psp_entropy", "PSP-entropy per layer", "mean PSP-entropy (bits)"),
-            ("psp_entropy_per_class", "per-class PSP-entropy per layer", "mean H_ik over neurons (bits)")])
 
 
 # ---- sharpness -----------------------------------------------------------------------------------
@@ -397,7 +371,6 @@ class SharpnessOptions(SuiteOptions):
     hessian_iters: int = Field(10, ge=1)
     hessian_tol: float = Field(1e-2, gt=0)
     seed: int = 0
-    figures: bool = True
 
 
 @register_suite
@@ -452,7 +425,3 @@ class SharpnessSuite(Suite):
                                   {"eigenvalue": top.eigenvalue, "iterations": top.iterations,
                                    "converged": top.converged, "images": opts.hessian_images})
 
-    def after_levels(self, ctx: RunContext) -> None:
-        save_figures_vs_sparsity(ctx, self.name, [
-            ("loss_increase", "loss increase", "loss increase"),
-            ("hessian_top_eigenvalue", "hessian top eigenvalue", "top Hessian eigenvalue")])

@@ -124,6 +124,5 @@ def _build(options: ImageFolderOptions, split: str, seed: int, augment: bool = T
 
 register_dataset("imagenet", ImageFolderOptions, splits=("train", "val"),
                  provides=("imagenet_classes",))(_build)
-# an ImageFolder of ImageNet's class folders has the same (sorted wnid) order
-register_dataset("imagefolder", ImageFolderOptions, splits=("train", "val"),
-                 provides=("imagenet_classes",))(_build)
+# any folder of class folders: its classes are its own (name it imagenet if they are ImageNet's)
+register_dataset("imagefolder", ImageFolderOptions, splits=("train", "val"))(_build)

@@ -76,7 +76,7 @@ class RunData:
         for split, other in names.items():
             if other != reference:
                 raise DataError(f"dataset '{self.config.name}': the {split} split's classes differ "
-                                f"from the {first} split's ({_class_difference(reference, other)}); "
+                                f"from the {first} split's ({class_difference(reference, other)}); "
                                 "every split needs the same class folders")
         return reference
 
@@ -87,11 +87,11 @@ class RunData:
         own = self.class_names
         if own != class_names:
             raise DataError(f"the {self.eval_split} split of dataset '{self.config.name}' does not have "
-                            f"the classes {where} was trained on ({_class_difference(class_names, own)}): "
+                            f"the classes {where} was trained on ({class_difference(class_names, own)}): "
                             "point data.root at the dataset the pool was built from")
 
 
-def _class_difference(expected: list[str], found: list[str]) -> str:
+def class_difference(expected: list[str], found: list[str]) -> str:
     missing = [c for c in expected if c not in found]
     extra = [c for c in found if c not in expected]
     if not missing and not extra:

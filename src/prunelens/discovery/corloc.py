@@ -107,11 +107,12 @@ class CorLocSummary:
 
 
 def summarize_corloc(hits, ious, n_skipped: int = 0, n_boot: int = 1000,
-                     confidence: float = 0.95) -> CorLocSummary:
+                     confidence: float = 0.95, key: tuple = ()) -> CorLocSummary:
     """CorLoc with its percentile-bootstrap CI over images (:mod:`prunelens.stats`), mean best IoU,
-    counts."""
+    counts. ``key`` seeds the bootstrap as :func:`prunelens.stats.summarize` seeds it — (run,
+    suite, metric, method, dataset, condition, level) — so both give the same interval."""
     hits = np.asarray(hits, dtype=float)
     ious = np.asarray(ious, dtype=float)
-    mean, lo, hi = mean_ci([hits], n_boot, confidence, seeded_rng("corloc", len(hits)))
+    mean, lo, hi = mean_ci([hits], n_boot, confidence, seeded_rng(*key))
     mean_iou = float(ious.mean()) if len(ious) else math.nan
     return CorLocSummary(mean, lo, hi, mean_iou, int(len(hits)), int(n_skipped))

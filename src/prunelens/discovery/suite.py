@@ -199,13 +199,14 @@ class DiscoverySuite(Suite):
                          batch_size=ctx.batch_size, device=ctx.device, k_patches=opts.k_patches,
                          layernorm=opts.layernorm, tie_break=opts.tie_break,
                          seed_in_background=opts.seed_in_background)
-        n_boot = getattr(getattr(ctx.config, "evaluate", None), "n_boot", 1000)
-        summary = summarize_corloc(frame["corloc"], frame["iou"], dataset.n_skipped, n_boot=n_boot)
+        key = (ctx.pool.name, self.name, "corloc", "lost", dataset.name, self.condition(opts),
+               ctx.level.index)  # the bootstrap of prunelens.stats.summarize for this number
+        summary = summarize_corloc(frame["corloc"], frame["iou"], dataset.n_skipped,
+                                   n_boot=ctx.config.evaluate.n_boot, key=key)
         folder = Path(ctx.level_artifacts)
         atomic_write_bytes(folder / "boxes.csv", frame.to_csv(index=False).encode())
         atomic_write_json(folder / "summary.json", dict(
-            summary.as_dict(), level=getattr(ctx.level, "index", None),
-            sparsity=getattr(ctx.level, "sparsity", None), dataset=dataset.name,
+            summary.as_dict(), level=ctx.level.index, sparsity=ctx.level.sparsity, dataset=dataset.name,
             condition=self.condition(opts), n_seed_in_background=int((~frame["found"]).sum()),
             options=opts.model_dump(mode="json")))
         common = dict(suite=self.name, method="lost", dataset=dataset.name,
@@ -222,13 +223,12 @@ class DiscoverySuite(Suite):
         if opts.figure_images == 0:
             return
         dataset = self.dataset(ctx)
-        pool_levels = getattr(ctx.pool, "levels", None)
-        indices = None if pool_levels is None else {lv.index for lv in pool_levels}
+        indices = {lv.index for lv in ctx.pool.levels}
         # only levels measured on this data and still in the pool
         levels = [(summary, boxes) for summary, boxes in _saved_levels(Path(ctx.artifacts))
                   if summary.get("dataset") == dataset.name
                   and summary.get("condition") == self.condition(opts)
-                  and (indices is None or summary.get("level") in indices)]
+                  and summary.get("level") in indices]
         if not levels:
             return
         if len(levels) > opts.figure_levels:
@@ -246,7 +246,7 @@ def _saved_levels(folder: Path) -> list[tuple[dict, pd.DataFrame]]:
         if boxes_file.is_file():
             try:
                 summary = json.loads(summary_file.read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nested too deeply
                 continue  # a damaged figure input: that level is left out of the figure
             out.append((summary, pd.read_csv(boxes_file, dtype={"item": str})))
     return sorted(out, key=lambda lv: (lv[0].get("level") is None, lv[0].get("level") or 0))

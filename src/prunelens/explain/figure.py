@@ -103,31 +103,41 @@ def figure_from_artifacts(suite_dir: str | Path, out: str | Path, *, images: Seq
     for file in files:
         level = int(file.parent.name.removeprefix("level_"))
         if levels is None or level in levels:
-            saved.append((level, load_tensors(file), _metadata(file)))
+            saved.append((level, *_saved_heatmaps(file)))
     if not saved:
         raise PoolError(f"none of the levels {list(levels)} has saved heatmaps under {suite_dir}")
-    methods = list(methods or json.loads(saved[0][2]["methods"]))
-    wanted = list(images or json.loads(saved[0][2]["item_ids"]))
+    methods = list(methods or saved[0][2]["methods"])
+    wanted = list(images or saved[0][2]["item_ids"])
     rows = []
     for item in wanted:
         for level, tensors, meta in saved:
-            ids = json.loads(meta["item_ids"])
+            ids = meta["item_ids"]
             if item not in ids:
                 raise DataError(f"image '{item}' has no saved heatmaps at level {level} (saved: "
                                 f"{', '.join(ids)}); use `prunelens explain` to compute others")
             i = ids.index(item)
             maps = {m: tensors[f"map/{m}"][i] for m in methods if f"map/{m}" in tensors}
-            label = _row_label(level, meta.get("sparsity"), int(tensors["prediction"][i]),
-                               json.loads(meta.get("class_names", "[]")))
+            label = _row_label(level, meta["sparsity"], int(tensors["prediction"][i]), meta["class_names"])
             rows.append(FigureRow(tensors["image"][i], maps, f"{item}\n{label}"))
     return draw_figure2(rows, methods, out)
 
 
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
+def _saved_heatmaps(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and decoded metadata of a level's heatmaps file, or a PoolError naming it."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        tensors = load_tensors(path)
+        with safe_open(str(path), framework="pt") as f:
+            raw = dict(f.metadata() or {})
+        meta = {"methods": json.loads(raw["methods"]), "item_ids": json.loads(raw["item_ids"]),
+                "class_names": json.loads(raw.get("class_names", "[]")), "sparsity": raw.get("sparsity")}
+        for key in ("image", "prediction", *(f"map/{m}" for m in meta["methods"])):
+            tensors[key]  # noqa: B018 - every part the figure draws is there
+    except (OSError, ValueError, KeyError, RecursionError, SafetensorError) as exc:
+        raise PoolError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:80]}): re-run `prunelens "
+                        "evaluate RUN_DIR --suite interpretability --force` to write it again") from None
+    return tensors, meta
 
 
 def explain_levels(levels: Sequence, images01: torch.Tensor, item_ids: Sequence[str], *,

@@ -193,7 +193,7 @@ class InterpretabilitySuite(Suite):
         opts = ctx.options
         data = self.dataset(ctx)
         methods = [m for m in (opts.methods or METHODS) if m in applicable_methods(ctx.model, ctx.spec)]
-        dataset_name = data.name if opts.source == "voc" else "synthetic"
+        dataset_name = data.name if opts.source == "voc" else ctx.data.config.name
         generator = torch.Generator().manual_seed(opts.seed)
         scoring = opts.scoring
         ig = IGSettings(opts.ig_steps, opts.ig_rule, opts.ig_noise_samples, opts.ig_noise_std,

@@ -179,6 +179,13 @@ class ArchSpec:
                 names += [n for n in prunable if n.startswith(f"{mod_name}.")]
         return names
 
+    def norm_modules(self, model: nn.Module) -> set[str]:
+        """The normalisation layers (the modules torchvision's ``set_weight_decay`` puts in its
+        norm group: batch, layer, group, instance and local response norms)."""
+        kinds = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
+                 nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+        return {name for name, m in model.named_modules() if isinstance(m, kinds)}
+
     def embedding_parameters(self, model: nn.Module) -> list[str]:
         """The transformer embeddings of ``model`` in the sense of torchvision's training recipe."""
         return [n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in self.embedding_names]

@@ -22,11 +22,6 @@ from prunelens._compat import torchvision
 from prunelens.models.registry import spec_for
 from prunelens.pruning.masks import Masker
 
-#: the layers whose parameters torchvision's ``set_weight_decay`` puts in the norm group
-NORM_CLASSES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
-                nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
-
-
 # ---- weight decay ---------------------------------------------------------------------------------
 def weight_decay_of(model: nn.Module, train_cfg) -> dict[str, float]:
     """Weight decay per parameter name, as torchvision's references/classification/utils.py
@@ -36,9 +31,11 @@ def weight_decay_of(model: nn.Module, train_cfg) -> dict[str, float]:
     embedding decay, then a parameter of a normalisation layer the norm decay; an option left
     unset leaves its parameters to the next rule."""
     t = train_cfg
+    spec = spec_for(model, generic=True)
     embeddings: set[str] = set()
     if t.transformer_embedding_decay is not None:
-        embeddings = set(spec_for(model).embedding_parameters(model))
+        embeddings = set(spec.embedding_parameters(model))
+    norms = spec.norm_modules(model)
     decay = {}
     for module_name, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
@@ -49,7 +46,7 @@ def weight_decay_of(model: nn.Module, train_cfg) -> dict[str, float]:
                 decay[full] = t.bias_weight_decay
             elif full in embeddings:
                 decay[full] = t.transformer_embedding_decay
-            elif t.norm_weight_decay is not None and isinstance(module, NORM_CLASSES):
+            elif t.norm_weight_decay is not None and module_name in norms:
                 decay[full] = t.norm_weight_decay
             else:
                 decay[full] = t.weight_decay

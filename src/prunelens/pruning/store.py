@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelens.config import RunConfig, config_from_stored
+from prunelens.config import RunConfig, config_from_stored, flatten_keys
+from prunelens.data.provider import class_difference
 from prunelens.errors import ConfigError, DivergedError, PoolError
 from prunelens.io import atomic_save_tensors, atomic_write_json, sha256_file
+from prunelens.pruning.train import DIVERGED_FIX
 from prunelens.runfolder import (FORMAT, LEVEL_KEYS, Layout, Level, RunFolder, RunLock, level_dir_name,
                                  level_entry, manifest_hash, read_json, sealed)
 
@@ -33,17 +35,9 @@ def versions() -> dict[str, str]:
 
 
 # ---- comparing configs ---------------------------------------------------------------------------
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def identity_difference(stored: dict, new: dict) -> list[str]:
     """``key: <run folder> vs <this config>`` for every identity key whose values differ."""
-    a, b = _flat(stored), _flat(new)
+    a, b = flatten_keys(stored), flatten_keys(new)
     return [f"{k}: {a.get(k, '<unset>')!r} in the run folder vs {b.get(k, '<unset>')!r} now"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
@@ -81,6 +75,7 @@ class PoolWriter:
                             "choose another name/output_dir or move that folder away")
         self.lock.acquire()
         try:
+            self.layout.check_no_links()
             if existing:
                 self._check_existing(force)
             if not pool_json.is_file():
@@ -92,10 +87,8 @@ class PoolWriter:
 
     def _check_existing(self, force: bool) -> None:
         info = read_json(self.layout.pool_json, "move the folder away or use --force")
-        if info.get("format", 1) == 1:
-            upgrade_manifest(self.run_dir, info, self.log)
-            info = read_json(self.layout.pool_json, "move the folder away or use --force")
-        elif info.get("manifest_sha256") != manifest_hash(info):
+        old_format = info.get("format", 1) == 1
+        if not old_format and info.get("manifest_sha256") != manifest_hash(info):
             if not force:
                 raise PoolError(f"{self.layout.pool_json} does not match its recorded sha256 (edited "
                                 "or damaged): restore it, or use --force to move the run aside and "
@@ -104,7 +97,12 @@ class PoolWriter:
             return
         difference = identity_difference(stored_config(info, self.layout.pool_json).identity(),
                                          self.config.identity())
+        stored_classes = info.get("class_names")
+        if stored_classes is not None and self.class_names is not None and stored_classes != self.class_names:
+            difference.append(f"the dataset's classes ({class_difference(stored_classes, self.class_names)})")
         if not difference:
+            if old_format:  # the same run: now it is worth upgrading
+                upgrade_manifest(self.run_dir, info, self.log, self.class_names)
             return
         if not force:
             raise PoolError(f"run folder {self.run_dir} was made by a different config "
@@ -134,8 +132,6 @@ class PoolWriter:
     def _write_manifest(self, complete: bool, stop_reason: str | None = None) -> None:
         atomic_write_json(self.layout.pool_json, sealed({
             "format": FORMAT, "name": self.config.name, "config": self.config.resolved(),
-            "identity_sha256": self.config.identity_hash(),
-            "experiment_sha256": self.config.experiment_hash(),
             "num_classes": self.num_classes, "class_names": self.class_names,
             "levels": self.entries, "complete": complete, "stop_reason": stop_reason,
             "versions": versions()}))
@@ -175,8 +171,7 @@ class PoolWriter:
         bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad:
             raise DivergedError(f"level {index} of {self.config.name} has non-finite weights "
-                                 f"({', '.join(bad[:3])}): training diverged; lower train.lr or clip "
-                                 "gradients, then re-run (levels before it are kept)")
+                                 f"({', '.join(bad[:3])}): training diverged. {DIVERGED_FIX}")
         final, tmp = self.layout.level(index), self.layout.level_tmp(index)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -254,7 +249,8 @@ def upgrade_pool(run_dir: str | Path, log: Callable[[str], None] = print) -> Non
         upgrade_manifest(layout.root, info, log)
 
 
-def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None]) -> None:
+def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None],
+                     class_names: list[str] | None = None) -> None:
     """Rewrite a format-1 ``info`` (pool.json of ``run_dir``) in the current format, after checking
     each listed level's files against its level.json. Values that format 1 did not record (the
     defaults of model and dataset options then) are taken as this version's defaults."""
@@ -275,8 +271,7 @@ def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None]) -> N
         entries.append(level_entry(level, path / "level.json"))
     atomic_write_json(layout.pool_json, sealed({
         "format": FORMAT, "name": info.get("name", config.name), "config": config.resolved(),
-        "identity_sha256": config.identity_hash(), "experiment_sha256": config.experiment_hash(),
-        "num_classes": info.get("num_classes"), "class_names": None, "levels": entries,
+        "num_classes": info.get("num_classes"), "class_names": class_names, "levels": entries,
         "complete": bool(info.get("complete")), "stop_reason": info.get("stop_reason"),
         "versions": {**(info.get("versions") or {}), "upgraded_by": versions()["prunelens"]}}))
     log(f"{run_dir}: pool.json upgraded from format 1 to {FORMAT} ({len(entries)} level(s) verified; "

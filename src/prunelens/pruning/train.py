@@ -201,6 +201,12 @@ def _autocast(device: torch.device, amp: bool):
     return contextlib.nullcontext()
 
 
+#: what to do when training diverges (a different learning rate is a different run)
+DIVERGED_FIX = ("The levels built so far are kept. Train again with a lower train.lr (or "
+                "train.clip_grad_norm) under another run name, or with --force to move this run "
+                "folder aside")
+
+
 @dataclass
 class TrainPlan:
     """What one level trains: epochs under a schedule, from ``start_step`` (rewinding)."""
@@ -362,9 +368,7 @@ def train_epoch(step_model: nn.Module, model: nn.Module, spec, loader, optimizer
         loss_total, correct_total, n_total = distributed.all_reduce_sum(totals).tolist()
     if not math.isfinite(loss_total):
         raise DivergedError(f"{label}: the training loss became {loss_total} in epoch {epoch + 1}: "
-                            "training diverged; lower train.lr (or clip gradients) and re-run: the "
-                            "levels before this one are kept and this one restarts from its last "
-                            "complete epoch")
+                            f"training diverged. {DIVERGED_FIX}")
     if n_total == 0:
         return {"train_acc": math.nan, "train_loss": math.nan}
     return {"train_acc": correct_total / n_total, "train_loss": loss_total / n_total}

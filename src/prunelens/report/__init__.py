@@ -26,7 +26,7 @@ from prunelens.report.runs import (not_applicable, pool_accuracy_rows, pool_tabl
                                    skip_reasons, suite_pngs)
 from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
-from prunelens.runfolder import RunFolder
+from prunelens.runfolder import RunFolder, RunLock
 from prunelens.stats import summarize
 from prunelens.results import options_used
 from prunelens.suite import available_suites, get_suite, metric_of
@@ -72,7 +72,14 @@ def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | 
     not_evaluated = _not_evaluated(runs, frame, comparisons)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(out_dir)
+    with RunLock(out_dir.parent, out_dir.parent / f".{out_dir.name}.lock", f"report folder {out_dir}"):
+        _check_out_dir(out_dir)
+        return _build(runs, frame, out_dir, groups, comparisons, spots, not_evaluated, n_boot, confidence)
+
+
+def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups, comparisons, spots,
+           not_evaluated, n_boot: int, confidence: float) -> Path:
+    """Build the report aside and swap it in (the caller holds the report folder's lock)."""
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
     os.chmod(tmp, 0o777 & ~current_umask())
     try:

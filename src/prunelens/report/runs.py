@@ -16,14 +16,15 @@ from prunelens.runfolder import RunFolder, check_name
 
 def seed_groups(runs: Sequence[RunFolder]) -> dict[str, str]:
     """Run name → group label; runs with the same experiment hash (identity without the seed,
-    :meth:`prunelens.config.RunConfig.experiment_hash`) and different seeds share a label.
+    :meth:`prunelens.config.RunConfig.experiment_hash`), the same classes (the dataset's location
+    is not part of the identity) and different seeds share a label.
 
     A group of one keeps the run's name; a larger group is named after its first run plus its seeds,
     e.g. ``demo-cnn-s0 (seeds 0, 1, 2)``.
     """
-    by_experiment: dict[str, list[RunFolder]] = {}
+    by_experiment: dict[tuple, list[RunFolder]] = {}
     for run in runs:
-        by_experiment.setdefault(run.experiment_hash, []).append(run)
+        by_experiment.setdefault((run.experiment_hash, tuple(run.class_names or ())), []).append(run)
     labels = {}
     for members in by_experiment.values():
         seeds = [r.config.seed for r in members]
@@ -66,7 +67,7 @@ def not_applicable(run: RunFolder) -> dict[str, dict[str, str]]:
     for path in sorted(run.layout.results.glob("*/not_applicable.json")):
         try:
             parts = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(parts, dict):
             found[path.parent.name] = {str(k): str(v) for k, v in parts.items()}
@@ -79,6 +80,6 @@ def skip_reasons(run: RunFolder) -> dict[str, str]:
     for path in sorted(run.layout.results.glob("*/skipped.json")):
         try:
             reasons[path.parent.name] = str(json.loads(path.read_text())["reason"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
     return reasons
