@@ -26,10 +26,12 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
-from prunelens.options import Options
+from prunelens.options import MAX_N_BOOT, MAX_SEED, Options
 
 #: run names (and every name read back from a run folder): no path separators, no leading dot
+#: (matched whole: ``re.fullmatch``, so a trailing newline is not a name either)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
 
 
 class Section(Options):
@@ -189,11 +191,12 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     amp: bool = Field(False, description="bf16 autocast in the attribution passes (GPU)")
     channels_last: bool = Field(False, description="channels-last model and images in the attribution passes")
-    n_boot: int = Field(1000, ge=100)
+    n_boot: int = Field(1000, ge=100, le=MAX_N_BOOT)
 
 class RunConfig(Section):
     name: str = Field("run", pattern=NAME_PATTERN)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=(
+        "every random draw derives from it; at most 2**31 - 1, the range every seeded library takes"))
     output_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -499,14 +502,3 @@ def resolve_runs(raw: dict, overrides: list[str] | None = None) -> list[RunConfi
         raise ConfigError(f"runs: run names must differ, got {names}")
     return configs
 
-
-def load_configs(path: str | Path | None = None, overrides: list[str] | None = None) -> list[RunConfig]:
-    """Load a config file (the embedded default when ``path`` is None)."""
-    return resolve_runs(read_yaml(path if path is not None else default_config_path()), overrides)
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    configs = load_configs(path, overrides)
-    if len(configs) != 1:
-        raise ConfigError(f"{path} describes {len(configs)} runs; this command takes one")
-    return configs[0]

@@ -1,9 +1,9 @@
 """The base of every options model a user writes (config sections, dataset and suite options).
 
-Unknown keys are errors, floats must be finite, and integers and booleans are strict: YAML's
-``true`` is not the number 1 and ``3.0`` is not an integer count, so ``train.epochs: true`` is
-refused instead of silently becoming 1. Other types keep pydantic's usual parsing (a float written
-``1e-3``, which YAML reads as a string, is still a float).
+Unknown keys are errors, floats must be finite, and numbers and booleans are strict: YAML's
+``true`` is not the number 1 and ``3.0`` is not an integer count, so ``train.epochs: true`` or
+``train.lr: true`` is refused instead of silently becoming 1. Other types keep pydantic's usual
+parsing (a float written ``1e-3``, which YAML reads as a string, is still a float).
 """
 from __future__ import annotations
 
@@ -15,18 +15,25 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
 
+#: the largest seed: numpy's and the datasets' generators take 32-bit seeds
+MAX_SEED = 2**31 - 1
+#: the most bootstrap resamples: beyond this the percentile intervals move by less than their
+#: own rounding, and the time grows without bound
+MAX_N_BOOT = 100_000
+
+
 @functools.lru_cache(maxsize=None)
-def _strict_kinds(cls: type[BaseModel]) -> dict[str, tuple[bool, bool]]:
-    """Field name -> (takes an int, takes a bool) for fields whose type is int or bool (or an
-    optional one) and not also float or str."""
+def _strict_kinds(cls: type[BaseModel]) -> dict[str, tuple[bool, bool, bool]]:
+    """Field name -> (takes an int, takes a bool, takes a float) for fields whose type is int,
+    float or bool (or an optional one) and not also str."""
     out = {}
     for name, field in cls.model_fields.items():
         args = set(_union_members(field.annotation))
-        if args & {float, str}:
+        if str in args:
             continue
-        takes_int, takes_bool = int in args, bool in args
-        if takes_int or takes_bool:
-            out[name] = (takes_int, takes_bool)
+        takes_int, takes_bool, takes_float = int in args, bool in args, float in args
+        if takes_int or takes_bool or takes_float:
+            out[name] = (takes_int, takes_bool, takes_float)
     return out
 
 
@@ -38,13 +45,18 @@ def _union_members(annotation) -> tuple:
     return (annotation,)
 
 
-def strict_scalar_error(value: Any, takes_int: bool, takes_bool: bool) -> str | None:
-    """Why ``value`` is not acceptable for an int/bool field (None when it is)."""
+def strict_scalar_error(value: Any, takes_int: bool, takes_bool: bool,
+                        takes_float: bool = False) -> str | None:
+    """Why ``value`` is not acceptable for an int/float/bool field (None when it is). A float field
+    takes any number but a boolean (and what pydantic parses, such as the text ``1e-3``)."""
     if value is None or (takes_bool and isinstance(value, bool)):
         return None
     if takes_int and isinstance(value, int) and not isinstance(value, bool):
         return None
-    wanted = " or ".join(w for w, on in (("a whole number", takes_int), ("true or false", takes_bool)) if on)
+    if takes_float and not isinstance(value, bool):
+        return None
+    wanted = " or ".join(w for w, on in (("a whole number", takes_int and not takes_float),
+                                         ("a number", takes_float), ("true or false", takes_bool)) if on)
     return f"must be {wanted}, not {value!r}"
 
 

@@ -118,8 +118,8 @@ def _check_options(name: str, build: Callable[..., nn.Module], options: dict) ->
     annotations = {p: v.annotation for p, v in inspect.signature(build, eval_str=True).parameters.items()}
     for option, value in options.items():
         kinds = set(_union_members(annotations.get(option)))
-        if not kinds & {float, str} and kinds & {int, bool}:
-            problem = strict_scalar_error(value, int in kinds, bool in kinds)
+        if str not in kinds and kinds & {int, bool, float}:
+            problem = strict_scalar_error(value, int in kinds, bool in kinds, float in kinds)
             if problem:
                 raise ModelError(f"option '{option}' of model '{name}' {problem}")
 
@@ -171,7 +171,12 @@ def _read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refused an object: never retried without it
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # no object refused: not a torch file at all
+            raise ModelError(f"cannot read weights file {path}: it is not a safetensors or torch "
+                             "file, or it is damaged: give a safetensors file or a tensor-only "
+                             ".pth") from None
+        # weights_only refused an object: never retried without it
         raise ModelError(f"weights file {path} holds pickled Python objects besides tensors, which "
                          "prunelens never loads: save its state dict as safetensors (or a tensor-only "
                          ".pth) where it was made, and give that file") from None
