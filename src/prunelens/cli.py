@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+from prunelens.options import MAX_N_BOOT
 from prunelens.errors import ConfigError, PrunelensError
 
 
@@ -52,6 +53,12 @@ def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
                    help="if a run folder was made by a different config, move it aside and start over")
 
 
+def _resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ignore-unknown-options", action="store_true", help=(
+        "resume a pool whose pool.json records options this version does not know (written by a "
+        "later prunelens): its next levels are trained without them, and pool.json keeps their record"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prunelens", description=(
         "Prune vision models into a pool of checkpoints and measure what pruning does to them."))
@@ -60,10 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="prune → evaluate → report, on a config or the embedded demo")
     _config_args(p, optional=True)
+    _resume_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("prune", help="build (or resume) the pool of checkpoints of a config")
     _config_args(p, optional=False)
+    _resume_args(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("evaluate", help="measure every level of a pool with evaluation suites")
@@ -91,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write the HTML report of one or several runs")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--out", help="output folder (default: RUN_DIR/report of the first run)")
-    p.add_argument("--n-boot", type=_n_boot, help="bootstrap resamples, at least 100 (default: the "
-                   "run's evaluate.n_boot)")
+    p.add_argument("--n-boot", type=_n_boot, help=f"bootstrap resamples, 100 to {MAX_N_BOOT} (default: "
+                   "the run's evaluate.n_boot)")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="level of the confidence "
                    "intervals, between 0 and 1 (default 0.95)")
     p.set_defaults(func=cmd_report)
@@ -103,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image ids: test-00003 … for the synthetic test split, 2007_000033 … for VOC")
     p.add_argument("--levels", type=_int_list, help="comma-separated level indices (default: all)")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help="gradcam guided_gradcam integrated_gradients attention rollout (default: all that apply)")
+                   help="attribution methods (default: all that apply to the model; an unknown name "
+                        "is refused with the list)")
     p.add_argument("-o", "--out", help="PNG path (default: RUN_DIR/results/interpretability/figure2_explain.png)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--voc-root", metavar="PATH", help="explain VOC images instead of the run's test split")
@@ -165,6 +175,9 @@ def _n_boot(text: str) -> int:
     if value < 100:
         raise argparse.ArgumentTypeError(f"at least 100 bootstrap resamples are needed for a "
                                          f"percentile interval, got {value}")
+    if value > MAX_N_BOOT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_N_BOOT} bootstrap resamples (more change the "
+                                         f"intervals by less than their rounding), got {value}")
     return value
 
 
@@ -190,7 +203,7 @@ def cmd_prune(args) -> int:
     from prunelens import distributed
 
     for cfg in load_configs(args.config, args.overrides):
-        pool = prune_run(cfg, force=args.force)
+        pool = prune_run(cfg, force=args.force, ignore_unknown_options=args.ignore_unknown_options)
         if distributed.is_main():
             print(format_pool_table(pool))
     return 0
@@ -206,7 +219,8 @@ def cmd_run(args) -> int:
 
     configs = load_configs(args.config, args.overrides)
     stages = _Stages()
-    pools = [stages.timed(f"prune {cfg.name}", prune_run, cfg, force=args.force) for cfg in configs]
+    pools = [stages.timed(f"prune {cfg.name}", prune_run, cfg, force=args.force,
+                          ignore_unknown_options=args.ignore_unknown_options) for cfg in configs]
     for pool in pools:
         if distributed.is_main():
             print(format_pool_table(pool))

@@ -108,14 +108,14 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
             args = (run_dir, pool, config, instances, wanted, spec, data, device, force)
             if _plan_work(*args, write=False)["idle"] and summary_is_current(run_dir, config.evaluate.n_boot):
                 log(f"{pool.name}: every result is up to date")
-                return {"idle": True}
+                return {"up_to_date": True}
             stack.enter_context(RunLock(run_dir))
             for name, reason in unavailable:
                 log(f"{pool.name}: suite {name} skipped: {reason}")
             return _plan_work(*args, write=True, log=log)
 
         todo = distributed.share_from_main(plan)
-        if todo.get("idle"):
+        if todo.get("up_to_date"):
             return
         if todo["work"]:
             data.check_against(pool.class_names, f"run {pool.name}")
@@ -151,7 +151,7 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
     applicable, work, idle = [], [], True
     for name, suite in instances.items():
         run_ctx = _run_context(run_dir, pool, config, name, spec, data, device)
-        skipped = run_ctx.artifacts / "skipped.json"
+        skipped = Layout(run_dir).skipped(name)
         reason = suite.skip_reason(run_ctx)
         if reason is not None:
             idle &= _json_equals(skipped, {"suite": name, "reason": reason})
@@ -160,7 +160,7 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
                 log(f"{pool.name}: suite {name} does not apply: {reason}")
             continue
         idle &= not skipped.exists()
-        partial = run_ctx.artifacts / "not_applicable.json"
+        partial = Layout(run_dir).not_applicable(name)
         parts = suite.not_applicable(run_ctx)
         idle &= _json_equals(partial, parts) if parts else not partial.exists()
         if write:
@@ -209,23 +209,23 @@ def write_summary(run_dir: str | Path, n_boot: int = 1000) -> Path:
     path = Layout(run_dir).summary_csv
     covered = _results_covered(run_dir)
     atomic_write_bytes(path, summarize(load_results(run_dir), n_boot=n_boot).to_csv(index=False).encode())
-    atomic_write_json(path.with_suffix(".json"), {"n_boot": n_boot, "covers": covered})
+    atomic_write_json(Layout(run_dir).summary_json, {"n_boot": n_boot, "covers": covered})
     return path
 
 
 def _results_covered(run_dir: str | Path) -> dict[str, str]:
     """``<suite>/level_XX.csv`` → sha256 of every results file with a readable sidecar."""
-    out = {}
-    for side in sorted(Layout(run_dir).results.glob("*/level_*.json")):
+    layout, out = Layout(run_dir), {}
+    for suite, level, csv in layout.result_files():
         try:
-            out[f"{side.parent.name}/{side.stem}.csv"] = str(json.loads(side.read_text())["sha256"])
+            out[f"{suite}/{csv.name}"] = str(json.loads(layout.sidecar(suite, level).read_text())["sha256"])
         except (OSError, ValueError, KeyError, TypeError, RecursionError):
-            out[f"{side.parent.name}/{side.stem}.csv"] = "unreadable"
+            out[f"{suite}/{csv.name}"] = "unreadable"
     return out
 
 
 def summary_is_current(run_dir: str | Path, n_boot: int) -> bool:
     """Whether summary.csv was written from the results files there are now, with ``n_boot``."""
     path = Layout(run_dir).summary_csv
-    return path.is_file() and _json_equals(path.with_suffix(".json"),
+    return path.is_file() and _json_equals(Layout(run_dir).summary_json,
                                            {"n_boot": n_boot, "covers": _results_covered(run_dir)})

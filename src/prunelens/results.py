@@ -19,7 +19,7 @@ import pandas as pd
 
 from prunelens.errors import PoolError
 from prunelens.io import atomic_write_bytes, sha256_file
-from prunelens.runfolder import Layout, RunFolder, check_name
+from prunelens.runfolder import Layout, distinct_runs
 
 RECORD_COLUMNS = ("suite", "metric", "method", "dataset", "condition", "item", "value")
 KEY_COLUMNS = ("run", "model", "level", "sparsity", "suite", "metric", "method", "dataset", "condition")
@@ -55,7 +55,8 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
 def write_level(run_dir: str | Path, suite: str, level: int, records: Iterable[Record],
                 meta: dict) -> Path:
     """Write (replacing) the records of one (suite, level), with a sidecar of ``meta`` + sha256."""
-    path = Layout(run_dir).result_csv(suite, level)
+    layout = Layout(run_dir)
+    path = layout.result_csv(suite, level)
     frame = records_frame(records)
     bad = frame.loc[frame["suite"] != suite, "suite"].unique()
     if len(bad):
@@ -63,14 +64,14 @@ def write_level(run_dir: str | Path, suite: str, level: int, records: Iterable[R
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, frame.to_csv(index=False).encode())
     sidecar = dict(meta, suite=suite, level=level, rows=len(frame), sha256=sha256_file(path))
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps(sidecar, indent=1, sort_keys=True).encode())
+    atomic_write_bytes(layout.sidecar(suite, level), json.dumps(sidecar, indent=1, sort_keys=True).encode())
     return path
 
 
 def read_sidecar(run_dir: str | Path, suite: str, level: int) -> dict | None:
     """The sidecar of a complete, intact (suite, level) result, or None."""
-    path = Layout(run_dir).result_csv(suite, level)
-    side = path.with_suffix(".json")
+    layout = Layout(run_dir)
+    path, side = layout.result_csv(suite, level), layout.sidecar(suite, level)
     if not (path.is_file() and side.is_file()):
         return None
     meta = _sidecar(side)
@@ -80,8 +81,9 @@ def read_sidecar(run_dir: str | Path, suite: str, level: int) -> dict | None:
 def options_used(run_dir: str | Path, suite: str) -> list[dict]:
     """The distinct suite options recorded by the intact results of ``suite`` in a run."""
     found: list[dict] = []
-    for csv in sorted(Layout(run_dir).suite(suite).glob("level_*.csv")):
-        meta = _sidecar(csv.with_suffix(".json"))
+    layout = Layout(run_dir)
+    for _, level, csv in layout.result_files(suite):
+        meta = _sidecar(layout.sidecar(suite, level))
         if meta is not None and meta.get("sha256") == sha256_file(csv) and meta.get("options") not in found:
             found.append(meta.get("options"))
     return found
@@ -95,14 +97,15 @@ def _sidecar(side: Path) -> dict | None:
     return meta if isinstance(meta, dict) and isinstance(meta.get("level"), int) else None
 
 
-def _read_level_csv(path: Path) -> tuple[pd.DataFrame, dict]:
+def _read_level_csv(layout: Layout, suite: str, level: int, path: Path) -> tuple[pd.DataFrame, dict]:
     fix = "delete both files and re-run `prunelens evaluate` for that suite"
-    meta = _sidecar(path.with_suffix(".json"))
+    side = layout.sidecar(suite, level)
+    meta = _sidecar(side)
     if meta is None:
-        raise PoolError(f"results file {path} has no readable sidecar {path.with_suffix('.json').name}; {fix}")
+        raise PoolError(f"results file {path} has no readable sidecar {side.name}; {fix}")
     if meta.get("sha256") != sha256_file(path):
         raise PoolError(f"results file {path} does not match its recorded sha256 (corrupt or edited); {fix}")
-    if meta.get("suite", path.parent.name) != path.parent.name or path.stem != f"level_{meta['level']:02d}":
+    if meta.get("suite", suite) != suite or meta["level"] != level:
         raise PoolError(f"results file {path} and its sidecar disagree on suite or level; {fix}")
     frame = pd.read_csv(path, dtype={c: str for c in RECORD_COLUMNS if c != "value"},
                         keep_default_na=False, na_values={"value": ["", "nan", "NaN"]})
@@ -118,15 +121,13 @@ def load_results(run_dirs: str | Path | Sequence[str | Path], suite: str | Seque
         run_dirs = [run_dirs]
     suites = [suite] if isinstance(suite, str) else suite
     frames = []
-    for run_dir in run_dirs:
-        pool = RunFolder(run_dir)
+    for pool in distinct_runs(run_dirs):
         levels = {lv.index: lv for lv in pool.levels}
         sparsity = {i: lv.sparsity for i, lv in levels.items()}
-        for path in sorted(pool.layout.results.glob("*/level_*.csv")):
-            check_name(path.parent.name, "suite folder")
-            if suites is not None and path.parent.name not in suites:
+        for name, index, path in pool.layout.result_files():
+            if suites is not None and name not in suites:
                 continue
-            frame, meta = _read_level_csv(path)
+            frame, meta = _read_level_csv(pool.layout, name, index, path)
             level = levels.get(meta["level"])
             if level is None:
                 continue  # results of a level the pool no longer has

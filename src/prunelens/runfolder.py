@@ -33,6 +33,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import cached_property
 from pathlib import Path
 
@@ -59,13 +60,43 @@ class PoolNote(UserWarning):
 
 
 # ---- layout ---------------------------------------------------------------------------------------
+_LEVEL_DIR = re.compile(r"level_(\d{2,})")
+
+
 def level_dir_name(index: int) -> str:
     return f"level_{index:02d}"
 
 
+def level_index(name: str) -> int | None:
+    """The index a level folder (or a per-level results file stem) ``level_XX`` stands for, or None
+    for any other name."""
+    match = _LEVEL_DIR.fullmatch(name)
+    return int(match.group(1)) if match and level_dir_name(int(match.group(1))) == name else None
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Every path of a run folder."""
+    """Every path of a run folder. The file names below are the only spelling of each; a suite
+    names the files of its own artifacts folder (:meth:`suite`, :meth:`level_artifacts`)."""
+
+    POOL_JSON: ClassVar[str] = "pool.json"
+    LEVEL_JSON: ClassVar[str] = "level.json"
+    MODEL: ClassVar[str] = "model.safetensors"
+    MASKS: ClassVar[str] = "masks.safetensors"
+    #: level 0 of a rewinding pool: the weights at ``prune.rewind_step``
+    REWIND: ClassVar[str] = "rewind.safetensors"
+    #: the epoch checkpoint of a level being trained (in its ``.partial`` folder)
+    TRAIN_STATE: ClassVar[str] = "train_state.safetensors"
+    TRAIN_STATE_JSON: ClassVar[str] = "train_state.json"
+    #: in ``results/<suite>/``: why the suite does not apply / which of its parts do not
+    SKIPPED: ClassVar[str] = "skipped.json"
+    NOT_APPLICABLE: ClassVar[str] = "not_applicable.json"
+    #: per-level summaries: ``results/summary.csv`` (with ``summary.json``, what it covers) and the
+    #: report's own table of them
+    SUMMARY_CSV: ClassVar[str] = "summary.csv"
+    SUMMARY_JSON: ClassVar[str] = "summary.json"
+    #: a suite's summary of one level, in its level artifacts folder
+    LEVEL_SUMMARY: ClassVar[str] = "summary.json"
 
     root: Path
 
@@ -74,7 +105,7 @@ class Layout:
 
     @property
     def pool_json(self) -> Path:
-        return self.root / "pool.json"
+        return self.root / self.POOL_JSON
 
     @property
     def lock(self) -> Path:
@@ -90,7 +121,11 @@ class Layout:
 
     @property
     def summary_csv(self) -> Path:
-        return self.results / "summary.csv"
+        return self.results / self.SUMMARY_CSV
+
+    @property
+    def summary_json(self) -> Path:
+        return self.results / self.SUMMARY_JSON
 
     @property
     def report(self) -> Path:
@@ -98,6 +133,14 @@ class Layout:
 
     def level(self, index: int) -> Path:
         return self.root / level_dir_name(index)
+
+    def level_json(self, index: int) -> Path:
+        return self.level(index) / self.LEVEL_JSON
+
+    def level_dirs(self) -> dict[int, Path]:
+        """Index → folder of every ``level_XX`` folder present (listed in pool.json or not)."""
+        found = {level_index(p.name): p for p in self.root.glob("level_*") if p.is_dir()}
+        return {i: found[i] for i in sorted(i for i in found if i is not None)}
 
     def partial(self, index: int) -> Path:
         """Where a level being trained keeps its epoch checkpoint (read by every rank)."""
@@ -107,14 +150,45 @@ class Layout:
         """Where a level is assembled before it is renamed into place."""
         return self.root / f".{level_dir_name(index)}.tmp"
 
+    def train_state(self, index: int) -> tuple[Path, Path]:
+        """The epoch checkpoint of level ``index``: its tensors and its JSON."""
+        return self.partial(index) / self.TRAIN_STATE, self.partial(index) / self.TRAIN_STATE_JSON
+
     def suite(self, suite: str) -> Path:
         return self.results / check_name(suite, "suite name")
 
     def result_csv(self, suite: str, level: int) -> Path:
         return self.suite(suite) / f"{level_dir_name(level)}.csv"
 
+    def sidecar(self, suite: str, level: int) -> Path:
+        """The JSON beside a results CSV: its sha256, options, inputs and level."""
+        return self.result_csv(suite, level).with_suffix(".json")
+
+    def result_files(self, suite: str | None = None) -> list[tuple[str, int, Path]]:
+        """(suite, level, CSV path) of every per-level results file (of ``suite`` only if given);
+        suite folder names are checked as plain names."""
+        out = []
+        folders = [self.suite(suite)] if suite is not None else sorted(
+            p for p in self.results.glob("*") if p.is_dir())
+        for folder in folders:
+            for csv in sorted(folder.glob("level_*.csv")):
+                index = level_index(csv.stem)
+                if index is not None:
+                    out.append((check_name(folder.name, "suite folder"), index, csv))
+        return out
+
+    def skipped(self, suite: str) -> Path:
+        return self.suite(suite) / self.SKIPPED
+
+    def not_applicable(self, suite: str) -> Path:
+        return self.suite(suite) / self.NOT_APPLICABLE
+
     def level_artifacts(self, suite: str, level: int) -> Path:
         return self.suite(suite) / level_dir_name(level)
+
+    def saved_artifacts(self, suite: str, name: str) -> dict[int, Path]:
+        """Level → ``results/<suite>/level_XX/<name>`` for every level folder that holds it."""
+        return saved_per_level(self.suite(suite), name)
 
     def links(self) -> list[Path]:
         """Symbolic links anywhere in the run folder (the folder itself may be one)."""
@@ -141,9 +215,16 @@ class Layout:
         return sorted(set(found))
 
 
+def saved_per_level(artifacts: Path, name: str) -> dict[int, Path]:
+    """Level → ``artifacts/level_XX/<name>`` for every level folder of a suite's artifacts folder
+    that holds a file ``name`` (what a suite's ``after_levels`` draws across levels)."""
+    found = {level_index(p.parent.name): p for p in Path(artifacts).glob(f"level_*/{name}")}
+    return {i: found[i] for i in sorted(i for i in found if i is not None)}
+
+
 def check_name(name: str, what: str) -> str:
     """``name`` if it is a plain name (no path separator, no leading dot), else a PoolError."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PoolError(f"{what} {name!r} read from a run folder is not a plain name (letters, digits, "
                         "'_', '.', '-'; no '/' or leading '.'): the folder was edited or damaged")
     return name
@@ -156,7 +237,7 @@ def read_json(path: Path, fix: str) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PoolError(f"{path} is missing: {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, deep nesting
         raise PoolError(f"{path} is not readable JSON ({_reason(exc)}): {fix}") from None
     if not isinstance(data, dict):
         raise PoolError(f"{path} does not hold a JSON object: {fix}")
@@ -164,7 +245,20 @@ def read_json(path: Path, fix: str) -> dict:
 
 
 def _reason(exc: Exception) -> str:
-    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:120]
+
+
+def verified_sha256(path: Path) -> str:
+    """sha256 of ``path``, computed once per command for a file that has not changed since (same
+    inode, size and modification time): a command that reads a level several times hashes it once."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        _HASHED[key] = sha256_file(path)
+    return _HASHED[key]
+
+
+_HASHED: dict[tuple, str] = {}
 
 
 def manifest_hash(info: dict) -> str:
@@ -270,7 +364,13 @@ class Level:
 
     @property
     def model_sha256(self) -> str:
-        return self.files.get("model.safetensors", "")
+        return self.files.get(Layout.MODEL, "")
+
+    @property
+    def parent_sha256(self) -> str | None:
+        """sha256 of the model this level was pruned from (the previous level's), None for level 0
+        and for levels written before it was recorded."""
+        return self.info.get("parent_model_sha256")
 
     def _verified(self, name: str) -> Path:
         path = self.path / name
@@ -278,7 +378,7 @@ class Level:
             raise PoolError(f"{self.path}/level.json records no file {name}")
         if not path.is_file():
             raise PoolError(f"{path} is missing: {_rebuild_fix(self.path)}")
-        if sha256_file(path) != self.info["files"][name]:
+        if verified_sha256(path) != self.info["files"][name]:
             raise PoolError(f"{path} does not match the sha256 recorded in level.json (corrupt or "
                             f"modified): {_rebuild_fix(self.path)}")
         return path
@@ -293,10 +393,17 @@ class Level:
         return load_tensors(self._verified(name))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.tensors("model.safetensors")
+        """The level's weights; a PoolError if one is NaN or infinite (the writer never writes such
+        a level, so the file was replaced and its hashes recomputed)."""
+        state = self.tensors(Layout.MODEL)
+        bad = [n for n, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise PoolError(f"{self.path / Layout.MODEL} holds non-finite weights ({', '.join(bad[:3])}), "
+                            f"which prunelens never writes: {_rebuild_fix(self.path)}")
+        return state
 
     def load_masks(self) -> dict[str, torch.Tensor]:
-        return self.tensors("masks.safetensors")
+        return self.tensors(Layout.MASKS)
 
     def load_model(self, device: str | torch.device = "cpu") -> nn.Module:
         """The level's model (plain architecture, ``strict=True``), in eval mode on ``device``."""
@@ -304,7 +411,7 @@ class Level:
 
         cfg = self.run.config.model
         model = create_model(cfg.name, self.run.num_classes, **cfg.options)
-        load_state_dict_strict(model, self.state_dict(), f"{self.path}/model.safetensors")
+        load_state_dict_strict(model, self.state_dict(), f"{self.path / Layout.MODEL}")
         return model.to(device).eval()
 
 
@@ -371,23 +478,39 @@ class RunFolder:
     # -- levels --
     @cached_property
     def levels(self) -> list[Level]:
-        out = []
+        """The levels pool.json lists, each verified by :meth:`read_level` (its level.json, its
+        index and its place in the chain)."""
+        out: list[Level] = []
         for entry in self.info["levels"]:
-            path = self.run_dir / entry["dir"]
-            info = read_json(path / "level.json", _rebuild_fix(path))
-            if sha256_file(path / "level.json") != entry["level_json_sha256"]:
-                raise PoolError(f"{path}/level.json does not match the sha256 recorded in pool.json "
-                                f"(edited or damaged): restore it, or {_rebuild_fix(path)}")
-            missing = [k for k in LEVEL_KEYS if k not in info]
-            if missing or info["index"] != entry["index"]:
-                raise PoolError(f"{path}/level.json lacks {', '.join(missing) or 'its index'}: "
-                                f"{_rebuild_fix(path)}")
-            for name in info["files"]:
-                if not _LEVEL_FILE.match(str(name)):
-                    raise PoolError(f"{path}/level.json names a file {name!r} that is not a level "
-                                    "file: the folder was edited or damaged")
-            out.append(Level(self, path, info))
+            out.append(self.read_level(entry["index"], out[-1] if out else None,
+                                       entry["level_json_sha256"]))
         return out
+
+    def read_level(self, index: int, previous: Level | None, listed_sha256: str | None = None,
+                   files: bool = False) -> Level:
+        """Level ``index`` after every check of one level: its level.json matches the sha256
+        pool.json lists (when listed), holds every key with a value of the right type, says it is
+        level ``index`` (a copied or renamed folder does not), and was pruned from ``previous``'s
+        model (the chain). ``files`` also checks its files against their sha256 now (else they are
+        checked when loaded). A PoolError names what is wrong."""
+        path = self.layout.level(index)
+        json_path = self.layout.level_json(index)
+        info = read_json(json_path, _rebuild_fix(path))
+        if listed_sha256 is not None and verified_sha256(json_path) != listed_sha256:
+            raise PoolError(f"{json_path} does not match the sha256 recorded in pool.json "
+                            f"(edited or damaged): restore it, or {_rebuild_fix(path)}")
+        check_level_info(info, json_path, index)
+        expected = None if previous is None else previous.model_sha256
+        if index > 0 and previous is None:
+            raise PoolError(f"{path} follows no level {index - 1}: {_rebuild_fix(path)}")
+        if info.get("parent_model_sha256", expected) != expected:
+            raise PoolError(f"{path} was not pruned from {previous.path.name} as it is now (its "
+                            "recorded parent differs: a copied, moved or rebuilt level): "
+                            f"{_rebuild_fix(path)}")
+        level = Level(self, path, info)
+        if files:
+            level.verify()
+        return level
 
     def level(self, index: int) -> Level:
         for lv in self.levels:
@@ -410,6 +533,83 @@ class RunFolder:
                          "model_sha256": lv.model_sha256,
                          "masks_sha256": lv.files.get("masks.safetensors", "")})
         return rows
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_fraction(value) -> bool:
+    return _is_number(value) and 0 <= value <= 1
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: level.json keys (required ones in LEVEL_KEYS) → the check of their value and what it should be
+_LEVEL_VALUES = {
+    "index": (_is_count, "a level index"),
+    "sparsity": (_is_fraction, "a fraction between 0 and 1"),
+    "sparsity_all": (_is_fraction, "a fraction between 0 and 1"),
+    "layer_sparsity": (lambda v: isinstance(v, dict) and all(_is_fraction(x) for x in v.values()),
+                       "a mapping of layer names to fractions"),
+    "metrics": (lambda v: isinstance(v, dict) and all(x is None or _is_number(x) for x in v.values()),
+                "a mapping of metric names to numbers"),
+    "epochs": (lambda v: v is None or _is_count(v), "a number of epochs"),
+    "steps": (lambda v: v is None or _is_count(v), "a number of steps"),
+    "wall_time_s": (lambda v: v is None or _is_number(v), "seconds"),
+    "train_time_s": (lambda v: v is None or _is_number(v), "seconds"),
+    "files": (lambda v: isinstance(v, dict) and all(isinstance(x, str) and _SHA256.fullmatch(x)
+                                                    for x in v.values()),
+              "a mapping of level file names to sha256 digests"),
+    "parent_model_sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)),
+                            "a sha256 digest"),
+}
+
+
+def check_level_info(info: dict, path: Path, index: int) -> None:
+    """A PoolError unless ``info`` (read from ``path``) is the level.json of level ``index``: every
+    required key, each value of its type, the index of its folder."""
+    fix = _rebuild_fix(path.parent)
+    missing = [k for k in LEVEL_KEYS if k not in info]
+    if missing:
+        raise PoolError(f"{path} lacks {', '.join(missing)}: {fix}")
+    for name in info["files"] if isinstance(info["files"], dict) else ():
+        if not _LEVEL_FILE.fullmatch(name):
+            raise PoolError(f"{path} names a file {name!r} that is not a level file: the folder was "
+                            "edited or damaged")
+    for key, (valid, what) in _LEVEL_VALUES.items():
+        if key in info and not valid(info[key]):
+            raise PoolError(f"{path} records {key} {_short(info[key])}, which is not {what} "
+                            f"(edited or damaged): {fix}")
+    if info["index"] != index:
+        raise PoolError(f"{path} is the level.json of level {info['index']}, not of level {index} "
+                        f"(a copied or renamed level folder): {fix}")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def distinct_runs(run_dirs) -> list[RunFolder]:
+    """The run folders of ``run_dirs``, read; a PoolError if one is given twice (its records would
+    count twice, and its intervals would be too narrow) or two share a name."""
+    runs = [RunFolder(d) for d in run_dirs]
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        real = run.run_dir.resolve()
+        if real in seen:
+            raise PoolError(f"run folder {run.run_dir} is given twice (also as {seen[real]}): give each "
+                            "run once")
+        seen[real] = run.run_dir
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise PoolError(f"runs must have different names, got {names}; rename one (the `name` key of "
+                        "its config) or read them separately")
+    return runs
 
 
 def verified_manifest(run_dir: Path) -> dict:
@@ -441,10 +641,14 @@ def _check_entries(info: dict, path: Path) -> None:
     levels = info["levels"]
     if not isinstance(levels, list) or not isinstance(info["config"], dict):
         raise PoolError(f"{path} has a malformed levels list or config")
-    for entry in levels:
+    for position, entry in enumerate(levels):
         if not (isinstance(entry, dict) and {"index", "dir", "level_json_sha256"} <= set(entry)
-                and isinstance(entry["index"], int) and entry["dir"] == level_dir_name(entry["index"])):
+                and _is_count(entry["index"]) and entry["dir"] == level_dir_name(entry["index"])):
             raise PoolError(f"{path} has a malformed level entry {str(entry)[:80]}: the folder was "
+                            "edited or damaged")
+        if entry["index"] != position:
+            raise PoolError(f"{path} lists level {entry['index']} where level {position} belongs "
+                            "(levels must be listed once each, in order from 0): the folder was "
                             "edited or damaged")
     if not isinstance(info["num_classes"], int):
         raise PoolError(f"{path} records no number of classes")

@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from prunelens.config import RunConfig, validate_section
-from prunelens.config import load_configs as _load_config_file
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError
 from prunelens.models.spec import ArchSpec
@@ -277,8 +276,12 @@ def check_evaluate(config: RunConfig) -> RunConfig:
 
 
 def load_configs(path=None, overrides: list[str] | None = None) -> list[RunConfig]:
-    """:func:`prunelens.config.load_configs` with every run's suite options checked too."""
-    return [check_evaluate(c) for c in _load_config_file(path, overrides)]
+    """The run configs of a config file (the embedded demo when ``path`` is None), every section
+    validated, the suites' options included: the one way a config file is read."""
+    from prunelens.config import default_config_path, read_yaml, resolve_runs
+
+    raw = read_yaml(path if path is not None else default_config_path())
+    return [check_evaluate(c) for c in resolve_runs(raw, overrides)]
 
 
 def without_unknown_options(config: RunConfig, where: str) -> RunConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +34,7 @@ from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, Ru
                              SuiteOptions, register_suite)
 from prunelens.io import atomic_write_bytes, atomic_write_json
 from prunelens.results import Record
+from prunelens.runfolder import Layout, saved_per_level
 
 SYNTHETIC_DEFAULT_IMAGES = 64
 BOX_COLUMNS = ["item", "xmin", "ymin", "xmax", "ymax", "seed", "seed_row", "seed_col", "grid_h",
@@ -205,7 +207,7 @@ class DiscoverySuite(Suite):
                                    n_boot=ctx.config.evaluate.n_boot, key=key)
         folder = Path(ctx.level_artifacts)
         atomic_write_bytes(folder / "boxes.csv", frame.to_csv(index=False).encode())
-        atomic_write_json(folder / "summary.json", dict(
+        atomic_write_json(folder / Layout.LEVEL_SUMMARY, dict(
             summary.as_dict(), level=ctx.level.index, sparsity=ctx.level.sparsity, dataset=dataset.name,
             condition=self.condition(opts), n_seed_in_background=int((~frame["found"]).sum()),
             options=opts.model_dump(mode="json")))
@@ -241,15 +243,19 @@ class DiscoverySuite(Suite):
 def _saved_levels(folder: Path) -> list[tuple[dict, pd.DataFrame]]:
     """(summary, boxes) of every level evaluated under ``folder``, by level index."""
     out = []
-    for summary_file in folder.glob("level_*/summary.json"):
+    for level, summary_file in saved_per_level(folder, Layout.LEVEL_SUMMARY).items():
         boxes_file = summary_file.with_name("boxes.csv")
         if boxes_file.is_file():
             try:
                 summary = json.loads(summary_file.read_text())
-            except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nested too deeply
-                continue  # a damaged figure input: that level is left out of the figure
-            out.append((summary, pd.read_csv(boxes_file, dtype={"item": str})))
-    return sorted(out, key=lambda lv: (lv[0].get("level") is None, lv[0].get("level") or 0))
+                boxes = pd.read_csv(boxes_file, dtype={"item": str})
+            except (ValueError, RecursionError, pd.errors.ParserError) as exc:
+                warnings.warn(f"{summary_file.parent} is damaged ({type(exc).__name__}): level {level} "
+                              "is left out of the boxes figure; re-run `prunelens evaluate --suite "
+                              "discovery --force` to write it again", stacklevel=2)
+                continue
+            out.append((summary if isinstance(summary, dict) else {}, boxes))
+    return out
 
 
 def boxes_figure(dataset: BoxDataset, levels: list[tuple[dict, pd.DataFrame]], n_images: int) -> bytes:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prunelens.errors import DataError, PoolError
+from prunelens.errors import ConfigError, DataError, PoolError
 from prunelens.explain.pipeline import ATTRIBUTION_METHODS, applicable_methods, explain_batch
 from prunelens.io import atomic_write_bytes, load_tensors
 
@@ -94,14 +95,15 @@ def figure_from_artifacts(suite_dir: str | Path, out: str | Path, *, images: Seq
     ``images`` (item ids) default to every saved image, ``methods`` to every saved method,
     ``levels`` to every level with saved heatmaps.
     """
+    from prunelens.runfolder import saved_per_level
+
     suite_dir = Path(suite_dir)
-    files = sorted(suite_dir.glob(f"level_*/{HEATMAPS_FILE}"))
+    files = saved_per_level(suite_dir, HEATMAPS_FILE)
     if not files:
         raise PoolError(f"no saved heatmaps ({HEATMAPS_FILE}) under {suite_dir}; run "
                         "`prunelens evaluate RUN_DIR --suite interpretability` first")
     saved = []
-    for file in files:
-        level = int(file.parent.name.removeprefix("level_"))
+    for level, file in files.items():
         if levels is None or level in levels:
             saved.append((level, *_saved_heatmaps(file)))
     if not saved:
@@ -152,7 +154,13 @@ def explain_levels(levels: Sequence, images01: torch.Tensor, item_ids: Sequence[
     for level in levels:
         model = level.load_model().to(device).eval()
         spec = spec_for(model)
-        use = [m for m in (methods or applicable_methods(model, spec)) if m in applicable_methods(model, spec)]
+        applicable = applicable_methods(model, spec)
+        left_out = [m for m in methods or () if m not in applicable]
+        if left_out and drawn is None:
+            warnings.warn(f"attribution method(s) {', '.join(left_out)} do not apply to "
+                          f"{type(model).__name__} (it applies: {', '.join(applicable)}): left out",
+                          stacklevel=2)
+        use = [m for m in (methods or applicable) if m in applicable]
         drawn = use if drawn is None else [m for m in drawn if m in use]
         result = explain_batch(model, spec.normalize(images01.to(device)), use, spec=spec, ig=ig)
         per_level.append((level, result))
@@ -176,6 +184,13 @@ def explain_run(run_dir: str | Path, images: Sequence[str], out: str | Path | No
     from prunelens.data.voc import VOCSegmentation
     from prunelens.runfolder import RunFolder
 
+    from prunelens.pruning.train import resolve_device
+
+    unknown = [m for m in methods or () if m not in ATTRIBUTION_METHODS]
+    if unknown:
+        raise ConfigError(f"unknown attribution method(s) {', '.join(unknown)}: choose from "
+                          f"{', '.join(ATTRIBUTION_METHODS)}")
+    device = resolve_device(device)
     pool = RunFolder(run_dir)
     chosen = [lv for lv in pool.levels if levels is None or lv.index in levels]
     if not chosen:

@@ -34,6 +34,7 @@ from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, Ru
                              SuiteOptions, register_suite)
 from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
+from prunelens.runfolder import Layout, saved_per_level
 from prunelens.explain.integrated import RULES
 from prunelens.explain.metrics import POOLINGS, localisation_scores
 from prunelens.explain.pipeline import (ATTRIBUTION_METHODS, METHODS, IGSettings, applicable_methods,
@@ -240,7 +241,7 @@ class InterpretabilitySuite(Suite):
             summary["ig_completeness_gap"] = {"mean": sum(gaps) / len(gaps), "max": max(gaps),
                                               "mean_relative": sum(relative_gaps) / len(relative_gaps)}
         out = ctx.level_artifacts
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_json(out / Layout.LEVEL_SUMMARY, summary)
         if figure:
             n = ctx.options.figure_images
             tensors = {k: torch.cat([f[k] for f in figure])[:n]
@@ -263,7 +264,7 @@ class InterpretabilitySuite(Suite):
                 f"RRA ties {'by pixel index (Quantus)' if s.rra_ties == 'index' else 'by expected value'}")
 
     def after_levels(self, ctx: RunContext) -> None:
-        if any(ctx.artifacts.glob(f"level_*/{HEATMAPS_FILE}")):
+        if saved_per_level(ctx.artifacts, HEATMAPS_FILE):
             figure_from_artifacts(ctx.artifacts, ctx.artifacts / FIGURE_FILE)
 
 

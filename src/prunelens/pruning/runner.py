@@ -37,7 +37,7 @@ from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evalua
                                      resolve_device, train_level)
 from prunelens.runfolder import Layout, RunFolder
 
-REWIND_FILE = "rewind.safetensors"
+REWIND_FILE = Layout.REWIND
 
 
 class _Loaders:
@@ -180,8 +180,11 @@ def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
     return None
 
 
-def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> RunFolder:
+def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
+              ignore_unknown_options: bool = False) -> RunFolder:
     """Build (or resume) the pool of one run config; returns the finished :class:`RunFolder`.
+    ``ignore_unknown_options`` resumes a pool whose pool.json records options this version does
+    not know (they are kept as a record, not applied).
 
     Under torchrun call it on every rank (see the module docstring); only rank 0 logs.
     """
@@ -207,11 +210,18 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print) -> R
         def open_pool() -> int:  # rank 0: lock, check the config, find the complete levels
             nonlocal writer, done
             writer = stack.enter_context(
-                PoolWriter(cfg.run_dir, cfg, num_classes, class_names, log).open(force=force))
+                PoolWriter(cfg.run_dir, cfg, num_classes, class_names, log,
+                           ignore_unknown_options).open(force=force))
             done = writer.completed_levels()
+            if writer.complete:
+                writer.clean()
+                return -1
             return len(done)
 
         n_done = distributed.share_from_main(open_pool)
+        if n_done < 0:
+            log(f"{cfg.name}: pool complete, every level verified: nothing to do")
+            return RunFolder(cfg.run_dir)
         if not distributed.is_main():
             done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
         masks = dense_masks(params)
@@ -283,7 +293,7 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
             if step == cfg.prune.rewind_step and writer is not None and not rewind_path.is_file():
                 atomic_save_tensors(rewind_path, m.state_dict())
     stats = train_level(model, spec, loaders.for_epoch(level), plan, cfg.train, device,
-                        (cfg.seed, "level", level), Checkpoint(partial), masker, on_step,
+                        (cfg.seed, "level", level), Checkpoint(*Layout(cfg.run_dir).train_state(level)), masker, on_step,
                         label=f"{cfg.name} level {level}", log=log)
     if writer is not None and level == 0 and cfg.prune.retrain == "rewind" and not rewind_path.is_file():
         atomic_save_tensors(rewind_path, model.state_dict())  # rewind_step 0 with 0 epochs

@@ -21,10 +21,11 @@ from torch import nn
 from prunelens.config import RunConfig, config_from_stored, flatten_keys
 from prunelens.data.provider import class_difference
 from prunelens.errors import ConfigError, DivergedError, PoolError
-from prunelens.io import atomic_save_tensors, atomic_write_json, sha256_file
+from prunelens.io import atomic_save_tensors, atomic_write_json, naming, sha256_file
 from prunelens.pruning.train import DIVERGED_FIX
-from prunelens.runfolder import (FORMAT, LEVEL_KEYS, Layout, Level, RunFolder, RunLock, level_dir_name,
-                                 level_entry, manifest_hash, read_json, sealed)
+from prunelens.runfolder import (FORMAT, Layout, Level, RunFolder, RunLock, check_level_info,
+                                 check_name, level_dir_name, level_entry, level_index, manifest_hash,
+                                 read_json, sealed)
 
 
 def versions() -> dict[str, str]:
@@ -42,9 +43,10 @@ def identity_difference(stored: dict, new: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def stored_config(info: dict, where: Path) -> RunConfig:
+def stored_config(info: dict, where: Path) -> tuple[RunConfig, list[str]]:
+    """The config pool.json records, as this version reads it, and the keys it does not know."""
     try:
-        return config_from_stored(info.get("config"), f"{where} config")[0]
+        return config_from_stored(info.get("config"), f"{where} config")
     except ConfigError as exc:
         raise PoolError(str(exc)) from None
 
@@ -54,15 +56,23 @@ class PoolWriter:
     """Creates or resumes the run folder of one config."""
 
     def __init__(self, run_dir: Path, config: RunConfig, num_classes: int,
-                 class_names: list[str] | None = None, log: Callable[[str], None] = print) -> None:
+                 class_names: list[str] | None = None, log: Callable[[str], None] = print,
+                 ignore_unknown_options: bool = False) -> None:
         self.layout = Layout(run_dir)
         self.run_dir = self.layout.root
         self.config = config
         self.num_classes = num_classes
         self.class_names = class_names
         self.log = log
+        self.ignore_unknown_options = ignore_unknown_options
         self.lock = RunLock(self.run_dir)
         self.entries: list[dict] = []
+        self._models: dict[int, str] = {}  # level → sha256 of its model (the next level's parent)
+        #: what pool.json carries over from earlier writers (options this version does not know,
+        #: the versions that wrote it before)
+        self._record: dict = {}
+        #: the pool was complete when opened and every level verified: nothing to do
+        self.complete = False
 
     def open(self, force: bool = False) -> PoolWriter:
         from prunelens import distributed
@@ -86,7 +96,14 @@ class PoolWriter:
         return self
 
     def _check_existing(self, force: bool) -> None:
-        info = read_json(self.layout.pool_json, "move the folder away or use --force")
+        try:
+            info = read_json(self.layout.pool_json, "move the folder away, or use --force to move it "
+                             "aside and start over")
+        except PoolError:
+            if not force:
+                raise
+            self._move_aside()
+            return
         old_format = info.get("format", 1) == 1
         if not old_format and info.get("manifest_sha256") != manifest_hash(info):
             if not force:
@@ -95,20 +112,53 @@ class PoolWriter:
                                 "start over")
             self._move_aside()
             return
-        difference = identity_difference(stored_config(info, self.layout.pool_json).identity(),
-                                         self.config.identity())
+        stored, unknown = stored_config(info, self.layout.pool_json)
+        if unknown and not old_format:
+            self._check_unknown_options(info, unknown)
+        difference = identity_difference(stored.identity(), self.config.identity())
         stored_classes = info.get("class_names")
         if stored_classes is not None and self.class_names is not None and stored_classes != self.class_names:
             difference.append(f"the dataset's classes ({class_difference(stored_classes, self.class_names)})")
         if not difference:
             if old_format:  # the same run: now it is worth upgrading
                 upgrade_manifest(self.run_dir, info, self.log, self.class_names)
+            else:
+                self._carry_record(info)
             return
         if not force:
             raise PoolError(f"run folder {self.run_dir} was made by a different config "
                             f"({'; '.join(difference)}). Use another run name/output_dir, or --force "
                             "to move the old run aside and start over")
         self._move_aside()
+
+    def _check_unknown_options(self, info: dict, unknown: list[str]) -> None:
+        """Options pool.json records that this version does not know: refused (the next level
+        would be trained without them), or with ``ignore_unknown_options`` kept as a record."""
+        values = {k: v for k, v in flatten_keys(info["config"]).items()
+                  if k in unknown or any(k.startswith(f"{u}.") for u in unknown)}
+        writer = (info.get("versions") or {}).get("prunelens", "an unknown version")
+        if not self.ignore_unknown_options:
+            raise PoolError(f"{self.layout.pool_json} records option(s) this prunelens "
+                            f"({versions()['prunelens']}) does not know: {', '.join(sorted(values))} "
+                            f"(written by prunelens {writer}). Its next levels would be trained "
+                            "without them: resume it with that version, or pass "
+                            "--ignore-unknown-options to continue without them (pool.json keeps "
+                            "their record)")
+        self.log(f"{self.config.name}: continuing without option(s) {', '.join(sorted(values))} "
+                 "(--ignore-unknown-options); pool.json keeps their record")
+        self._record["unknown_options"] = {**(info.get("unknown_options") or {}), **values}
+
+    def _carry_record(self, info: dict) -> None:
+        """Keep what earlier writers recorded: options this version does not know and the versions
+        that wrote the pool before this one."""
+        if isinstance(info.get("unknown_options"), dict):
+            self._record.setdefault("unknown_options", info["unknown_options"])
+        before = [v for v in info.get("versions_before") or [] if isinstance(v, dict)]
+        old = info.get("versions")
+        if isinstance(old, dict) and old.get("prunelens") != versions()["prunelens"] and old not in before:
+            before.append(old)
+        if before:
+            self._record["versions_before"] = before
 
     def _move_aside(self) -> None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -134,23 +184,26 @@ class PoolWriter:
             "format": FORMAT, "name": self.config.name, "config": self.config.resolved(),
             "num_classes": self.num_classes, "class_names": self.class_names,
             "levels": self.entries, "complete": complete, "stop_reason": stop_reason,
-            "versions": versions()}))
+            "versions": versions(), **self._record}))
 
     # -- levels --
     def completed_levels(self) -> list[Level]:
-        """Levels 0..k that are present and verify; what follows the first bad one is set aside
-        in ``stale/`` (with a line saying so) and rebuilt."""
+        """Levels 0..k that are present and verify (:meth:`RunFolder.read_level`, files included);
+        the first that does not, and every level and partial level after it, is set aside in
+        ``stale/`` with a line saying so, and rebuilt."""
         run = RunFolder(self.run_dir)
+        listed = {e["index"]: e["level_json_sha256"] for e in run.info["levels"]}
         good: list[Level] = []
+        present = self.layout.level_dirs()
         index = 0
-        while self.layout.level(index).is_dir():
-            path = self.layout.level(index)
-            problem = _level_problem(run, path)
-            if problem:
-                self.log(f"{self.config.name}: {problem}; it is set aside in {self.layout.stale} and "
-                         "rebuilt, with every level after it")
+        while index in present:
+            try:
+                good.append(run.read_level(index, good[-1] if good else None, listed.get(index),
+                                           files=True))
+            except PoolError as exc:
+                self.log(f"{self.config.name}: {present[index].name} failed its check ({exc}); it is "
+                         f"set aside in {self.layout.stale} and rebuilt, with every level after it")
                 break
-            good.append(Level(run, path, read_json(path / "level.json", "")))
             index += 1
         # what follows the first bad level was built on it: keep it aside, including a partially
         # trained level after it; only the partial state of the next level to build is resumed
@@ -158,9 +211,17 @@ class PoolWriter:
         for leftover in sorted(self.run_dir.glob("level_*")):
             if leftover not in keep:
                 self.layout.stale.mkdir(exist_ok=True)
-                leftover.rename(self.layout.stale / f"{leftover.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}")
-        self.entries = [level_entry(lv.info, lv.path / "level.json") for lv in good]
-        self._write_manifest(complete=False)
+                target = self.layout.stale / f"{leftover.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+                leftover.rename(target)
+                if level_index(leftover.name) is not None and leftover.name not in _named(good):
+                    self.log(f"{self.config.name}: {leftover.name} does not continue the levels "
+                             f"before it; set aside in {target}")
+        self.entries = [level_entry(lv.info, lv.path / Layout.LEVEL_JSON) for lv in good]
+        self._models = {lv.index: lv.model_sha256 for lv in good}
+        unchanged = self.entries == run.info["levels"] and not self._record.get("unknown_options")
+        self.complete = run.complete and unchanged
+        if not self.complete:
+            self._write_manifest(complete=False)
         return good
 
     def write_level(self, index: int, model: nn.Module, masks: dict[str, torch.Tensor], info: dict,
@@ -175,44 +236,41 @@ class PoolWriter:
         final, tmp = self.layout.level(index), self.layout.level_tmp(index)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        atomic_save_tensors(tmp / "model.safetensors", state)
-        atomic_save_tensors(tmp / "masks.safetensors", {n: m.bool() for n, m in masks.items()})
+        atomic_save_tensors(tmp / Layout.MODEL, state)
+        atomic_save_tensors(tmp / Layout.MASKS, {n: m.bool() for n, m in masks.items()})
         for name, src in (extra_files or {}).items():
-            shutil.copyfile(src, tmp / name)
+            with naming(tmp / name):
+                shutil.copyfile(src, tmp / name)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix == ".safetensors"}
         info = dict(info, index=index, files=files, sparsity_all=_sparsity_all(model, masks))
-        atomic_write_json(tmp / "level.json", info)
+        if index > 0:
+            info["parent_model_sha256"] = self._models[index - 1]
+        atomic_write_json(tmp / Layout.LEVEL_JSON, info)
         if final.exists():  # a level that failed verification is rebuilt
             shutil.rmtree(final)
         os.replace(tmp, final)
         shutil.rmtree(self.layout.partial(index), ignore_errors=True)
         self.entries = [e for e in self.entries if e["index"] != index]
-        self.entries.append(level_entry(info, final / "level.json"))
+        self.entries.append(level_entry(info, final / Layout.LEVEL_JSON))
         self.entries.sort(key=lambda e: e["index"])
+        self._models[index] = files[Layout.MODEL]
         self._write_manifest(complete=False)
         return RunFolder(self.run_dir).level(index)
 
     def finish(self, stop_reason: str) -> None:
         """Mark the pool complete and remove what interrupted runs left behind."""
         self._write_manifest(complete=True, stop_reason=stop_reason)
+        self.clean()
+
+    def clean(self) -> None:
+        """Remove what interrupted runs left behind (in a complete pool)."""
         removed = remove_leftovers(self.layout)
         if removed:
             self.log(f"{self.config.name}: removed {removed} leftover(s) of interrupted runs")
 
 
-def _level_problem(run: RunFolder, path: Path) -> str | None:
-    """Why the level in ``path`` cannot be kept (None when its level.json and files verify)."""
-    try:
-        info = read_json(path / "level.json", "")
-        if [k for k in LEVEL_KEYS if k not in info]:
-            return f"{path.name}/level.json is incomplete"
-        listed = {e["dir"]: e["level_json_sha256"] for e in run.info["levels"]}
-        if path.name in listed and listed[path.name] != sha256_file(path / "level.json"):
-            return f"{path.name}/level.json does not match the sha256 in pool.json (edited or damaged)"
-        Level(run, path, info).verify()
-    except PoolError as exc:
-        return f"{path.name} failed its check ({exc})"
-    return None
+def _named(levels: list[Level]) -> set[str]:
+    return {lv.path.name for lv in levels}
 
 
 def _sparsity_all(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
@@ -241,6 +299,7 @@ def upgrade_pool(run_dir: str | Path, log: Callable[[str], None] = print) -> Non
     layout = Layout(run_dir)
     if not layout.root.is_dir():
         raise PoolError(f"run folder {layout.root} does not exist")
+    layout.check_no_links()
     with RunLock(layout.root):
         info = read_json(layout.pool_json, "this is not a prunelens run folder")
         if info.get("format", 1) != 1:
@@ -255,24 +314,51 @@ def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None],
     each listed level's files against its level.json. Values that format 1 did not record (the
     defaults of model and dataset options then) are taken as this version's defaults."""
     layout = Layout(run_dir)
-    config = stored_config(info, layout.pool_json)
-    entries = []
-    for entry in sorted(info.get("levels") or [], key=lambda e: e.get("index", -1)):
-        index = entry.get("index")
-        if not isinstance(index, int) or entry.get("dir") != level_dir_name(index):
-            raise PoolError(f"{layout.pool_json} has a malformed level entry {str(entry)[:80]}")
-        path = layout.level(index)
-        level = read_json(path / "level.json", f"level {index} is listed but missing")
-        for name, recorded in (level.get("files") or {}).items():
-            if not (path / name).is_file() or sha256_file(path / name) != recorded:
-                raise PoolError(f"{path / name} does not match the sha256 in its level.json: the "
-                                "level is damaged; delete it (and the levels after it) and re-run "
-                                "`prunelens prune` to rebuild them")
-        entries.append(level_entry(level, path / "level.json"))
+    layout.check_no_links()
+    config, _ = stored_config(info, layout.pool_json)
+    name = check_name(info.get("name", config.name), "run name")
+    num_classes = info.get("num_classes")
+    if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1):
+        raise PoolError(f"{layout.pool_json} records no number of classes (num_classes), which "
+                        "format 2 needs: add \"num_classes\": N (the classes of the dataset it was "
+                        f"trained on) to it, then run `prunelens pool upgrade {run_dir}` again")
+    entries = [_upgraded_level(layout, index) for index in _format1_indices(info, layout.pool_json)]
     atomic_write_json(layout.pool_json, sealed({
-        "format": FORMAT, "name": info.get("name", config.name), "config": config.resolved(),
-        "num_classes": info.get("num_classes"), "class_names": class_names, "levels": entries,
+        "format": FORMAT, "name": name, "config": config.resolved(),
+        "num_classes": num_classes, "class_names": class_names, "levels": entries,
         "complete": bool(info.get("complete")), "stop_reason": info.get("stop_reason"),
         "versions": {**(info.get("versions") or {}), "upgraded_by": versions()["prunelens"]}}))
     log(f"{run_dir}: pool.json upgraded from format 1 to {FORMAT} ({len(entries)} level(s) verified; "
         "option defaults it did not record are taken as this version's)")
+
+
+def _format1_indices(info: dict, where: Path) -> list[int]:
+    """The level indices a format-1 pool.json lists (0, 1, … in order), or a PoolError."""
+    levels = info.get("levels") or []
+    fix = ("the folder was edited or damaged: restore pool.json from a copy, or rebuild the pool "
+           "with `prunelens prune`")
+    if not isinstance(levels, list):
+        raise PoolError(f"{where} lists its levels as {str(levels)[:40]}, not as a list: {fix}")
+    indices = []
+    for position, entry in enumerate(levels):
+        index = entry.get("index") if isinstance(entry, dict) else None
+        if not (isinstance(index, int) and not isinstance(index, bool)
+                and entry.get("dir") == level_dir_name(index) and index == position):
+            raise PoolError(f"{where} has a malformed level entry {str(entry)[:80]} (each is "
+                            f"{{\"index\": i, \"dir\": \"level_0i\", …}}, in order from 0): {fix}")
+        indices.append(index)
+    return indices
+
+
+def _upgraded_level(layout: Layout, index: int) -> dict:
+    """Level ``index`` of a format-1 run folder, its level.json and files verified: its pool.json entry."""
+    path = layout.level_json(index)
+    level = read_json(path, f"level {index} is listed but missing")
+    check_level_info(level, path, index)
+    for name, recorded in level["files"].items():
+        file = layout.level(index) / name
+        if not file.is_file() or sha256_file(file) != recorded:
+            raise PoolError(f"{file} does not match the sha256 in its level.json: the level is "
+                            "damaged; delete it (and the levels after it) and re-run `prunelens "
+                            "prune` to rebuild them")
+    return level_entry(level, path)

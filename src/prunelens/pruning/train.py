@@ -45,6 +45,7 @@ from prunelens.io import atomic_save_tensors, atomic_write_json, load_tensors, s
 from prunelens.pruning.masks import Masker
 from prunelens.pruning.recipe import ModelEMA, parameter_groups
 from prunelens.pruning.schedule import LRSchedule
+from prunelens.runfolder import Layout
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,18 +105,21 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], plain: dict) -> dict:
 
 @dataclass
 class Checkpoint:
-    """The partial state of a level being trained: ``<dir>/train_state.{safetensors,json}``."""
+    """The partial state of a level being trained: its tensors and a JSON naming their sha256 (in
+    a run folder, :meth:`prunelens.runfolder.Layout.train_state`)."""
 
-    directory: Path
+    tensors_path: Path
+    json_path: Path
     ignored: str | None = None  # why :meth:`load` ignored a checkpoint that was there
 
-    @property
-    def tensors_path(self) -> Path:
-        return self.directory / "train_state.safetensors"
+    @classmethod
+    def in_folder(cls, directory: Path) -> Checkpoint:
+        """A checkpoint in ``directory`` under the run folder's names."""
+        return cls(directory / Layout.TRAIN_STATE, directory / Layout.TRAIN_STATE_JSON)
 
     @property
-    def json_path(self) -> Path:
-        return self.directory / "train_state.json"
+    def directory(self) -> Path:
+        return self.tensors_path.parent
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict,
              ema: ModelEMA | None = None) -> None:

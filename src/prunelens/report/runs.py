@@ -5,13 +5,13 @@ figures the suites drew themselves (``results/<suite>/*.png``) and why a suite w
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from prunelens.runfolder import RunFolder, check_name
+from prunelens.errors import PoolError
+from prunelens.runfolder import RunFolder, check_name, read_json
 
 
 def seed_groups(runs: Sequence[RunFolder]) -> dict[str, str]:
@@ -61,25 +61,36 @@ def suite_pngs(run: RunFolder) -> dict[str, list[Path]]:
     return found
 
 
+_REWRITE = "delete it and re-run `prunelens evaluate` on the run folder to write it again"
+
+
+def _suite_folders(run: RunFolder) -> list[str]:
+    return [check_name(p.name, "suite folder") for p in sorted(run.layout.results.glob("*")) if p.is_dir()]
+
+
 def not_applicable(run: RunFolder) -> dict[str, dict[str, str]]:
-    """Suite → {part: why} for the parts of a suite that did not apply (``not_applicable.json``)."""
+    """Suite → {part: why} for the parts of a suite that did not apply (``not_applicable.json``);
+    a damaged file is a PoolError naming it."""
     found = {}
-    for path in sorted(run.layout.results.glob("*/not_applicable.json")):
-        try:
-            parts = json.loads(path.read_text())
-        except (OSError, ValueError, RecursionError):
-            continue
-        if isinstance(parts, dict):
-            found[path.parent.name] = {str(k): str(v) for k, v in parts.items()}
+    for suite in _suite_folders(run):
+        path = run.layout.not_applicable(suite)
+        if path.is_file():
+            parts = read_json(path, _REWRITE)
+            if not all(isinstance(v, str) for v in parts.values()):
+                raise PoolError(f"{path} does not map each part to a reason (edited or damaged): {_REWRITE}")
+            found[suite] = dict(parts)
     return found
 
 
 def skip_reasons(run: RunFolder) -> dict[str, str]:
-    """Suite → why it was skipped, from ``results/<suite>/skipped.json`` where the driver wrote one."""
+    """Suite → why it was skipped, from ``results/<suite>/skipped.json`` where the driver wrote one;
+    a damaged file is a PoolError naming it."""
     reasons = {}
-    for path in sorted(run.layout.results.glob("*/skipped.json")):
-        try:
-            reasons[path.parent.name] = str(json.loads(path.read_text())["reason"])
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
-            continue
+    for suite in _suite_folders(run):
+        path = run.layout.skipped(suite)
+        if path.is_file():
+            reason = read_json(path, _REWRITE).get("reason")
+            if not isinstance(reason, str):
+                raise PoolError(f"{path} records no reason (edited or damaged): {_REWRITE}")
+            reasons[suite] = reason
     return reasons
