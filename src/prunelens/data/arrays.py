@@ -111,6 +111,11 @@ def safe_unpickle(path: str | Path, required: Iterable[str], optional: Iterable[
                         "strings; anything else is refused") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path} holds a pickled {type(raw).__name__}, not the dict of a dataset batch")
+    names = [k for k in raw if not isinstance(k, (str, bytes))]
+    if names:
+        raise DataError(f"{path} has a key {names[0]!r} that is not a name (the keys of a dataset "
+                        "batch are names such as 'data' and 'labels'): it is not an original batch "
+                        "file; replace it with one")
     out = {_to_text(k): v for k, v in raw.items()}
     unexpected = sorted(set(out) - required - optional)
     missing = sorted(required - set(out))

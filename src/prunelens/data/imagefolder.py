@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, model_validator
 
 from prunelens._compat import torchvision
+from prunelens.data.images import unreadable_image
 from prunelens.data.registry import DatasetOptions, ExistingFolder, register_dataset
 from prunelens.errors import DataError
 from prunelens.models.spec import IMAGENET_MEAN
@@ -105,12 +106,11 @@ class ImageFolderSplit(torch.utils.data.Dataset):
         return len(self.inner)
 
     def __getitem__(self, i: int):
-        from PIL import UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
         try:
             return self.inner[i]
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"cannot read image file {self.inner.samples[i][0]} ({exc}); replace or "
-                            "remove it") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise DataError(unreadable_image(self.inner.samples[i][0], exc)) from None
 
 
 def _build(options: ImageFolderOptions, split: str, seed: int, augment: bool = True) -> ImageFolderSplit:

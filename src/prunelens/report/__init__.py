@@ -4,7 +4,12 @@
 tidy results of :func:`prunelens.results.load_results`) and writes ``out_dir/index.html`` with
 ``figures/`` (PNG + SVG), ``suites/`` (figures the suites drew themselves) and the tables it shows as
 CSV. Runs whose configs differ only by ``seed`` are pooled into one group (seeds become a level of
-the bootstrap). The folder is built aside and swapped in whole.
+the bootstrap).
+
+Everything the report writes stays inside ``out_dir``: its lock (``.lock``), its marker (which
+records what the report was built from), and the build folder, which is assembled inside and
+swapped in entry by entry, ``index.html`` last. A report whose inputs (the runs' manifests and
+results files, the report options, prunelens's version) are unchanged is not rebuilt.
 """
 from __future__ import annotations
 
@@ -19,14 +24,14 @@ import pandas as pd
 
 import prunelens
 from prunelens.errors import ConfigError, PrunelensError
-from prunelens.io import atomic_write_bytes, current_umask
+from prunelens.io import atomic_write_bytes, current_umask, naming
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
 from prunelens.report.runs import (not_applicable, pool_accuracy_rows, pool_table, seed_groups,
                                    skip_reasons, suite_pngs)
 from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
-from prunelens.runfolder import RunFolder, RunLock
+from prunelens.runfolder import Layout, RunFolder, RunLock, distinct_runs
 from prunelens.stats import summarize
 from prunelens.results import options_used
 from prunelens.suite import available_suites, get_suite, metric_of
@@ -35,33 +40,72 @@ __all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense", "s
            "draw_figures"]
 
 MARKER = ".prunelens-report"
+LOCK = ".lock"
+INDEX = "index.html"
 
 
 def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
-                 *, n_boot: int | None = None, confidence: float = 0.95) -> Path:
+                 *, n_boot: int | None = None, confidence: float = 0.95, log=print) -> Path:
     """Write the report of ``run_dirs`` into ``out_dir`` (default ``RUN_DIR/report`` of the first
     run) and return the path of its ``index.html``. ``n_boot`` defaults to the first run's
-    ``evaluate.n_boot``."""
+    ``evaluate.n_boot``. A report already built from the same inputs is kept as it is (and
+    ``log`` says so)."""
     from prunelens.results import load_results
 
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
-    runs = [RunFolder(d) for d in run_dirs]
+    runs = distinct_runs(run_dirs)
+    out_dir = _out_dir(runs, out_dir)
+    n_boot = runs[0].config.evaluate.n_boot if n_boot is None else n_boot
+    inputs = report_inputs(runs, n_boot, confidence)
+    if _marker(out_dir).get("inputs") == inputs and (out_dir / INDEX).is_file():
+        log(f"report: {out_dir / INDEX} is up to date (same runs, results and options): not rebuilt")
+        return out_dir / INDEX
     frame = load_results([r.run_dir for r in runs])
-    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence)
+    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence, inputs=inputs)
+
+
+def report_inputs(runs: Sequence[RunFolder], n_boot: int, confidence: float) -> str:
+    """A digest of everything a report is built from: prunelens's version, the options, and for
+    each run its folder, its manifest's sha256 (which covers every level.json) and the sha256 of
+    every file the report reads from its results (tables, sidecars, suite figures, skip reasons)."""
+    from prunelens.config import digest
+    from prunelens.io import sha256_file
+
+    parts = []
+    for run in runs:
+        files = {str(p.relative_to(run.layout.results)): sha256_file(p)
+                 for p in sorted(run.layout.results.glob("*/*")) if p.is_file()}
+        parts.append({"run": str(run.run_dir.resolve()), "manifest": run.info["manifest_sha256"],
+                      "results": files})
+    return digest({"prunelens": prunelens.__version__, "n_boot": n_boot, "confidence": confidence,
+                   "runs": parts})
+
+
+def _out_dir(runs: Sequence[RunFolder], out_dir: str | Path | None) -> Path:
+    return Path(out_dir) if out_dir is not None else runs[0].layout.report
+
+
+def _marker(out_dir: Path) -> dict:
+    try:
+        marker = json.loads((out_dir / MARKER).read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | Path | None = None,
-                 *, n_boot: int | None = None, confidence: float = 0.95) -> Path:
+                 *, n_boot: int | None = None, confidence: float = 0.95, inputs: str | None = None) -> Path:
     """:func:`build_report` on runs already read and their results frame (columns of
-    :func:`prunelens.results.load_results`)."""
+    :func:`prunelens.results.load_results`); ``inputs`` (:func:`report_inputs`) is recorded in the
+    marker, so a later :func:`build_report` of the same inputs keeps this report."""
     if not runs:
         raise PrunelensError("report: give at least one run folder")
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise PrunelensError(f"report: runs must have different names, got {names}; rename one "
                              "(the `name` key of its config) or report them separately")
-    out_dir = Path(out_dir) if out_dir is not None else runs[0].run_dir / "report"
+    out_dir = _out_dir(runs, out_dir)
     if n_boot is None:
         n_boot = runs[0].config.evaluate.n_boot
     groups = seed_groups(runs)
@@ -71,16 +115,19 @@ def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | 
     spots = sweet_spots(comparisons)
     not_evaluated = _not_evaluated(runs, frame, comparisons)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with RunLock(out_dir.parent, out_dir.parent / f".{out_dir.name}.lock", f"report folder {out_dir}"):
+    _check_out_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir, out_dir / LOCK, f"report folder {out_dir}"):
         _check_out_dir(out_dir)
-        return _build(runs, frame, out_dir, groups, comparisons, spots, not_evaluated, n_boot, confidence)
+        return _build(runs, frame, out_dir, groups, comparisons, spots, not_evaluated, n_boot,
+                      confidence, inputs)
 
 
 def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups, comparisons, spots,
-           not_evaluated, n_boot: int, confidence: float) -> Path:
-    """Build the report aside and swap it in (the caller holds the report folder's lock)."""
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
+           not_evaluated, n_boot: int, confidence: float, inputs: str | None) -> Path:
+    """Build the report inside ``out_dir`` and swap it in (the caller holds its lock)."""
+    _remove_leftovers(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".build-"))
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
         summary = summarize(frame, groups, n_boot, confidence)
@@ -88,7 +135,7 @@ def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups
                                         confidence)
         not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
         files = {
-            "per-level summary (CSV)": _write_csv(tmp / "summary.csv", summary),
+            "per-level summary (CSV)": _write_csv(tmp / Layout.SUMMARY_CSV, summary),
             "every level vs dense (CSV)": _write_csv(tmp / "level_vs_dense.csv", comparisons),
             "sweet spots (CSV)": _write_csv(tmp / "sweet_spots.csv", spots),
         }
@@ -98,14 +145,13 @@ def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups
             not_evaluated=not_evaluated, files=files, confidence=confidence,
             version=prunelens.__version__, evaluated_suites=set(frame["suite"]),
             settings=_settings(runs, frame))
-        atomic_write_bytes(tmp / "index.html", render(content).encode())
-        atomic_write_bytes(tmp / MARKER, json.dumps({"prunelens": prunelens.__version__}).encode())
-        _swap_in(tmp, out_dir)
+        atomic_write_bytes(tmp / INDEX, render(content).encode())
+        _swap_in(tmp, out_dir, inputs)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _remove_leftovers(out_dir)
-    return out_dir / "index.html"
+    return out_dir / INDEX
 
 
 # ---- inputs the results do not hold --------------------------------------------------------------
@@ -194,31 +240,39 @@ def _copy_suite_images(runs: Sequence[RunFolder], dest: Path) -> dict[str, list[
             for path in paths:
                 target = dest / run.name / suite / path.name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+                with naming(target):
+                    shutil.copyfile(path, target)
                 images.setdefault(suite, []).append((run.name, target.relative_to(dest.parent)))
     return images
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir())
-                                                       or (out_dir / MARKER).is_file())):
+    if out_dir.exists() and not (out_dir.is_dir() and (
+            (out_dir / MARKER).is_file() or {p.name for p in out_dir.iterdir()} <= {LOCK})):
         raise PrunelensError(f"report: {out_dir} exists and is not a prunelens report folder; "
-                             "choose another -o folder (the report replaces its folder whole)")
+                             "choose another -o folder (the report replaces what its folder holds)")
 
 
 def _remove_leftovers(out_dir: Path) -> None:
-    """Build and old-report folders that interrupted reports of ``out_dir`` left beside it."""
-    for pattern in (f".{out_dir.name}.build-*", f".{out_dir.name}.old-*"):
-        for path in out_dir.parent.glob(pattern):
+    """Build and old-report folders that interrupted reports left inside ``out_dir``."""
+    for pattern in (".build-*", ".old-*"):
+        for path in out_dir.glob(pattern):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``tmp`` (old report moved aside first, then deleted)."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        out_dir.rename(old / "report")
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _swap_in(tmp: Path, out_dir: Path, inputs: str | None) -> None:
+    """Replace the report in ``out_dir`` by the one built in ``tmp``: the marker first says the
+    folder is being rewritten, the old entries move aside, the new ones move in with
+    ``index.html`` last, and the marker then records the inputs."""
+    write_marker = lambda recorded: atomic_write_bytes(  # noqa: E731
+        out_dir / MARKER, json.dumps({"prunelens": prunelens.__version__, "inputs": recorded}).encode())
+    write_marker(None)
+    old = Path(tempfile.mkdtemp(dir=out_dir, prefix=".old-"))
+    for entry in out_dir.iterdir():
+        if entry.name not in (LOCK, MARKER) and entry != tmp and entry != old:
+            entry.rename(old / entry.name)
+    for entry in sorted(tmp.iterdir(), key=lambda p: p.name == INDEX):
+        entry.rename(out_dir / entry.name)
+    tmp.rmdir()
+    shutil.rmtree(old, ignore_errors=True)
+    write_marker(inputs)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from prunelens.report.sweet_spots import accuracy_rows
 from prunelens.stats import KEY, group_of, summarize
 from prunelens.errors import ConfigError
+from prunelens.io import naming
 from prunelens.suite import FigureSpec, get_suite
 
 _LINESTYLES = ("-", "--", ":", "-.")
@@ -160,8 +161,10 @@ def draw_figures(frame: pd.DataFrame, out_dir: str | Path, groups: Mapping[str, 
         fig = _draw(spec, curves, accuracy, spots if exact else None, group_order)
         stem = out_dir / spec.name
         with matplotlib.rc_context({"svg.hashsalt": "prunelens", "svg.fonttype": "none"}):
-            fig.savefig(stem.with_suffix(".png"), dpi=110)
-            fig.savefig(stem.with_suffix(".svg"), metadata={"Date": None})
+            with naming(stem.with_suffix(".png")):
+                fig.savefig(stem.with_suffix(".png"), dpi=110)
+            with naming(stem.with_suffix(".svg")):
+                fig.savefig(stem.with_suffix(".svg"), metadata={"Date": None})
         figures.append(Figure(spec.name, spec.section, spec.title, _caption(spec, curves, confidence),
                               Path(out_dir.name) / f"{spec.name}.png",
                               Path(out_dir.name) / f"{spec.name}.svg"))
