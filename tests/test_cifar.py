@@ -137,3 +137,13 @@ def test_cifar_meta_with_code_is_refused(tmp_path):
     meta.write_bytes(b"\x80\x02cbuiltins\neval\nq\x00X\x06\x00\x00\x001 + 1q\x01\x85q\x02Rq\x03.")
     with pytest.raises(DataError, match="refused to load builtins.eval"):
         build("cifar10", tmp_path, "test")
+
+
+def test_cifar_meta_with_keys_that_are_not_names_is_refused(tmp_path):
+    """Keys of mixed types (bytes and an int) once made sorting them a TypeError traceback."""
+    write_cifar10(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    with open(meta, "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR10_NAMES], 7: b"x"}, f, protocol=2)
+    with pytest.raises(DataError, match="batches.meta has a key 7 that is not a name"):
+        build("cifar10", tmp_path, "test")

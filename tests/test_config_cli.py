@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from prunelens.cli import main
-from prunelens.config import load_configs, resolve_runs
+from prunelens.config import resolve_runs
+from prunelens.suite import load_configs
 
 
 def _run_cli(capsys, *argv) -> tuple[int, str, str]:

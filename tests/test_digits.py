@@ -61,13 +61,13 @@ def test_sifting_demo_on_digits_makes_the_first_layer_local(tmp_path):
     its first-layer connectivity more local than a random mask with the same counts."""
     from pathlib import Path
 
-    from prunelens.config import load_config
+    from prunelens.suite import load_configs
     from prunelens.evaluate import evaluate_run
     from prunelens.pruning import prune_run
     from prunelens.results import load_results
 
     config = Path(__file__).parent.parent / "configs" / "sifting" / "fcn_digits.yaml"
-    cfg = load_config(config, [f"output_dir={tmp_path}", "train.epochs=15", "prune.max_sparsity=0.95"])
+    (cfg,) = load_configs(config, [f"output_dir={tmp_path}", "train.epochs=15", "prune.max_sparsity=0.95"])
     pool = prune_run(cfg, log=lambda *_: None)
     evaluate_run(pool.run_dir, ["connectivity"], levels=[0, pool.levels[-1].index],
                  overrides=["evaluate.connectivity.figures=false"], log=lambda *_: None)

@@ -85,7 +85,7 @@ def audit(event, args):
 
 sys.addaudithook(audit)
 from prunelens import distributed
-from prunelens.config import load_configs
+from prunelens.suite import load_configs
 from prunelens.pruning import prune_run
 for cfg in load_configs(sys.argv[3]):
     prune_run(cfg, log=lambda *_: None)
@@ -437,7 +437,7 @@ def _tiny_training(tmp_path, model_name="small_resnet", uint8=True, **train):
     plan = TrainPlan(1, lr_schedule(cfg.train, 1, len(loader)), cfg.train.optimizer)
     return SimpleNamespace(model=model, spec=spec_for(model), loader=loader, plan=plan, cfg=cfg,
                            masker=Masker(params, masks), masks=masks, params=params,
-                           checkpoint=Checkpoint(tmp_path / "ckpt"))
+                           checkpoint=Checkpoint.in_folder(tmp_path / "ckpt"))
 
 
 def _train(t, **kw) -> dict:

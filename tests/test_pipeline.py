@@ -110,10 +110,18 @@ def _write_config(tmp_path: Path, name: str, **extra) -> Path:
     return path
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C as a terminal delivers it: a job that a non-interactive shell started in the background
+    (as CI harnesses do) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler, so the test's SIGINT would be lost. A terminal's foreground command has the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "prunelens", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_as_in_a_terminal, **kw)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -220,7 +228,7 @@ def test_a_mismatched_epoch_checkpoint_is_ignored_and_the_level_retrained(tiny_c
     partial.mkdir()
     (partial / "train_state.safetensors").write_bytes(b"garbage")
     (partial / "train_state.json").write_text('{"epochs_done": 1, "tensors_sha256": "0"}')
-    assert Checkpoint(partial).load() is None
+    assert Checkpoint.in_folder(partial).load() is None
     messages = []
     prune_run(cfg, log=messages.append)
     assert any("ignored" in m and "the level restarts" in m for m in messages)

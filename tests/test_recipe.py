@@ -15,7 +15,8 @@ from torch import nn
 
 from prunelens import distributed
 from prunelens._compat import torchvision
-from prunelens.config import TrainConfig, load_configs, resolve_runs
+from prunelens.config import TrainConfig, resolve_runs
+from prunelens.suite import load_configs
 from prunelens.errors import ConfigError
 from prunelens.models import create_model
 from prunelens.runfolder import RunFolder as Pool

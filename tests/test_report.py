@@ -82,7 +82,7 @@ def make_run(root: Path, name: str, seed: int = 0, evaluated_levels: int = N_LEV
             "index": level, "sparsity": sparsity, "layer_sparsity": {"fc.weight": sparsity},
             "metrics": {"train_acc": 0.9, "train_loss": 0.3, "val_acc": 0.8, "val_loss": 0.5,
                         "test_acc": 0.6 + 0.05 * level,
-                        "test_loss": EVIL if level == 1 else 0.5},  # escaped like every value read from a run
+                        "test_loss": 0.5},
             "epochs": 1, "steps": 10, "wall_time_s": 1.5,
             "files": {f: sha256_file(level_dir / f) for f in ("model.safetensors", "masks.safetensors")}})
         entries.append(level_dir)
@@ -274,8 +274,10 @@ def test_out_dir_is_replaced_whole_and_foreign_folders_refused(tmp_path):
     (out / "stale.txt").write_text("old")
     write_report([run], frame, out, n_boot=100)
     assert (out / "index.html").is_file() and not (out / "stale.txt").exists()
-    # no build or old folder is left beside it; the lock file stays, as a run folder's .lock does
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == [".out.lock"]
+    # nothing is written beside it: the lock, the marker and the build stay inside, and no build or
+    # old folder is left there
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".lock", ".prunelens-report"]
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep me")

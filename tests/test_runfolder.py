@@ -157,13 +157,95 @@ FAULTS = {
     "a bool model option": (
         lambda d, c: _edit_yaml(c, "model.blocks", True),
         ["prune", "{config}"], ["option 'blocks' of model 'small_resnet' must be a whole number"]),
+    "a hash-valid level.json whose test_acc is text": (
+        lambda d, c: _edit_level_json(d, 1, _set("metrics.test_acc", "high")),
+        ["report", "{run}", "-o", "{tmp}/out"], ["level_01/level.json records metrics",
+                                                 "not a mapping of metric names to numbers"]),
+    "a hash-valid level.json whose sparsity is a list": (
+        lambda d, c: _edit_level_json(d, 2, _set("sparsity", [0.5])),
+        ["results", "{run}"], ["level_02/level.json records sparsity [0.5]"]),
+    "a hash-valid copied level: level.json of another index": (
+        lambda d, c: _edit_level_json(d, 2, _set("index", 1)),
+        ["pool", "show", "{run}"], ["is the level.json of level 1, not of level 2", "copied"]),
+    "a hash-valid level whose parent is another model": (
+        lambda d, c: _edit_level_json(d, 2, _set("parent_model_sha256", "0" * 64)),
+        ["pool", "show", "{run}"], ["level_02 was not pruned from level_01"]),
+    "pool.json lists a level twice (resealed)": (
+        lambda d, c: _edit_json(d / "pool.json", lambda i: i["levels"].append(dict(i["levels"][2])),
+                                reseal=True),
+        ["results", "{run}"], ["lists level 2 where level 3 belongs"]),
+    "a 5000-digit integer in level.json": (
+        lambda d, c: (d / "level_01" / "level.json").write_text('{"index": ' + "9" * 5000 + "}"),
+        ["pool", "show", "{run}"], ["level_01/level.json is not readable JSON", "4300 digits"]),
+    "a 5000-digit integer in pool.json": (
+        lambda d, c: (d / "pool.json").write_text('{"format": ' + "9" * 5000 + "}"),
+        ["evaluate", "{run}"], ["pool.json is not readable JSON", "4300 digits"]),
+    "NaN weights with their hashes recomputed": (
+        lambda d, c: _nan_weights(d, 2), ["explain", "{run}", "--images", "test-00000", "--levels", "2"],
+        ["level_02/model.safetensors holds non-finite weights"]),
+    "NaN weights in a middle level (the chain breaks)": (
+        lambda d, c: _nan_weights(d, 1), ["results", "{run}"], ["level_02 was not pruned from level_01"]),
+    "the same run twice (results)": (None, ["results", "{run}", "{run}"], ["is given twice"]),
+    "the same run twice (report)": (None, ["report", "{run}", "{run}", "-o", "{tmp}/out"],
+                                    ["is given twice"]),
+    "a damaged skipped.json": (
+        lambda d, c: (d / "results" / "accuracy" / "skipped.json").write_text('{"reason": [1]}'),
+        ["report", "{run}", "-o", "{tmp}/out"], ["accuracy/skipped.json records no reason"]),
+    "a damaged not_applicable.json": (
+        lambda d, c: (d / "results" / "accuracy" / "not_applicable.json").write_text("{"),
+        ["report", "{run}", "-o", "{tmp}/out"], ["accuracy/not_applicable.json is not readable JSON"]),
+    "an empty pool.json (prune)": (
+        lambda d, c: (d / "pool.json").write_text(""),
+        ["prune", "{config}"], ["pool.json is not readable JSON", "use --force to move it aside"]),
+    "options a later version wrote (prune)": (
+        lambda d, c: _edit_json(d / "pool.json", lambda i: (i["config"]["train"].update(
+            ema_of_the_future=True), i["versions"].update(prunelens="0.3.0"), i.update(complete=False)),
+                                reseal=True),
+        ["prune", "{config}"], ["records option(s) this prunelens", "train.ema_of_the_future",
+                                "written by prunelens 0.3.0", "--ignore-unknown-options"]),
+    "a random-bytes .pth as weights": (
+        lambda d, c: (d.parent / "w.pth").write_bytes(bytes(range(256)) * 8),
+        ["prune", "{config}", "--set", "model.weights={run}/../w.pth"],
+        ["it is not a safetensors or torch file, or it is damaged"]),
+    # configs: every number is strict
+    "lr: true": (lambda d, c: _edit_yaml(c, "train.lr", True),
+                 ["prune", "{config}"], ["train.lr: must be a number, not True"]),
+    "--set prune.rate=true": (None, ["prune", "{config}", "--set", "prune.rate=true"],
+                              ["prune.rate: must be a number, not True"]),
+    "--set seed beyond 64 bits": (None, ["prune", "{config}", "--set", "seed=18446744073709551616"],
+                                  ["seed: Input should be less than or equal to 2147483647"]),
+    "a bool float model option": (None, ["config", "{config}", "--set", "model={{name: small_vit, dropout: true}}"],
+                                  ["option 'dropout' of model 'small_vit' must be a number, not True"]),
     # command-line options
+    "report --n-boot 100000000": (None, ["report", "{run}", "--n-boot", "100000000"], ["at most 100000"]),
+    "explain --device bogus": (None, ["explain", "{run}", "--images", "test-00000", "--device", "bogus"],
+                               ["'bogus' is not a device"]),
+    "explain --methods foo": (None, ["explain", "{run}", "--images", "test-00000", "--methods", "foo"],
+                              ["unknown attribution method(s) foo", "gradcam"]),
     "report --n-boot 0": (None, ["report", "{run}", "--n-boot", "0"], ["--n-boot", "at least 100"]),
     "report --n-boot -5": (None, ["report", "{run}", "--n-boot", "-5"], ["--n-boot", "at least 100"]),
     "report --confidence 2": (None, ["report", "{run}", "--confidence", "2"], ["between 0 and 1"]),
     "evaluate --levels x": (None, ["evaluate", "{run}", "--levels", "1,x"], ["comma-separated"]),
     "an unknown command": (None, ["prunee"], ["invalid choice: 'prunee'"]),
 }
+
+
+def _edit_level_json(run_dir: Path, index: int, change) -> None:
+    """Edit level_XX/level.json and record its new sha256 in a resealed pool.json (as someone who
+    knows the format would)."""
+    path = run_dir / f"level_{index:02d}" / "level.json"
+    _edit_json(path, change)
+    _edit_json(run_dir / "pool.json", lambda i: i["levels"][index].update(level_json_sha256=_sha(path)),
+               reseal=True)
+
+
+def _nan_weights(run_dir: Path, index: int) -> None:
+    from prunelens.io import atomic_save_tensors, load_tensors
+    model = run_dir / f"level_{index:02d}" / "model.safetensors"
+    state = load_tensors(model)
+    state["fc.weight"][0, 0] = float("nan")
+    atomic_save_tensors(model, state)
+    _edit_level_json(run_dir, index, lambda i: i["files"].update({"model.safetensors": _sha(model)}))
 
 
 def _sha(path: Path) -> str:
@@ -182,6 +264,238 @@ def test_fault_is_one_line_exit_2_and_nothing_is_lost(case, run, tmp_path, capsy
     _one_line_error(code, err, *phrases)
     assert _files(run_dir) == before  # nothing written, nothing lost
     assert not (tmp_path / "escape").exists() and not (tmp_path / "out").exists()
+
+
+# ---- faults a command repairs or refuses, with what it must then hold --------------------------------
+def _levels_listed(run_dir: Path) -> list[int]:
+    return [e["index"] for e in json.loads((run_dir / "pool.json").read_text())["levels"]]
+
+
+def _make_incomplete(run_dir: Path, keep: int) -> None:
+    """The pool as it was before level ``keep`` was written (pool.json sealed, incomplete)."""
+    for index in range(keep, 3):
+        shutil.rmtree(run_dir / f"level_{index:02d}")
+    _edit_json(run_dir / "pool.json", lambda i: i.update(levels=i["levels"][:keep], complete=False,
+                                                         stop_reason=None), reseal=True)
+
+
+def _copy_level(run_dir: Path, source: int, target: int, reindex: bool = False) -> None:
+    shutil.copytree(run_dir / f"level_{source:02d}", run_dir / f"level_{target:02d}")
+    if reindex:  # someone who knows the format renames the copy, files untouched
+        _edit_json(run_dir / f"level_{target:02d}" / "level.json", _set("index", target))
+
+
+def _model_sha(run_dir: Path, index: int) -> str:
+    return json.loads((run_dir / f"level_{index:02d}" / "level.json").read_text())["files"]["model.safetensors"]
+
+
+def _parent(run_dir: Path, index: int) -> str | None:
+    return json.loads((run_dir / f"level_{index:02d}" / "level.json").read_text()).get("parent_model_sha256")
+
+
+def _check_rebuilt_from_chain(run_dir: Path) -> None:
+    assert _levels_listed(run_dir) == [0, 1, 2] and RunFolder(run_dir).complete
+    for index in (1, 2):
+        assert _parent(run_dir, index) == _model_sha(run_dir, index - 1)
+    assert any(p.name.startswith("level_02-") for p in (run_dir / "stale").iterdir())
+
+
+def _check_summary(run_dir: Path) -> None:
+    summary = run_dir / "results" / "summary.csv"
+    assert summary.is_file()
+    text = summary.read_text()
+    assert "accuracy" in text and ",2," in text  # every level summarised
+
+
+def _rewrite_result_without_summary(run_dir: Path) -> None:
+    """What kill -9 of evaluate right after a level's sidecar leaves: a new result, an old summary."""
+    from prunelens.results import Record, write_level
+    write_level(run_dir, "accuracy", 1, [Record("accuracy", "accuracy", 0.0, dataset="test", item="x")],
+                {"options": {}, "inputs": {}, "level_sha256": _model_sha(run_dir, 1)})
+
+
+def _check_unknown_options_recorded(run_dir: Path) -> None:
+    info = json.loads((run_dir / "pool.json").read_text())
+    assert info["unknown_options"] == {"train.ema_of_the_future": True}
+    assert {"prunelens": "0.3.0"}.items() <= info["versions_before"][0].items()
+    assert RunFolder(run_dir).complete
+
+
+def _later_version_options(d: Path, c: Path) -> None:
+    _make_incomplete(d, 2)
+    _edit_json(d / "pool.json", lambda i: (i["config"]["train"].update(ema_of_the_future=True),
+                                           i["versions"].update(prunelens="0.3.0")), reseal=True)
+
+
+REPAIRS = {
+    # case: (damage, argv, phrases the output holds, what the run folder holds afterwards)
+    "a copied level folder in a complete pool": (
+        lambda d, c: _copy_level(d, 2, 3), ["prune", "{config}"],
+        ["level_03 failed its check", "level.json of level 2, not of level 3", "set aside",
+         "nothing to do"],
+        lambda d: (_levels_listed(d) == [0, 1, 2]) or pytest.fail("pool.json changed")),
+    "a copied level folder in an incomplete pool": (
+        lambda d, c: (_make_incomplete(d, 2), _copy_level(d, 1, 2)), ["prune", "{config}"],
+        ["level_02 failed its check", "level.json of level 1, not of level 2"],
+        _check_rebuilt_from_chain),
+    "a copied level folder renumbered by hand": (
+        lambda d, c: (_make_incomplete(d, 2), _copy_level(d, 1, 2, reindex=True)), ["prune", "{config}"],
+        ["level_02 failed its check", "was not pruned from level_01"], _check_rebuilt_from_chain),
+    "an unlisted level after the last": (
+        lambda d, c: _copy_level(d, 2, 7), ["prune", "{config}"],
+        ["level_07 does not continue the levels before it; set aside"],
+        lambda d: (_levels_listed(d) == [0, 1, 2]) or pytest.fail("pool.json changed")),
+    "summary.csv deleted": (
+        lambda d, c: (d / "results" / "summary.csv").unlink(), ["evaluate", "{run}"], [],
+        _check_summary),
+    "evaluate killed after a sidecar": (
+        lambda d, c: _rewrite_result_without_summary(d), ["evaluate", "{run}"], [], _check_summary),
+    "options a later version wrote, with the flag": (
+        _later_version_options, ["prune", "{config}", "--ignore-unknown-options"],
+        ["continuing without option(s) train.ema_of_the_future"], _check_unknown_options_recorded),
+    "an empty pool.json with --force": (
+        lambda d, c: (d / "pool.json").write_text(""), ["prune", "{config}", "--force"],
+        ["--force: moved the previous run to"],
+        lambda d: RunFolder(d).complete and list(d.parent.glob("tiny.replaced-*")) or pytest.fail()),
+}
+
+
+@pytest.mark.parametrize("case", list(REPAIRS))
+def test_a_repaired_fault_says_what_it_did(case, run, capsys):
+    run_dir, config = run
+    damage, argv, phrases, check = REPAIRS[case]
+    damage(run_dir, config)
+    code = main([a.format(run=run_dir, config=config) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err
+    for phrase in phrases:
+        assert phrase in out + err, (phrase, out, err)
+    check(run_dir)
+
+
+def test_a_rerun_with_nothing_to_do_rewrites_nothing_and_says_so(run, capsys):
+    run_dir, config = run
+    assert main(["run", str(config)]) == 0  # the report of this copy, then nothing is left to do
+    capsys.readouterr()
+    def written():  # every file but the locks, which each writer takes anew
+        return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = written()
+    assert main(["run", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "pool complete, every level verified: nothing to do" in out
+    assert "every result is up to date" in out
+    assert "is up to date (same runs, results and options): not rebuilt" in out
+    assert written() == before
+
+
+def test_a_seed_out_of_range_leaves_no_run_folder(tmp_path, capsys):
+    raw = tiny_config_dict(tmp_path, seed=2**64)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    code, err = _cli(capsys, "prune", tmp_path / "c.yaml")
+    _one_line_error(code, err, "seed: Input should be less than or equal to 2147483647")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["tiny\n", "../x", ".hidden", "a/b", ""])
+def test_a_name_read_from_a_run_folder_is_matched_whole(name):
+    from prunelens.errors import PoolError
+    from prunelens.runfolder import check_name
+    with pytest.raises(PoolError, match="not a plain name"):
+        check_name(name, "run name")
+
+
+def _v1(change):
+    def damage(run_dir: Path) -> None:
+        change(run_dir)
+    return damage
+
+
+FORMAT_1_FAULTS = {
+    "levels is a number": (lambda d: _edit_json(d / "pool.json", _set("levels", 5)),
+                           ["lists its levels as 5, not as a list"]),
+    "levels are names": (lambda d: _edit_json(d / "pool.json", _set("levels", ["level_00"])),
+                         ["malformed level entry level_00"]),
+    "level.json files is a list": (lambda d: _edit_json(d / "level_01" / "level.json", _set("files", [1, 2])),
+                                   ["level_01/level.json records files [1, 2]"]),
+    "a name that is a path": (lambda d: _edit_json(d / "pool.json", _set("name", "../../x")),
+                              ["run name '../../x'", "not a plain name"]),
+    "a symbolic link": (lambda d: (d / "level_00" / "x.safetensors").symlink_to("/etc/hostname"),
+                        ["holds symbolic links"]),
+    "no num_classes": (lambda d: _edit_json(d / "pool.json", lambda i: i.pop("num_classes", None)),
+                       ["records no number of classes", "num_classes", "pool upgrade"]),
+    "a 5000-digit level index": (
+        lambda d: (d / "level_00" / "level.json").write_text('{"index": ' + "7" * 5000 + "}"),
+        ["is not readable JSON"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FORMAT_1_FAULTS))
+def test_pool_upgrade_refuses_a_damaged_format_1_folder(case, tmp_path, capsys):
+    run_dir = tmp_path / "legacy-v1"
+    shutil.copytree(FIXTURE_V1, run_dir)
+    damage, phrases = FORMAT_1_FAULTS[case]
+    damage(run_dir)
+    before = _files(run_dir)
+    code, err = _cli(capsys, "pool", "upgrade", run_dir)
+    _one_line_error(code, err, *phrases)
+    assert _files(run_dir) == before
+
+
+def test_a_full_disk_during_evaluate_and_report_names_the_file(run, tmp_path, capsys, monkeypatch):
+    """write() on a full disk raises ENOSPC without a file name; the message names the file."""
+    run_dir, _ = run
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("prunelens.io.os.fsync", full)
+    code, err = _cli(capsys, "evaluate", run_dir, "--force")
+    _one_line_error(code, err, "No space left on device", f"{run_dir}/results/accuracy/level_00.csv")
+    code, err = _cli(capsys, "report", run_dir, "-o", tmp_path / "rep")
+    _one_line_error(code, err, "No space left on device", f"{tmp_path}/rep/")
+
+
+def test_safetensors_bytes_depend_only_on_their_content(tmp_path):
+    """The writer orders a metadata map differently on every call; written through prunelens.io the
+    same content gives the same bytes (so the same sha256) and reads back the same."""
+    from safetensors import safe_open
+
+    from prunelens.io import atomic_save_tensors, load_tensors, sha256_file
+
+    meta = {f"key{i}": json.dumps([i, "é", 'quote"d']) for i in range(12)}
+    tensors = {"b": torch.arange(3.0), "a": torch.zeros(2, 2)}
+    paths = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in paths:
+        atomic_save_tensors(path, tensors, metadata=meta)
+    assert len({sha256_file(p) for p in paths}) == 1
+    with safe_open(str(paths[0]), framework="pt") as f:
+        assert f.metadata() == meta
+    assert all(torch.equal(load_tensors(paths[0])[k], v) for k, v in tensors.items())
+
+
+def test_an_image_too_large_to_decode_is_one_line(tmp_path, capsys):
+    """A PNG whose header claims 20000 x 20000 pixels: Pillow refuses it as a decompression bomb."""
+    import struct
+    import zlib
+
+    from PIL import Image
+    _image_folder(tmp_path / "data", {"train": ["a", "b"], "val": ["a", "b"]})
+    victim = tmp_path / "data" / "train" / "a" / "0.png"
+    Image.new("L", (1, 1)).save(victim)
+    raw = bytearray(victim.read_bytes())
+    ihdr = raw[12:29]  # b"IHDR" + width, height, depth, colour, compression, filter, interlace
+    ihdr[4:12] = struct.pack(">II", 20000, 20000)
+    raw[12:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    victim.write_bytes(bytes(raw))
+    raw = tiny_config_dict(tmp_path, data={"name": "imagefolder", "root": str(tmp_path / "data"),
+                                           "train_crop_size": 8, "val_resize_size": 8, "val_crop_size": 8},
+                           train={"epochs": 1})
+    for key in ("image_size", "num_classes", "n_train", "n_val", "n_test", "texture_correlation"):
+        raw["data"].pop(key)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    code, err = _cli(capsys, "prune", tmp_path / "c.yaml")
+    _one_line_error(code, err, f"image file {victim} is too large to decode safely", "downscale it")
 
 
 # ---- identity ---------------------------------------------------------------------------------------
@@ -498,12 +812,12 @@ def test_leftovers_are_cleaned_by_the_next_successful_run(run, capsys):
     (run_dir / ".level_07.tmp").mkdir()
     (run_dir / "stale" / "level_03.partial-20260101-000000").mkdir(parents=True)
     (run_dir / ".pool.json.x.tmp").write_text("half")
-    report_parent = run_dir
-    (report_parent / ".report.build-abc").mkdir()
-    (report_parent / ".report.old-abc").mkdir()
+    (run_dir / "report" / ".build-abc").mkdir()
+    (run_dir / "report" / ".old-abc").mkdir()
+    (run_dir / "results" / "accuracy" / "level_00.csv").unlink()  # the report has something to do
     assert main(["run", str(config)]) == 0
     left = [p.name for p in run_dir.rglob("*") if ".tmp" in p.name or ".partial-" in p.name
-            or (".report." in p.name and p.suffix != ".lock")]
+            or p.name.startswith((".build-", ".old-"))]
     assert left == []
 
 
