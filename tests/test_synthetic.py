@@ -70,3 +70,16 @@ def test_bad_arguments(kw, message):
     from prunelens.errors import DataError
     with pytest.raises(DataError, match=message):
         SyntheticShapes(**{"n": 4, **kw})
+
+
+def test_the_classes_of_the_synthetic_data_need_no_split_built(tmp_path):
+    """A resume with nothing to do reads the classes; they are those every split has."""
+    from prunelens.config import DataConfig
+    from prunelens.data.provider import RunData
+
+    data = RunData(DataConfig(name="synthetic", num_classes=5, n_train=8, n_val=8, n_test=8,
+                              image_size=16), seed=0)
+    names = data.checked_class_names()
+    assert data._cache == {}  # nothing rendered
+    assert names == [list(data.split(s).class_names) for s in ("train", "val", "test")][0]
+    assert all(list(data.split(s).class_names) == names for s in ("train", "val", "test"))

@@ -70,7 +70,10 @@ class RunData:
 
     def checked_class_names(self) -> list[str]:
         """The class names, after checking that every split has the same ones in the same order
-        (a label means the same class in training and evaluation)."""
+        (a label means the same class in training and evaluation). A dataset whose classes follow
+        from its options says so without building its splits."""
+        if self.entry.class_names is not None:
+            return list(self.entry.class_names(self.options))
         names = {split: list(self.split(split).class_names) for split in self.entry.splits}
         first, reference = next(iter(names.items()))
         for split, other in names.items():

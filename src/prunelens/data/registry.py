@@ -77,19 +77,23 @@ class DatasetEntry:
     build: Callable[..., object]  # build(options, split, seed, **overrides) -> Dataset
     splits: tuple[str, ...] = ("train", "val", "test")
     provides: frozenset[str] = frozenset()
+    #: class_names(options) → the classes of every split, without building one (for a dataset
+    #: whose classes follow from its options: a resume with nothing to do need not build it)
+    class_names: Callable[..., list[str]] | None = None
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, options: type[DatasetOptions], splits=("train", "val", "test"),
-                     provides: tuple[str, ...] = ()):
+                     provides: tuple[str, ...] = (), class_names: Callable[..., list[str]] | None = None):
     unknown = set(provides) - set(CAPABILITIES)
     if unknown:
         raise ValueError(f"dataset {name}: unknown capabilities {sorted(unknown)}")
 
     def deco(build):
-        _REGISTRY[name] = DatasetEntry(name, options, build, tuple(splits), frozenset(provides))
+        _REGISTRY[name] = DatasetEntry(name, options, build, tuple(splits), frozenset(provides),
+                                       class_names)
         return build
     return deco
 

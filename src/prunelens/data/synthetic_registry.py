@@ -17,7 +17,8 @@ class SyntheticOptions(DatasetOptions):
 
 
 @register_dataset("synthetic", SyntheticOptions,
-                  provides=("masks", "boxes", "textures", "shape_variants"))
+                  provides=("masks", "boxes", "textures", "shape_variants"),
+                  class_names=lambda options: list(SHAPES[:options.num_classes]))
 def build(options: SyntheticOptions, split: str, seed: int, variant: str = "standard",
           n: int | None = None) -> SyntheticShapes:
     if variant not in VARIANTS:

@@ -196,14 +196,14 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
     if cfg.train.compile and device.type != "cuda":
         log(f"{cfg.name}: train.compile applies on CUDA only; training eagerly on {device}")
     data = RunData(cfg.data, cfg.seed)
+    # model and data first: a mistake in either is reported before the run folder is touched
+    # (the dataset's classes build and check every split, except where the options alone say them)
     class_names = data.checked_class_names()
     num_classes = cfg.model.num_classes or len(class_names)
-    # model and data first: a mistake in either is reported before the run folder is touched
     torch.manual_seed(derived_seed(cfg.seed, "init"))
     model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
     spec = spec_for(model)
     params = prunable_from_config(model, cfg.prune)
-    loaders = _Loaders(cfg, data, device, num_classes)
     with contextlib.ExitStack() as stack:
         writer, done = None, []
 
@@ -222,6 +222,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
         if n_done < 0:
             log(f"{cfg.name}: pool complete, every level verified: nothing to do")
             return RunFolder(cfg.run_dir)
+        loaders = _Loaders(cfg, data, device, num_classes)
         if not distributed.is_main():
             done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
         masks = dense_masks(params)
