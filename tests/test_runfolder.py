@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -105,6 +106,10 @@ FAULTS = {
     "level.json test_acc edited (results)": (
         lambda d, c: _edit_json(d / "level_02" / "level.json", _set("metrics.test_acc", 1.0)),
         ["results", "{run}"], ["level_02/level.json does not match"]),
+    "level.json edited after its report was built (report into the same folder)": (
+        lambda d, c: (main(["report", str(d)]),
+                      _edit_json(d / "level_02" / "level.json", _set("metrics.test_acc", 1.0))),
+        ["report", "{run}"], ["level_02/level.json does not match"]),
     "level.json test_acc edited (report)": (
         lambda d, c: _edit_json(d / "level_02" / "level.json", _set("metrics.test_acc", 1.0)),
         ["report", "{run}", "-o", "{tmp}/out"], ["level_02/level.json does not match"]),
@@ -213,7 +218,12 @@ FAULTS = {
     "--set prune.rate=true": (None, ["prune", "{config}", "--set", "prune.rate=true"],
                               ["prune.rate: must be a number, not True"]),
     "--set seed beyond 64 bits": (None, ["prune", "{config}", "--set", "seed=18446744073709551616"],
-                                  ["seed: Input should be less than or equal to 2147483647"]),
+                                  ["seed: must be between 0 and 2147483647 (got 18446744073709551616)"]),
+    "a YAML integer of 5000 digits": (
+        lambda d, c: c.write_text(c.read_text().replace("seed: 0", "seed: " + "9" * 5000)),
+        ["prune", "{config}"], ["holds a value prunelens cannot read", "4300 digits"]),
+    "a boolean in a list of numbers": (None, ["prune", "{config}", "--set", "train.milestones=[true, 2]"],
+                                       ["train.milestones: each item must be a whole number, not True"]),
     "a bool float model option": (None, ["config", "{config}", "--set", "model={{name: small_vit, dropout: true}}"],
                                   ["option 'dropout' of model 'small_vit' must be a number, not True"]),
     # command-line options
@@ -308,10 +318,21 @@ def _check_summary(run_dir: Path) -> None:
 
 
 def _rewrite_result_without_summary(run_dir: Path) -> None:
-    """What kill -9 of evaluate right after a level's sidecar leaves: a new result, an old summary."""
+    """What kill -9 of evaluate right after a level's sidecar leaves: a result evaluate takes as up
+    to date (same options, inputs and level), and a summary that does not cover it."""
     from prunelens.results import Record, write_level
+    side = json.loads((run_dir / "results" / "accuracy" / "level_01.json").read_text())
+    meta = {k: side[k] for k in ("options", "inputs", "level_sha256", "wall_time_s")}
     write_level(run_dir, "accuracy", 1, [Record("accuracy", "accuracy", 0.0, dataset="test", item="x")],
-                {"options": {}, "inputs": {}, "level_sha256": _model_sha(run_dir, 1)})
+                meta)
+
+
+def _check_summary_covers_the_new_result(run_dir: Path) -> None:
+    covers = json.loads((run_dir / "results" / "summary.json").read_text())["covers"]
+    assert covers["accuracy/level_01.csv"] == _sha(run_dir / "results" / "accuracy" / "level_01.csv")
+    summary = pd.read_csv(run_dir / "results" / "summary.csv")
+    level_1 = summary[(summary["level"] == 1) & (summary["metric"] == "accuracy")]
+    assert level_1["n"].tolist() == [1] and level_1["mean"].tolist() == [0.0]
 
 
 def _check_unknown_options_recorded(run_dir: Path) -> None:
@@ -349,10 +370,24 @@ REPAIRS = {
         lambda d, c: (d / "results" / "summary.csv").unlink(), ["evaluate", "{run}"], [],
         _check_summary),
     "evaluate killed after a sidecar": (
-        lambda d, c: _rewrite_result_without_summary(d), ["evaluate", "{run}"], [], _check_summary),
+        lambda d, c: _rewrite_result_without_summary(d), ["evaluate", "{run}"], [],
+        _check_summary_covers_the_new_result),
     "options a later version wrote, with the flag": (
         _later_version_options, ["prune", "{config}", "--ignore-unknown-options"],
         ["continuing without option(s) train.ema_of_the_future"], _check_unknown_options_recorded),
+    "options a later version wrote, in a complete pool": (
+        lambda d, c: _edit_json(d / "pool.json", lambda i: i["config"]["train"].update(
+            ema_of_the_future=True), reseal=True), ["prune", "{config}"],
+        ["nothing to do", "no longer has, left out: train.ema_of_the_future"],
+        lambda d: "ema_of_the_future" in (d / "pool.json").read_text() or pytest.fail("record lost")),
+    "NaN weights with their hashes recomputed, on resume": (
+        lambda d, c: _nan_weights(d, 2), ["prune", "{config}"],
+        ["level_02 failed its check", "holds non-finite weights", "set aside"],
+        lambda d: (_levels_listed(d) == [0, 1, 2] and RunFolder(d).level(2).state_dict() is not None)
+        or pytest.fail()),
+    "a seed beyond 32 bits that an earlier version allowed": (
+        lambda d, c: _edit_json(d / "pool.json", _set("config.seed", 2**40), reseal=True),
+        ["pool", "show", "{run}"], [], lambda d: RunFolder(d).config.seed == 2**40 or pytest.fail()),
     "an empty pool.json with --force": (
         lambda d, c: (d / "pool.json").write_text(""), ["prune", "{config}", "--force"],
         ["--force: moved the previous run to"],
@@ -393,7 +428,7 @@ def test_a_seed_out_of_range_leaves_no_run_folder(tmp_path, capsys):
     raw = tiny_config_dict(tmp_path, seed=2**64)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     code, err = _cli(capsys, "prune", tmp_path / "c.yaml")
-    _one_line_error(code, err, "seed: Input should be less than or equal to 2147483647")
+    _one_line_error(code, err, "seed: must be between 0 and 2147483647")
     assert not (tmp_path / "runs").exists()
 
 
@@ -428,6 +463,26 @@ FORMAT_1_FAULTS = {
         lambda d: (d / "level_00" / "level.json").write_text('{"index": ' + "7" * 5000 + "}"),
         ["is not readable JSON"]),
 }
+
+
+def test_pool_upgrade_keeps_options_this_version_does_not_know(tmp_path, capsys):
+    run_dir = tmp_path / "legacy-v1"
+    shutil.copytree(FIXTURE_V1, run_dir)
+    _edit_json(run_dir / "pool.json", lambda i: i["config"].setdefault("train", {}).update(ema_of_the_future=3))
+    code = main(["pool", "upgrade", str(run_dir)])
+    out = capsys.readouterr().out
+    assert code == 0 and "kept under unknown_options: train.ema_of_the_future" in out
+    assert json.loads((run_dir / "pool.json").read_text())["unknown_options"] == {"train.ema_of_the_future": 3}
+
+
+def test_a_report_removes_what_an_earlier_version_left_beside_its_folder(run, capsys):
+    run_dir, _ = run
+    for name in (".report.build-x", ".report.old-y"):
+        (run_dir / name).mkdir()
+    (run_dir / ".report.lock").write_text("1")
+    (run_dir / "results" / "accuracy" / "level_00.csv").unlink()  # something to rebuild
+    assert main(["evaluate", str(run_dir)]) == 0 and main(["report", str(run_dir)]) == 0
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".report")]
 
 
 @pytest.mark.parametrize("case", list(FORMAT_1_FAULTS))

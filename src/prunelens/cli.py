@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error (already printed, one line)
         return int(exc.code or 0)
     warnings.showwarning = _show_note
+    from prunelens.runfolder import forget_hashes
+    forget_hashes()
     prefix = "prunelens: error: "
     if distributed.launched():
         prefix = f"prunelens: error (rank {os.environ.get('RANK', '?')}): "

@@ -191,12 +191,13 @@ class EvaluateConfig(Section):
     batch_size: int = Field(64, ge=1)
     amp: bool = Field(False, description="bf16 autocast in the attribution passes (GPU)")
     channels_last: bool = Field(False, description="channels-last model and images in the attribution passes")
-    n_boot: int = Field(1000, ge=100, le=MAX_N_BOOT)
+    n_boot: int = Field(1000, ge=100, description=f"at most {MAX_N_BOOT} in a new config")
 
 class RunConfig(Section):
     name: str = Field("run", pattern=NAME_PATTERN)
-    seed: int = Field(0, ge=0, le=MAX_SEED, description=(
-        "every random draw derives from it; at most 2**31 - 1, the range every seeded library takes"))
+    seed: int = Field(0, description=(
+        "every random draw derives from it; a new config takes 0 to 2**31 - 1, the range every "
+        "seeded library takes (a run folder an earlier version wrote keeps its seed)"))
     output_dir: str = "runs"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -448,6 +449,8 @@ def _safe_yaml(text: str, what: str):
         raise ConfigError(f"{what}{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
     except RecursionError:
         raise ConfigError(f"{what} is nested too deeply to be a prunelens config") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{what} holds a value prunelens cannot read ({str(exc)[:80]})") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -486,6 +489,18 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _within_bounds(config: RunConfig) -> RunConfig:
+    """Bounds a new config keeps and a stored one need not (run folders an earlier version wrote
+    with a larger seed or n_boot are still read)."""
+    if not 0 <= config.seed <= MAX_SEED:
+        got = str(config.seed) if config.seed.bit_length() < 128 else f"a {config.seed.bit_length()}-bit number"
+        raise ConfigError(f"seed: must be between 0 and {MAX_SEED} (got {got})")
+    if config.evaluate.n_boot > MAX_N_BOOT:
+        raise ConfigError(f"evaluate.n_boot: at most {MAX_N_BOOT} bootstrap resamples (more change the "
+                          f"intervals by less than their rounding; got {config.evaluate.n_boot})")
+    return config
+
+
 def resolve_runs(raw: dict, overrides: list[str] | None = None) -> list[RunConfig]:
     """Validated run configs of a raw config mapping (one, or one per entry of ``runs``)."""
     base = {k: v for k, v in raw.items() if k != "runs"}
@@ -496,7 +511,8 @@ def resolve_runs(raw: dict, overrides: list[str] | None = None) -> list[RunConfi
         entries = [deep_merge(base, r) for r in runs]
     else:
         raise ConfigError("runs: expected a non-empty list of mappings (one per run)")
-    configs = [validate_section(RunConfig, apply_overrides(e, overrides or [])) for e in entries]
+    configs = [_within_bounds(validate_section(RunConfig, apply_overrides(e, overrides or [])))
+               for e in entries]
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise ConfigError(f"runs: run names must differ, got {names}")

@@ -7,6 +7,7 @@ parsing (a float written ``1e-3``, which YAML reads as a string, is still a floa
 """
 from __future__ import annotations
 
+import collections.abc
 import functools
 import types
 import typing
@@ -23,18 +24,25 @@ MAX_N_BOOT = 100_000
 
 
 @functools.lru_cache(maxsize=None)
-def _strict_kinds(cls: type[BaseModel]) -> dict[str, tuple[bool, bool, bool]]:
-    """Field name -> (takes an int, takes a bool, takes a float) for fields whose type is int,
-    float or bool (or an optional one) and not also str."""
+def _strict_kinds(cls: type[BaseModel]) -> dict[str, tuple[bool, bool, bool, bool]]:
+    """Field name -> (takes an int, takes a bool, takes a float, is a list of them) for fields
+    whose type is int, float or bool (or an optional one, or a list or tuple of one) and not also
+    str."""
     out = {}
     for name, field in cls.model_fields.items():
-        args = set(_union_members(field.annotation))
+        members = _union_members(field.annotation)
+        elements = [e for m in members if typing.get_origin(m) in _SEQUENCES
+                    for e in typing.get_args(m) if e is not Ellipsis]
+        args = set(members) | {m for e in elements for m in _union_members(e)}
         if str in args:
             continue
         takes_int, takes_bool, takes_float = int in args, bool in args, float in args
         if takes_int or takes_bool or takes_float:
-            out[name] = (takes_int, takes_bool, takes_float)
+            out[name] = (takes_int, takes_bool, takes_float, bool(elements))
     return out
+
+
+_SEQUENCES = (list, tuple, collections.abc.Sequence)
 
 
 def _union_members(annotation) -> tuple:
@@ -99,7 +107,12 @@ class Options(BaseModel):
     @classmethod
     def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
         kinds = _strict_kinds(cls).get(info.field_name)
-        problem = strict_scalar_error(value, *kinds) if kinds else None
-        if problem:
-            raise ValueError(problem)
+        if not kinds:
+            return value
+        *scalar, sequence = kinds
+        items = value if sequence and isinstance(value, (list, tuple)) else [value]
+        for item in items:
+            problem = strict_scalar_error(item, *scalar)
+            if problem:
+                raise ValueError(problem if len(items) == 1 and item is value else f"each item {problem}")
         return value

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from typing import ClassVar
@@ -252,10 +253,20 @@ def verified_sha256(path: Path) -> str:
     """sha256 of ``path``, computed once per command for a file that has not changed since (same
     inode, size and modification time): a command that reads a level several times hashes it once."""
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHED:
-        _HASHED[key] = sha256_file(path)
-    return _HASHED[key]
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns,
+           stat.st_ctime_ns)
+    if key in _HASHED:
+        return _HASHED[key]
+    digest_ = sha256_file(path)
+    # a file changed within the last seconds may change again within one timestamp tick: not cached
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > 2_000_000_000:
+        _HASHED[key] = digest_
+    return digest_
+
+
+def forget_hashes() -> None:
+    """Start a command with no hash remembered (:func:`verified_sha256`)."""
+    _HASHED.clear()
 
 
 _HASHED: dict[tuple, str] = {}
@@ -504,12 +515,14 @@ class RunFolder:
         if index > 0 and previous is None:
             raise PoolError(f"{path} follows no level {index - 1}: {_rebuild_fix(path)}")
         if info.get("parent_model_sha256", expected) != expected:
-            raise PoolError(f"{path} was not pruned from {previous.path.name} as it is now (its "
-                            "recorded parent differs: a copied, moved or rebuilt level): "
-                            f"{_rebuild_fix(path)}")
+            raise PoolError(f"{path} was not pruned from {previous.path.name} as it is now: the "
+                            f"model it records as its parent is not {previous.path.name}/{Layout.MODEL} "
+                            f"(a copied, moved, renumbered or replaced level): {_rebuild_fix(path)}")
         level = Level(self, path, info)
         if files:
             level.verify()
+            if Layout.MODEL in level.files:
+                level.state_dict()  # refuses non-finite weights
         return level
 
     def level(self, index: int) -> Level:

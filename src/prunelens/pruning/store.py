@@ -73,6 +73,7 @@ class PoolWriter:
         self._record: dict = {}
         #: the pool was complete when opened and every level verified: nothing to do
         self.complete = False
+        self._dropped_now = False  # options this version does not know were dropped on this open
 
     def open(self, force: bool = False) -> PoolWriter:
         from prunelens import distributed
@@ -113,7 +114,7 @@ class PoolWriter:
             self._move_aside()
             return
         stored, unknown = stored_config(info, self.layout.pool_json)
-        if unknown and not old_format:
+        if unknown and not info.get("complete"):  # a complete pool trains nothing more
             self._check_unknown_options(info, unknown)
         difference = identity_difference(stored.identity(), self.config.identity())
         stored_classes = info.get("class_names")
@@ -134,8 +135,7 @@ class PoolWriter:
     def _check_unknown_options(self, info: dict, unknown: list[str]) -> None:
         """Options pool.json records that this version does not know: refused (the next level
         would be trained without them), or with ``ignore_unknown_options`` kept as a record."""
-        values = {k: v for k, v in flatten_keys(info["config"]).items()
-                  if k in unknown or any(k.startswith(f"{u}.") for u in unknown)}
+        values = _values_of(info["config"], unknown)
         writer = (info.get("versions") or {}).get("prunelens", "an unknown version")
         if not self.ignore_unknown_options:
             raise PoolError(f"{self.layout.pool_json} records option(s) this prunelens "
@@ -147,6 +147,7 @@ class PoolWriter:
         self.log(f"{self.config.name}: continuing without option(s) {', '.join(sorted(values))} "
                  "(--ignore-unknown-options); pool.json keeps their record")
         self._record["unknown_options"] = {**(info.get("unknown_options") or {}), **values}
+        self._dropped_now = True
 
     def _carry_record(self, info: dict) -> None:
         """Keep what earlier writers recorded: options this version does not know and the versions
@@ -195,14 +196,16 @@ class PoolWriter:
         listed = {e["index"]: e["level_json_sha256"] for e in run.info["levels"]}
         good: list[Level] = []
         present = self.layout.level_dirs()
+        failed = None
         index = 0
         while index in present:
             try:
                 good.append(run.read_level(index, good[-1] if good else None, listed.get(index),
                                            files=True))
             except PoolError as exc:
-                self.log(f"{self.config.name}: {present[index].name} failed its check ({exc}); it is "
-                         f"set aside in {self.layout.stale} and rebuilt, with every level after it")
+                failed = present[index].name
+                self.log(f"{self.config.name}: {failed} failed its check ({exc}); it is set aside in "
+                         f"{self.layout.stale} and rebuilt, with every level after it")
                 break
             index += 1
         # what follows the first bad level was built on it: keep it aside, including a partially
@@ -213,12 +216,12 @@ class PoolWriter:
                 self.layout.stale.mkdir(exist_ok=True)
                 target = self.layout.stale / f"{leftover.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
                 leftover.rename(target)
-                if level_index(leftover.name) is not None and leftover.name not in _named(good):
+                if level_index(leftover.name) is not None and leftover.name != failed:
                     self.log(f"{self.config.name}: {leftover.name} does not continue the levels "
                              f"before it; set aside in {target}")
         self.entries = [level_entry(lv.info, lv.path / Layout.LEVEL_JSON) for lv in good]
         self._models = {lv.index: lv.model_sha256 for lv in good}
-        unchanged = self.entries == run.info["levels"] and not self._record.get("unknown_options")
+        unchanged = self.entries == run.info["levels"] and not self._dropped_now
         self.complete = run.complete and unchanged
         if not self.complete:
             self._write_manifest(complete=False)
@@ -269,8 +272,10 @@ class PoolWriter:
             self.log(f"{self.config.name}: removed {removed} leftover(s) of interrupted runs")
 
 
-def _named(levels: list[Level]) -> set[str]:
-    return {lv.path.name for lv in levels}
+def _values_of(config: dict, keys: list[str]) -> dict:
+    """The flattened values of ``config`` under each of ``keys`` (a key or a whole section)."""
+    return {k: v for k, v in flatten_keys(config).items()
+            if k in keys or any(k.startswith(f"{u}.") for u in keys)}
 
 
 def _sparsity_all(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
@@ -315,7 +320,7 @@ def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None],
     defaults of model and dataset options then) are taken as this version's defaults."""
     layout = Layout(run_dir)
     layout.check_no_links()
-    config, _ = stored_config(info, layout.pool_json)
+    config, unknown = stored_config(info, layout.pool_json)
     name = check_name(info.get("name", config.name), "run name")
     num_classes = info.get("num_classes")
     if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 1):
@@ -327,7 +332,11 @@ def upgrade_manifest(run_dir: Path, info: dict, log: Callable[[str], None],
         "format": FORMAT, "name": name, "config": config.resolved(),
         "num_classes": num_classes, "class_names": class_names, "levels": entries,
         "complete": bool(info.get("complete")), "stop_reason": info.get("stop_reason"),
-        "versions": {**(info.get("versions") or {}), "upgraded_by": versions()["prunelens"]}}))
+        "versions": {**(info.get("versions") or {}), "upgraded_by": versions()["prunelens"]},
+        **({"unknown_options": _values_of(info["config"], unknown)} if unknown else {})}))
+    if unknown:
+        log(f"{run_dir}: pool.json records option(s) this version does not know, kept under "
+            f"unknown_options: {', '.join(sorted(_values_of(info['config'], unknown)))}")
     log(f"{run_dir}: pool.json upgraded from format 1 to {FORMAT} ({len(entries)} level(s) verified; "
         "option defaults it did not record are taken as this version's)")
 

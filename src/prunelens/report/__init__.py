@@ -55,6 +55,8 @@ def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Pat
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
     runs = distinct_runs(run_dirs)
+    for run in runs:
+        run.levels  # noqa: B018 - every level.json verified before a report, built or kept, stands
     out_dir = _out_dir(runs, out_dir)
     n_boot = runs[0].config.evaluate.n_boot if n_boot is None else n_boot
     inputs = report_inputs(runs, n_boot, confidence)
@@ -254,10 +256,15 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def _remove_leftovers(out_dir: Path) -> None:
-    """Build and old-report folders that interrupted reports left inside ``out_dir``."""
+    """Build and old-report folders that interrupted reports left inside ``out_dir``, and what
+    prunelens 0.2 left beside it (its lock and its build and old-report folders)."""
     for pattern in (".build-*", ".old-*"):
         for path in out_dir.glob(pattern):
             shutil.rmtree(path, ignore_errors=True)
+    for pattern in (f".{out_dir.name}.build-*", f".{out_dir.name}.old-*"):
+        for path in out_dir.parent.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+    (out_dir.parent / f".{out_dir.name}.lock").unlink(missing_ok=True)
 
 
 def _swap_in(tmp: Path, out_dir: Path, inputs: str | None) -> None:
