@@ -341,10 +341,15 @@ def cmd_pool_upgrade(args) -> int:
 def cmd_config(args) -> int:
     import yaml
 
-    from prunelens.suite import load_configs
+    from prunelens.suite import load_configs, resolved_suite_options
 
     for cfg in load_configs(args.config, args.overrides):
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+        raw = cfg.model_dump(mode="json")
+        # every suite's options as it will run them, not only the keys the file gives
+        extra = set(cfg.evaluate.model_extra or {})
+        raw["evaluate"] = {**{k: v for k, v in raw["evaluate"].items() if k not in extra},
+                           **resolved_suite_options(cfg)}
+        print(yaml.safe_dump(raw, sort_keys=False).rstrip())
         print(f"# run folder: {cfg.run_dir}   identity: {cfg.identity_hash()}   experiment: "
               f"{cfg.experiment_hash()}\n---")
     return 0

@@ -289,6 +289,11 @@ class InterpretabilitySuite(Suite):
                 f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}")
 
     @classmethod
+    def resolved_options(cls, options: InterpretabilityOptions) -> dict:
+        """The options with the preset's choices in place of the ones left unset."""
+        return {**options.model_dump(mode="json"), **options.scoring._asdict()}
+
+    @classmethod
     def options_from(cls, stored: dict) -> InterpretabilityOptions | None:
         """As :meth:`Suite.options_from`; options stored before ``blank_maps`` existed are read
         with the meaning they had then: ``ig_noise_samples`` was a plain number (0 by default) and
