@@ -131,6 +131,15 @@ def test_prune_pool_show_results_and_evaluate_through_the_cli(tmp_path, capsys):
     run_dir = str(tmp_path / "runs" / "tiny")
     code, out, _ = _run_cli(capsys, "pool", "show", run_dir, "--layers")
     assert code == 0 and "layer1.0.conv1.weight" in out
+    # the paper's count (Conv2d + Linear weights, train.py compute_sparsity_global) next to ours
+    from torch import nn
+
+    from prunelens.runfolder import RunFolder
+    header, level1 = out.splitlines()[1].split(), out.splitlines()[3].split()
+    assert header[:5] == ["level", "sparsity", "of", "all", "paper"] and level1[0] == "1"
+    layers = [m for m in RunFolder(run_dir).levels[1].load_model().modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    paper = sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
+    assert level1[3] == f"{paper:.1%}"
     code, out, _ = _run_cli(capsys, "evaluate", run_dir, "--suite", "accuracy")
     assert code == 0
     code, out, _ = _run_cli(capsys, "results", run_dir, "--csv")

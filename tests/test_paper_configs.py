@@ -54,3 +54,27 @@ def test_paper_config_scores_as_the_paper(model):
     assert options.preset == "paper" and options.n_images == 101 and options.voc_split == "trainval"
     assert options.scoring.ig_noise_samples == 2 and options.ig_noise_std == 1.0
     assert options.scoring.rra_ties == "paper" and options.scoring.blank_maps == "score"
+
+
+def _papers_sparsity(model: nn.Module) -> float:
+    """train.py ``compute_sparsity_global``: zeros / numel over every Conv2d and Linear weight."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
+
+
+def test_paper_sparsity_count_equals_the_papers_compute_sparsity_global():
+    from prunelens.pruning.masks import conv_linear_sparsity, dense_masks, magnitude_masks, mask_sparsity
+
+    config = _config("resnet18")
+    torch.manual_seed(0)
+    net = create_model("resnet18", 1000)
+    params = prunable_from_config(net, config.prune)
+    masks = magnitude_masks({n: p.detach() for n, p in params.items()}, dense_masks(params), 0.2)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.mul_(masks[name])
+    _, per_layer = mask_sparsity(masks)
+    ours = conv_linear_sparsity(net, per_layer)
+    assert ours == pytest.approx(_papers_sparsity(net), abs=1e-9)
+    # one 20 % round of the conv weights only, over conv + fc weights (research notes §5: 19.12 %)
+    assert ours == pytest.approx(round(0.2 * 11_166_912) / (11_166_912 + 512_000), abs=1e-6)
