@@ -191,7 +191,7 @@ def _rank_accuracy_by_index(p: _Prepared, later_first: bool = False) -> torch.Te
     """RRA with ties broken by pixel index: a stable descending sort of the flattened map, whose
     first K pixels are the top K (ignored pixels sort last). Ties rank the earlier pixel first
     (Quantus), or with ``later_first`` the later one (the paper's ``np.argsort(h)[::-1]``: the
-    descending sort of the row read backwards, mapped back to the row's indices)."""
+    same stable sort of the row read backwards, its mask read backwards with it)."""
     h = p.h if p.valid is None else torch.where(p.valid, p.h, -torch.inf)
     gt = p.gt
     if later_first:
