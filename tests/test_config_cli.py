@@ -132,6 +132,15 @@ def test_prune_pool_show_results_and_evaluate_through_the_cli(tmp_path, capsys):
     run_dir = str(tmp_path / "runs" / "tiny")
     code, out, _ = _run_cli(capsys, "pool", "show", run_dir, "--layers")
     assert code == 0 and "layer1.0.conv1.weight" in out
+    # the paper's count (Conv2d + Linear weights, train.py compute_sparsity_global) next to ours
+    from torch import nn
+
+    from prunelens.runfolder import RunFolder
+    header, level1 = out.splitlines()[1].split(), out.splitlines()[3].split()
+    assert header[:5] == ["level", "sparsity", "of", "all", "paper"] and level1[0] == "1"
+    layers = [m for m in RunFolder(run_dir).levels[1].load_model().modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    paper = sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
+    assert level1[3] == f"{paper:.1%}"
     code, out, _ = _run_cli(capsys, "evaluate", run_dir, "--suite", "accuracy")
     assert code == 0
     code, out, _ = _run_cli(capsys, "results", run_dir, "--csv")
@@ -146,3 +155,26 @@ def test_prune_pool_show_results_and_evaluate_through_the_cli(tmp_path, capsys):
     assert code == 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = _run_cli(capsys, "explain", run_dir, "--images", "test-99999")
     assert code == 2 and "unknown image id" in err
+
+
+def test_config_prints_every_suites_resolved_options(tmp_path, capsys):
+    """`prunelens config` shows each registered suite's options as it will run them: the file's
+    values, the defaults, and the choices of the interpretability preset it leaves unset."""
+    from pathlib import Path
+
+    from prunelens.suite import available_suites
+
+    paper = Path(__file__).resolve().parents[1] / "src/prunelens/configs/paper/resnet18_imagenet.yaml"
+    code, out, _ = _run_cli(capsys, "config", str(paper), "--set", f"data.root={tmp_path}",
+                            "--set", "evaluate.interpretability.rra_ties=index")
+    assert code == 0
+    evaluate = yaml.safe_load(out.split("\n# run folder")[0])["evaluate"]
+    assert set(available_suites()) <= set(evaluate)
+    rq1 = evaluate["interpretability"]
+    assert (rq1["preset"], rq1["n_images"], rq1["ig_noise_samples"], rq1["ig_noise_std"]) == ("paper", 101, 2, 1.0)
+    assert (rq1["normalize_maps"], rq1["blank_maps"], rq1["rra_ties"]) == ("minmax", "score", "index")
+    assert rq1["ig_steps"] == 50 and evaluate["discovery"]["k_patches"] == 100  # defaults filled in
+    # the default preset resolves to its own choices
+    code, out, _ = _run_cli(capsys, "config", "--set", "evaluate.interpretability.n_images=7")
+    rq1 = yaml.safe_load(out.split("\n# run folder")[0])["evaluate"]["interpretability"]
+    assert (rq1["n_images"], rq1["ig_noise_samples"], rq1["rra_ties"], rq1["blank_maps"]) == (7, 0, "expected", "nan")

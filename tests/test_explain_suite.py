@@ -260,13 +260,16 @@ def test_reevaluating_without_figure_images_drops_stale_heatmaps(tmp_path, resne
 
 def test_paper_preset_equals_the_papers_own_pipeline(tmp_path, resnet):
     """preset: paper = min-max normalised GradCAM, Captum's default (zero) IG baseline, Quantus'
-    RMA, and RRA ties by index (Quantus' ranking with a stable sort)."""
+    RMA, and RRA ranked as the paper's ``np.argsort(h)[::-1]`` (tests/paper_reference.py). IG's
+    SmoothGrad copies (the preset's 2) are switched off here to compare with plain Captum IG;
+    tests/test_paper_scoring.py compares them with Captum's NoiseTunnel."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+    from paper_reference import paper_scores
 
     quantus = pytest.importorskip("quantus")
     options = _options(preset="paper", methods=["gradcam", "integrated_gradients"], ig_steps=8,
-                       n_images=6, batch_size=4, figure_images=0)
-    assert options.scoring == ("minmax", "zero", False, "index")
+                       n_images=6, batch_size=4, figure_images=0, ig_noise_samples=0)
+    assert options.scoring == ("minmax", "zero", False, "paper", "score", 0)
     assert _options(preset="paper", guide_gelu=True).scoring.guide_gelu  # one choice overridden
     frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
     spec, data = spec_for(resnet), _Data()
@@ -287,8 +290,45 @@ def test_paper_preset_equals_the_papers_own_pipeline(tmp_path, resnet):
             rma = quantus.RelevanceMassAccuracy(disable_warnings=True)(**kwargs)
         rows = frame[(frame["method"] == method) & (frame["metric"] == "rma")]
         np.testing.assert_allclose(rows["value"].to_numpy(), rma, rtol=1e-4, atol=1e-6, err_msg=method)
-        flat, gt = a.reshape(6, -1).numpy(), masks.reshape(6, -1).astype(bool)
-        rra = [g[np.argsort(-f, kind="stable")[:g.sum()]].mean() for f, g in zip(flat, gt)]
+        pooling = None if method == "gradcam" else "l2-norm,sq"
+        raw = cam if method == "gradcam" else IntegratedGradients(resnet).attribute(
+            x, target=target, n_steps=8, method="gausslegendre").detach()
+        rra = [paper_scores(r.double().numpy(), m[0].astype(np.float64), pooling)["rank"]
+               for r, m in zip(raw, masks)]
         rows = frame[(frame["method"] == method) & (frame["metric"] == "rra")]
         np.testing.assert_allclose(rows["value"].to_numpy(), rra, rtol=1e-6, err_msg=method)
     assert "scoring preset 'paper'" in Suite.describe(options)
+
+
+def test_paper_preset_reaches_the_scoring_and_ig(tmp_path, resnet, monkeypatch):
+    """The suite hands the preset's tie rule, blank-map rule and SmoothGrad copies on: a GradCAM
+    map made blank scores RMA 0 and the paper's last-K RRA (tests/paper_reference.py), and IG is
+    called with 2 noise copies of std 1.0 around a zero baseline."""
+    import dataclasses
+
+    from paper_reference import paper_scores
+
+    import prunelens.explain.pipeline as pipeline
+
+    calls = []
+    real_ig = pipeline.integrated_gradients
+
+    def spy_ig(*args, **kwargs):
+        calls.append({k: kwargs[k] for k in ("noise_samples", "noise_std")}
+                     | {"zero_baseline": bool((kwargs["baseline"] == 0).all())})
+        return real_ig(*args, **{**kwargs, "n_steps": 2})
+
+    monkeypatch.setattr(pipeline, "integrated_gradients", spy_ig)
+    blank = dataclasses.replace(pipeline.ATTRIBUTION_METHODS["gradcam"],
+                                compute=lambda p: torch.zeros(len(p.x), *p.x.shape[-2:]))
+    monkeypatch.setitem(pipeline.ATTRIBUTION_METHODS, "gradcam", blank)
+    options = _options(preset="paper", methods=["gradcam", "integrated_gradients"], ig_steps=2,
+                       n_images=4, batch_size=4, figure_images=0)
+    frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
+    assert calls and all(c == {"noise_samples": 2, "noise_std": 1.0, "zero_baseline": True} for c in calls)
+    masks = _Data().test.masks[:4].numpy().astype(np.float64)
+    zeros = np.zeros((1, *masks.shape[1:]))
+    for metric, key in (("rma", "mass"), ("rra", "rank")):
+        rows = frame[(frame["method"] == "gradcam") & (frame["metric"] == metric)]
+        ref = [paper_scores(zeros, m, None)[key] for m in masks]
+        np.testing.assert_allclose(rows["value"].to_numpy(), ref, rtol=1e-6, atol=0)  # float32 maps

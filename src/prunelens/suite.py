@@ -48,7 +48,8 @@ from prunelens.runfolder import Level, PoolNote, RunFolder
 
 __all__ = ["SUITE_MODULES", "FigureSpec", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
-           "get_suite", "load_configs", "metric_of", "register_suite", "suite_options"]
+           "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
+           "suite_options"]
 
 Direction = Literal["higher", "lower", "none"]
 
@@ -171,6 +172,12 @@ class Suite:
         return None
 
     @classmethod
+    def resolved_options(cls, options: SuiteOptions) -> dict:
+        """``options`` as the suite will use them, as JSON-able values: every default filled in,
+        and an option whose default is another's choice (e.g. a preset's) given that value."""
+        return options.model_dump(mode="json")
+
+    @classmethod
     def options_from(cls, stored: dict) -> SuiteOptions | None:
         """Options recorded by an evaluation (a results sidecar), read with this version: renamed
         keys migrated, unknown keys left out; None when they no longer validate."""
@@ -258,6 +265,11 @@ def suite_options(config: RunConfig, name: str) -> SuiteOptions:
     """Suite ``name``'s options from ``evaluate.<name>`` of ``config``, validated."""
     raw = (config.evaluate.model_extra or {}).get(name) or {}
     return validate_section(get_suite(name).Options, raw, f"evaluate.{name}")
+
+
+def resolved_suite_options(config: RunConfig) -> dict[str, dict]:
+    """Every registered suite's options in ``config``, resolved (:meth:`Suite.resolved_options`)."""
+    return {suite.name: suite.resolved_options(suite_options(config, suite.name)) for suite in all_suites()}
 
 
 def check_evaluate(config: RunConfig) -> RunConfig:

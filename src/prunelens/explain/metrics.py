@@ -7,8 +7,17 @@
 
 A heatmap is first pooled to one non-negative value per pixel (:func:`pool_heatmaps`; the CLEVR-XAI
 pooling names). Pixels marked ``ignore`` (e.g. the 255 border of VOC masks) are left out of both
-numerator and denominator, and out of the ranking. An empty mask, an all-zero heatmap or a heatmap
-with non-finite values gives NaN for that item; callers count NaNs instead of averaging them away.
+numerator and denominator, and out of the ranking. An empty mask or a heatmap with non-finite
+values gives NaN for that item; callers count NaNs instead of averaging them away.
+
+A *blank* map (all zero after pooling and min-max; min-max turns a constant map into one) has no
+relevance to share out. ``blank_maps="nan"`` (the default) gives NaN for it. ``blank_maps="score"``
+scores it as Cassano et al.'s code does (explainations_evaluation_metrics.py ``evaluate_single``,
+L284-302 of commit 77e7758): their RMA divides by ``Σ h + sys.float_info.epsilon``, so a blank map
+scores RMA = 0 and is kept in the mean; their RRA ranks the blank map's all-equal pixels like any
+other map, so its RRA is whatever the tie rule makes of K all-equal places (``ties="paper"``: the
+share of GT among the last K pixels in raster order; ``"expected"``: K / N; ``"index"``: the share
+among the first K). It is 0 only when none of those pixels is in GT.
 
 Ties in RRA are scored by the *expected* value under uniformly random tie-breaking (``ties=
 "expected"``, the default): the pixels strictly above the K-th largest value all count, and of the
@@ -17,6 +26,11 @@ Ties in RRA are scored by the *expected* value under uniformly random tie-breaki
 Quantus' rule instead: it ranks the flattened map with ``np.argsort(-a)`` and takes the first K,
 so equal values rank in index order (raster order, the earlier pixel first) — exactly so with a
 stable sort, which prunelens uses; numpy's default sort may order ties otherwise on some machines.
+``ties="paper"`` is the order of Cassano et al.'s code, ``np.argsort(np.ravel(h))[::-1]``
+(``evaluate_single``, L295): an ascending sort, reversed, so among equal values the pixel with the
+*higher* raster index ranks first — the opposite of ``index``. numpy's default (unstable) sort
+keeps that order for an all-equal map but not in general; prunelens makes it deterministic as a
+stable ascending sort reversed, i.e. a descending sort that breaks ties by descending index.
 
 ``minmax=True`` rescales each pooled map to [0, 1] over its (not ignored) pixels before scoring,
 ``(h − min) / (max − min)``, as the paper's code does for GradCAM and attention maps: the
@@ -34,6 +48,9 @@ from prunelens.errors import DataError
 #: Channel poolings of CLEVR-XAI (Arras et al. 2022, sec. 4.2), plus ``none`` for maps that are
 #: already one non-negative channel (GradCAM after its ReLU, attention).
 POOLINGS = ("none", "sum,abs", "sum,pos", "max-norm", "l1-norm", "l2-norm", "l2-norm,sq")
+
+#: what a blank (all-zero) map scores: NaN, or RMA 0 and RRA by the tie rule (module docstring)
+BLANK_MAPS = ("nan", "score")
 
 
 def pool_heatmaps(heatmaps: torch.Tensor, pooling: str = "none") -> torch.Tensor:
@@ -78,10 +95,11 @@ class _Prepared(NamedTuple):
     k: torch.Tensor                 # |GT| (B,)
     total: torch.Tensor             # relevance mass (B,)
     undefined: torch.Tensor         # items whose scores are NaN (B,)
+    blank: torch.Tensor             # items scored as blank maps: RMA 0, RRA by the tie rule (B,)
 
 
 def _prepare(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None,
-             pooling: str, minmax: bool = False) -> _Prepared:
+             pooling: str, minmax: bool = False, blank_maps: str = "nan") -> _Prepared:
     h = pool_heatmaps(heatmaps, pooling)
     if masks.shape != h.shape:
         raise DataError(f"masks of shape {tuple(masks.shape)} do not match heatmaps of shape "
@@ -99,37 +117,50 @@ def _prepare(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor |
         h = _minmax(h, valid)
     k = torch.count_nonzero(gt, dim=1)
     total = h.sum(1)
+    if blank_maps not in BLANK_MAPS:
+        raise DataError(f"unknown blank-map rule '{blank_maps}'; choose one of {', '.join(BLANK_MAPS)}")
     # a non-finite value makes the total non-finite too
-    undefined = (k == 0) | ~torch.isfinite(total) | (total == 0)
-    return _Prepared(h, gt, valid, k, total, undefined)
+    undefined = (k == 0) | ~torch.isfinite(total)
+    blank = (total == 0) & ~undefined
+    if blank_maps == "nan":
+        undefined, blank = undefined | blank, torch.zeros_like(blank)
+    return _Prepared(h, gt, valid, k, total, undefined, blank)
 
 
 def relevance_mass_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor,
-                            ignore: torch.Tensor | None = None, pooling: str = "none") -> torch.Tensor:
+                            ignore: torch.Tensor | None = None, pooling: str = "none",
+                            blank_maps: str = "nan") -> torch.Tensor:
     """RMA per item (B,): relevance inside the mask over all relevance (Arras et al. 2022, eq. 1)."""
-    p = _prepare(heatmaps, masks, ignore, pooling)
+    p = _prepare(heatmaps, masks, ignore, pooling, blank_maps=blank_maps)
     return _mass_accuracy(p)
 
 
 def relevance_rank_accuracy(heatmaps: torch.Tensor, masks: torch.Tensor,
                             ignore: torch.Tensor | None = None, pooling: str = "none",
-                            ties: str = "expected", minmax: bool = False) -> torch.Tensor:
+                            ties: str = "expected", minmax: bool = False,
+                            blank_maps: str = "nan") -> torch.Tensor:
     """RRA per item (B,): share of the K = |GT| top-ranked pixels inside GT (Arras et al. 2022, eq. 2).
 
-    Ties at the K-th value count fractionally (``expected``, see the module docstring) or by pixel
-    index (``index``, as Quantus).
+    Ties at the K-th value count fractionally (``expected``, see the module docstring), by pixel
+    index with the earlier pixel first (``index``, as Quantus) or the later pixel first (``paper``,
+    as Cassano et al.'s ``np.argsort(h)[::-1]``).
     """
-    return _RANKING[ties](_prepare(heatmaps, masks, ignore, pooling, minmax))
+    _check_ties(ties)
+    return _RANKING[ties](_prepare(heatmaps, masks, ignore, pooling, minmax, blank_maps))
 
 
 def localisation_scores(heatmaps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None,
-                        pooling: str = "none", ties: str = "expected", minmax: bool = False
-                        ) -> dict[str, torch.Tensor]:
+                        pooling: str = "none", ties: str = "expected", minmax: bool = False,
+                        blank_maps: str = "nan") -> dict[str, torch.Tensor]:
     """``{"rma": (B,), "rra": (B,)}`` with one pooling pass for both metrics."""
+    _check_ties(ties)
+    p = _prepare(heatmaps, masks, ignore, pooling, minmax, blank_maps)
+    return {"rma": _mass_accuracy(p), "rra": _RANKING[ties](p)}
+
+
+def _check_ties(ties: str) -> None:
     if ties not in _RANKING:
         raise DataError(f"unknown RRA tie rule '{ties}'; choose one of {', '.join(_RANKING)}")
-    p = _prepare(heatmaps, masks, ignore, pooling, minmax)
-    return {"rma": _mass_accuracy(p), "rra": _RANKING[ties](p)}
 
 
 def _minmax(h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -143,7 +174,9 @@ def _minmax(h: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
 
 
 def _mass_accuracy(p: _Prepared) -> torch.Tensor:
-    return torch.where(p.undefined, torch.nan, (p.h * p.gt).sum(1) / p.total)
+    # a blank map: 0 / (0 + eps) = 0 in the paper's code
+    mass = torch.where(p.blank, 0.0, (p.h * p.gt).sum(1) / torch.where(p.blank, 1.0, p.total))
+    return torch.where(p.undefined, torch.nan, mass)
 
 
 def _rank_accuracy(p: _Prepared) -> torch.Tensor:
@@ -154,14 +187,23 @@ def _rank_accuracy(p: _Prepared) -> torch.Tensor:
     return torch.where(p.undefined, torch.nan, (hits / k).to(p.h.dtype))
 
 
-def _rank_accuracy_by_index(p: _Prepared) -> torch.Tensor:
-    """RRA with ties broken by pixel index, as Quantus: a stable descending sort of the flattened
-    map, whose first K pixels are the top K (ignored pixels sort last)."""
+def _rank_accuracy_by_index(p: _Prepared, later_first: bool = False) -> torch.Tensor:
+    """RRA with ties broken by pixel index: a stable descending sort of the flattened map, whose
+    first K pixels are the top K (ignored pixels sort last). Ties rank the earlier pixel first
+    (Quantus), or with ``later_first`` the later one (the paper's ``np.argsort(h)[::-1]``: the
+    same stable sort of the row read backwards, its mask read backwards with it)."""
     h = p.h if p.valid is None else torch.where(p.valid, p.h, -torch.inf)
+    gt = p.gt
+    if later_first:
+        h, gt = h.flip(1), gt.flip(1)
     order = torch.sort(h, dim=1, descending=True, stable=True).indices
     top = torch.arange(h.shape[1], device=h.device).unsqueeze(0) < p.k.unsqueeze(1)
-    hits = (p.gt.gather(1, order) & top).sum(1)
-    return torch.where(p.undefined, torch.nan, (hits / p.k.clamp(min=1)).to(p.h.dtype))
+    hits = (gt.gather(1, order) & top).sum(1)
+    return torch.where(p.undefined, torch.nan, hits.to(p.h.dtype) / p.k.clamp(min=1).to(p.h.dtype))
+
+
+def _rank_accuracy_later_first(p: _Prepared) -> torch.Tensor:
+    return _rank_accuracy_by_index(p, later_first=True)
 
 
 def _order_keys(h: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, int]:
@@ -228,4 +270,6 @@ def _kth_largest(keys: torch.Tensor, k: torch.Tensor, n_bits: int, marked: torch
 
 
 #: RRA tie rules (module docstring)
-_RANKING = {"expected": _rank_accuracy, "index": _rank_accuracy_by_index}
+_RANKING = {"expected": _rank_accuracy, "index": _rank_accuracy_by_index, "paper": _rank_accuracy_later_first}
+#: the RRA tie rules' names
+TIE_RULES = tuple(_RANKING)

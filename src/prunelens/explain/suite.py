@@ -6,7 +6,8 @@ run's synthetic test split (its masks) by default, or VOC2012 segmentation when 
 (``prunelens evaluate RUN_DIR --voc-root PATH``); runs on other datasets need VOC and are skipped
 without it.
 
-Records: ``rma`` and ``rra`` per image (NaN when the mask is empty or the heatmap all zero), method
+Records: ``rma`` and ``rra`` per image (NaN when the mask is empty, or when the heatmap is all zero
+and ``blank_maps`` is ``nan``, the default preset's choice), method
 = attribution method, dataset = ``synthetic`` / ``voc12`` (``voc07`` when given a VOC2007 folder).
 Default channel pooling per method: :data:`prunelens.explain.pipeline.ATTRIBUTION_METHODS`.
 
@@ -36,7 +37,7 @@ from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
 from prunelens.runfolder import Layout, saved_per_level
 from prunelens.explain.integrated import RULES
-from prunelens.explain.metrics import POOLINGS, localisation_scores
+from prunelens.explain.metrics import BLANK_MAPS, POOLINGS, TIE_RULES, localisation_scores
 from prunelens.explain.pipeline import (ATTRIBUTION_METHODS, METHODS, IGSettings, applicable_methods,
                                        explain_batch)
 from prunelens.io import atomic_save_tensors, atomic_write_json
@@ -52,14 +53,26 @@ class Scoring(NamedTuple):
     normalize_maps: str   # none | minmax (one-channel maps: GradCAM, attention, rollout)
     ig_baseline: str      # black (pixel space) | zero (normalised space)
     guide_gelu: bool      # guided backprop rule on GELU
-    rra_ties: str         # expected | index
+    rra_ties: str         # expected | index | paper
+    blank_maps: str       # nan | score (metrics.BLANK_MAPS)
+    ig_noise_samples: int  # SmoothGrad copies around IG (0: plain IG)
 
 
-#: ``default``: scores that do not depend on an arbitrary floor, baseline or pixel order;
-#: ``paper``: the choices of Cassano et al.'s code (min-max normalised GradCAM/attention maps,
-#: Captum's default zero baseline and GuidedBackprop, which leaves GELU alone, Quantus' RRA)
-PRESETS = {"default": Scoring("none", "black", True, "expected"),
-           "paper": Scoring("minmax", "zero", False, "index")}
+#: ``default``: scores that do not depend on an arbitrary floor, baseline, pixel order or noise;
+#: ``paper``: the choices of Cassano et al.'s code (EIDOSLAB/pruning-for-vision-representation,
+#: commit 77e7758, explainations_evaluation_metrics.py): GradCAM/attention min-max normalised
+#: (``evaluate_single`` L262-266), Captum's defaults for IG (baseline 0 in normalised space) and
+#: GuidedBackprop (GELU left alone), RRA ties ranked by ``np.argsort(h)[::-1]`` — the later pixel
+#: first (L295; *not* Quantus' ``index``, which ranks the earlier first), blank maps scored RMA 0
+#: and kept in the mean (the eps of L290, L297), and IG wrapped in SmoothGrad with 2 noisy copies
+#: (``integrated_gradients``: ``NoiseTunnel(ig).attribute(..., nt_samples=2, nt_type='smoothgrad')``,
+#: Captum's default ``stdevs=1.0`` = ``ig_noise_std``'s default)
+PRESETS = {"default": Scoring("none", "black", True, "expected", "nan", 0),
+           "paper": Scoring("minmax", "zero", False, "paper", "score", 2)}
+
+#: options an earlier version stored before ``blank_maps`` existed meant these choices when left
+#: unset (``Suite.options_from`` pins them, so such results count as made with other options)
+_BEFORE_BLANK_MAPS = {"default": {}, "paper": {"rra_ties": "index", "blank_maps": "nan"}}
 
 
 class InterpretabilityOptions(SuiteOptions):
@@ -77,8 +90,11 @@ class InterpretabilityOptions(SuiteOptions):
         None, description="VOC + ground_truth: class — model class index → VOC class name")
     ig_steps: int = Field(50, ge=1)
     ig_rule: Literal[RULES] = "gausslegendre"
-    ig_noise_samples: int = Field(0, ge=0, description="SmoothGrad samples around IG (paper: 2)")
-    ig_noise_std: float = Field(1.0, ge=0, description="SmoothGrad noise std in model-input space")
+    ig_noise_samples: int | None = Field(None, ge=0, description=(
+        "SmoothGrad copies around IG; default: the preset's (default 0, paper 2)"))
+    ig_noise_std: float = Field(1.0, ge=0, description=(
+        "SmoothGrad noise std in model-input (normalised) space, as Captum NoiseTunnel's stdevs "
+        "(default 1.0, which the paper's code used)"))
     ig_memory_cap_mb: float = Field(1024.0, gt=0)
     pooling: dict[Literal[METHODS], Literal[POOLINGS]] = Field(default_factory=dict)
     batch_size: int = Field(16, ge=1, description="images per batch (GradCAM and guided backprop "
@@ -86,15 +102,19 @@ class InterpretabilityOptions(SuiteOptions):
     figure_images: int = Field(4, ge=0, description="images whose heatmaps are saved for Figure 2")
     seed: int = 0
     preset: Literal["default", "paper"] = Field("default", description=(
-        "scoring choices: default (principled) or paper (those of Cassano et al.'s code); the four "
-        "options below override single choices"))
+        "scoring choices: default (principled) or paper (those of Cassano et al.'s code); "
+        "ig_noise_samples and the five options below override single choices"))
     normalize_maps: Literal["none", "minmax"] | None = Field(
         None, description="min-max normalise one-channel maps (GradCAM, attention) before RMA/RRA")
     ig_baseline: Literal["black", "zero"] | None = Field(
         None, description="black: a black image in pixel space; zero: 0 in normalised input space")
     guide_gelu: bool | None = Field(None, description="guided backprop also guides GELU (Captum: no)")
-    rra_ties: Literal["expected", "index"] | None = Field(
-        None, description="RRA ties: expected value under random tie-breaking, or pixel index (Quantus)")
+    rra_ties: Literal[TIE_RULES] | None = Field(
+        None, description=("RRA ties: expected value under random tie-breaking, pixel index with the "
+                           "earlier pixel first (index, Quantus) or the later first (paper)"))
+    blank_maps: Literal[BLANK_MAPS] | None = Field(
+        None, description=("an all-zero map (after min-max): nan, or score (RMA 0 and RRA by the tie "
+                           "rule, kept in the mean, as the paper's eps terms do)"))
 
     @property
     def scoring(self) -> Scoring:
@@ -197,7 +217,7 @@ class InterpretabilitySuite(Suite):
         dataset_name = data.name if opts.source == "voc" else ctx.data.config.name
         generator = torch.Generator().manual_seed(opts.seed)
         scoring = opts.scoring
-        ig = IGSettings(opts.ig_steps, opts.ig_rule, opts.ig_noise_samples, opts.ig_noise_std,
+        ig = IGSettings(opts.ig_steps, opts.ig_rule, scoring.ig_noise_samples, opts.ig_noise_std,
                         opts.ig_memory_cap_mb, generator=generator, baseline=scoring.ig_baseline)
         sizes = data.sizes() if hasattr(data, "sizes") and opts.resize == "none" else None
         tally = {m: {"n": 0, "nan_rma": 0, "nan_rra": 0} for m in methods}
@@ -214,7 +234,7 @@ class InterpretabilitySuite(Suite):
             for method in methods:
                 minmax = scoring.normalize_maps == "minmax" and result.pooling[method] == "none"
                 scores = localisation_scores(pooled[method], gt, ignore, ties=scoring.rra_ties,
-                                             minmax=minmax)
+                                             minmax=minmax, blank_maps=scoring.blank_maps)
                 scores = {k: v.tolist() for k, v in scores.items()}
                 for metric in ("rma", "rra"):
                     for item, value in zip(batch.item_ids, scores[metric]):
@@ -234,7 +254,7 @@ class InterpretabilitySuite(Suite):
         for method, t in tally.items():
             if t["nan_rma"] or t["nan_rra"]:
                 log.warning("interpretability level %s, %s: %d/%d RMA and %d/%d RRA scores are NaN "
-                            "(empty mask or all-zero heatmap)", _level_index(ctx), method,
+                            "(empty mask, or all-zero heatmap with blank_maps: nan)", _level_index(ctx), method,
                             t["nan_rma"], t["n"], t["nan_rra"], t["n"])
         summary = {"methods": methods, "counts": tally}
         if gaps:
@@ -257,11 +277,38 @@ class InterpretabilitySuite(Suite):
     @classmethod
     def describe(cls, options: InterpretabilityOptions) -> str:
         s = options.scoring
+        ties = {"index": "by pixel index, earlier first (Quantus)",
+                "paper": "by pixel index, later first (the paper's argsort)"}.get(s.rra_ties, "by expected value")
+        noise = (f"SmoothGrad over {s.ig_noise_samples} copies (std {options.ig_noise_std:g})"
+                 if s.ig_noise_samples else "no SmoothGrad")
         return (f"scoring preset '{options.preset}': one-channel maps "
                 f"{'min-max normalised' if s.normalize_maps == 'minmax' else 'as computed'}, "
                 f"IG baseline {'0 in normalised space' if s.ig_baseline == 'zero' else 'black'}, "
+                f"IG {noise}, "
                 f"guided backprop {'also guides' if s.guide_gelu else 'leaves'} GELU, "
-                f"RRA ties {'by pixel index (Quantus)' if s.rra_ties == 'index' else 'by expected value'}")
+                f"RRA ties {ties}, "
+                f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}")
+
+    @classmethod
+    def resolved_options(cls, options: InterpretabilityOptions) -> dict:
+        """The options with the preset's choices in place of the ones left unset."""
+        return {**options.model_dump(mode="json"), **options.scoring._asdict()}
+
+    @classmethod
+    def options_from(cls, stored: dict) -> InterpretabilityOptions | None:
+        """As :meth:`Suite.options_from`; options stored before ``blank_maps`` existed are read
+        with the meaning they had then: ``ig_noise_samples`` was a plain number (0 by default) and
+        the ``paper`` preset ranked ties by ``index`` and gave blank maps NaN."""
+        if isinstance(stored, dict) and "blank_maps" not in stored:
+            stored = dict(stored)
+            preset = stored.get("preset", "default")
+            for key, value in _BEFORE_BLANK_MAPS.get(preset, {}).items():
+                if stored.get(key) is None:
+                    stored[key] = value
+            noise = stored.get("ig_noise_samples", 0)
+            stored["ig_noise_samples"] = (None if noise == PRESETS.get(preset, PRESETS["default"])
+                                          .ig_noise_samples else noise)
+        return super().options_from(stored)
 
     def after_levels(self, ctx: RunContext) -> None:
         if saved_per_level(ctx.artifacts, HEATMAPS_FILE):

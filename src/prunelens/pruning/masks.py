@@ -9,6 +9,7 @@ are identical to PyTorch's, ties included.
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Iterable
 
 import torch
@@ -159,6 +160,20 @@ def mask_sparsity(masks: dict[str, torch.Tensor]) -> tuple[float, dict[str, floa
     alive = sum(int(m.sum()) for m in masks.values())
     per_layer = {n: 1.0 - int(m.sum()) / m.numel() for n, m in masks.items()}
     return (1.0 - alive / total if total else 0.0), per_layer
+
+
+def conv_linear_sparsity(model: nn.Module, layer_sparsity: dict[str, float]) -> float:
+    """Pruned weights over every ``nn.Conv2d`` and ``nn.Linear`` weight of ``model`` (only its
+    architecture is read): the sparsity Cassano et al.'s code reports (EIDOSLAB/pruning-for-vision-
+    representation, train.py ``compute_sparsity_global``: zeros / numel over those weights; biases,
+    norms and MultiheadAttention's ``in_proj_weight`` count in neither). ``layer_sparsity``: the
+    per-layer pruned fraction of the pruned weights (level.json). Counted from the masks, so a
+    weight that is zero without being pruned is not counted; their count includes it."""
+    sizes = {f"{name}.weight" if name else "weight": m.weight.numel()
+             for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    total = sum(sizes.values())
+    pruned = sum(round(s * sizes[name]) for name, s in layer_sparsity.items() if name in sizes)
+    return pruned / total if total else math.nan
 
 
 def alive_units_fraction(mask: torch.Tensor) -> float:
