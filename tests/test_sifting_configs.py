@@ -49,7 +49,29 @@ def test_data_sweeps_vary_only_the_ratio(name):
 def test_superclass_config_uses_the_shipped_map():
     with folders_unchecked():
         (config,) = load_configs(CONFIGS / "sifting" / "fcn_imagenet32_superclasses.yaml")
-        assert config.data.options.superclasses.name == "imagenet_mixed10"
+        assert config.data.options.superclasses.name == "imagenet_sifting10"   # 10cl_meaning.ini:8
+
+
+@pytest.mark.parametrize("name, superclasses, data_ratio", [
+    ("fcn_imagenet32_superclasses.yaml", {"modulo": None, "file": None, "name": "imagenet_sifting10"}, 1.0),
+    ("fcn_imagenet32_modulo10.yaml", {"modulo": 10, "file": None, "name": None}, 1.0),   # 10cl_modulo.ini:8
+    ("fcn_imagenet32_data03.yaml", None, 0.3)])                                         # 0.3data.ini:8
+def test_task_variants_differ_from_the_base_config_only_in_their_data_option(name, superclasses, data_ratio):
+    """The authors' 10cl_meaning/10cl_modulo/0.3data.ini equal basic.ini but for one data line (and
+    val_size); the prunelens variants equal fcn_imagenet32.yaml but for the run name and that option."""
+    with folders_unchecked():
+        (base,) = load_configs(CONFIGS / "sifting" / "fcn_imagenet32.yaml")
+        (variant,) = load_configs(CONFIGS / "sifting" / name)
+        options = variant.data.options
+    assert (options.superclasses.model_dump() if options.superclasses else None) == superclasses
+    assert options.data_ratio == data_ratio
+    a, b = base.model_dump(mode="json"), variant.model_dump(mode="json")
+    for d in (a, b):
+        d.pop("name")
+        d["data"].pop("superclasses", None)
+        d["data"].pop("data_ratio", None)
+    assert a == b
+    assert variant.identity_hash() != base.identity_hash()
 
 
 def test_digits_sweep_runs_and_the_report_overlays_locality_per_ratio(tmp_path):
