@@ -49,7 +49,54 @@ def test_data_sweeps_vary_only_the_ratio(name):
 def test_superclass_config_uses_the_shipped_map():
     with folders_unchecked():
         (config,) = load_configs(CONFIGS / "sifting" / "fcn_imagenet32_superclasses.yaml")
-        assert config.data.options.superclasses.name == "imagenet_mixed10"
+        assert config.data.options.superclasses.name == "imagenet_sifting10"   # 10cl_meaning.ini:8
+
+
+@pytest.mark.parametrize("name, superclasses, data_ratio", [
+    ("fcn_imagenet32_superclasses.yaml", {"modulo": None, "file": None, "name": "imagenet_sifting10"}, 1.0),
+    ("fcn_imagenet32_modulo10.yaml", {"modulo": 10, "file": None, "name": None}, 1.0),   # 10cl_modulo.ini:8
+    ("fcn_imagenet32_data03.yaml", None, 0.3)])                                         # 0.3data.ini:8
+def test_task_variants_differ_from_the_base_config_only_in_their_data_option(name, superclasses, data_ratio):
+    """The authors' 10cl_meaning/10cl_modulo/0.3data.ini equal basic.ini but for one data line (and
+    val_size); the prunelens variants equal fcn_imagenet32.yaml but for the run name and that option
+    (and, on 0.3 of the data, how the 100000 steps split into epochs)."""
+    with folders_unchecked():
+        (base,) = load_configs(CONFIGS / "sifting" / "fcn_imagenet32.yaml")
+        (variant,) = load_configs(CONFIGS / "sifting" / name)
+        options = variant.data.options
+    assert (options.superclasses.model_dump() if options.superclasses else None) == superclasses
+    assert options.data_ratio == data_ratio
+    a, b = base.model_dump(mode="json"), variant.model_dump(mode="json")
+    for d in (a, b):
+        assert d["train"]["epochs"] * d["train"]["max_steps_per_epoch"] == 100_000   # basic.ini:11
+        d.pop("name")
+        d["data"].pop("superclasses", None)
+        d["data"].pop("data_ratio", None)
+        d["train"].pop("epochs")
+        d["train"].pop("max_steps_per_epoch")
+    assert a == b
+    assert variant.identity_hash() != base.identity_hash()
+
+
+def test_the_base_config_is_the_authors_recipe():
+    """inputs/basic.ini and src/Network.py of phiandark/SiftingFeatures (configs/sifting/README.md)."""
+    with folders_unchecked():
+        (config,) = load_configs(CONFIGS / "sifting" / "fcn_imagenet32.yaml")
+        (earlier,) = load_configs(CONFIGS / "sifting" / "fcn_imagenet32_prunelens_recipe.yaml")
+    assert config.model.options == {"input_shape": [3, 32, 32], "widths": [1024, 1024, 1024],
+                                    "input_norm": "batch", "init": "xavier_normal"}
+    t, p = config.train, config.prune
+    assert (t.optimizer, t.lr, t.momentum, t.nesterov, t.weight_decay, t.schedule, t.batch_size) == \
+        ("sgd", 0.1, 0.0, False, 0.0, "constant", 1000)
+    assert t.epochs * t.max_steps_per_epoch == 100_000
+    assert (t.lr_warmup_epochs, t.label_smoothing, t.mixup_alpha, t.cutmix_alpha, t.clip_grad_norm) == \
+        (0, 0.0, 0.0, 0.0, None)
+    assert (p.scope, p.rate, p.retrain, p.rewind_step, p.exclude_classifier, p.exclude_first_layer,
+            p.min_alive_units, p.schedule) == ("layerwise", 0.3, "rewind", 1000, True, False, 0.2, "gradual")
+    # the earlier recipe is kept, under its earlier run name and identity
+    assert earlier.name == "fcn-imagenet32" and config.name != earlier.name
+    assert "input_norm" not in earlier.model.options and earlier.train.momentum == 0.9
+    assert earlier.identity_hash() != config.identity_hash()
 
 
 def test_digits_sweep_runs_and_the_report_overlays_locality_per_ratio(tmp_path):

@@ -1,6 +1,7 @@
-"""The shipped ImageNet → 10-superclass map (MadryLab robustness ``mixed_10`` over WordNet 3.0) and
-how the array datasets use it: coverage, hand-checked WordNet facts, the downsampled-ImageNet label
-order, and images of left-out classes dropped."""
+"""The shipped ImageNet → 10-superclass maps — MadryLab robustness ``mixed_10`` over WordNet 3.0, and
+Pellegrini & Biroli's hand-made ``imagenet_sifting10`` — and how the array datasets use them:
+coverage, hand-checked facts, the downsampled-ImageNet label order, and images of left-out classes
+dropped."""
 from __future__ import annotations
 
 import hashlib
@@ -96,7 +97,7 @@ def test_map_names_are_validated(tmp_path):
         from prunelens.data.registry import dataset_entry
         entry = dataset_entry("digits")
         entry.build(entry.options(superclasses="imagenet_mixed10"), "train", 0)
-    assert SUPERCLASS_MAPS == ("imagenet_mixed10",)
+    assert SUPERCLASS_MAPS == ("imagenet_mixed10", "imagenet_sifting10")
 
 
 def test_file_map_may_leave_classes_out(tmp_path):
@@ -105,3 +106,50 @@ def test_file_map_may_leave_classes_out(tmp_path):
     mapping.write_text(" ".join("-1" if c < 5 else "1" if c < 8 else "0" for c in range(1000)))
     sup = build(tmp_path, "train", val_size=2, superclasses={"file": str(mapping)})
     assert sup.labels.tolist() == [1, 1, 1, 0, 0]              # labels 6…10 kept, 1…5 dropped
+
+
+# ---- Pellegrini & Biroli's 10 "meaningful" superclasses -----------------------------------------
+#: sha256 of phiandark/SiftingFeatures @386b617 inputs/classes.dat (2000 bytes: 1000 ids joined by
+#: commas, then a newline), the authors' file the map transcribes (Data.py:62-68)
+CLASSES_DAT_SHA256 = "a909529fea043e4f0bedcb26edc9cf5edc07c67aae45991926eacbf20e5bb232"
+
+
+@pytest.fixture(scope="module")
+def sifting10():
+    return named_superclass_map("imagenet_sifting10")
+
+
+def test_sifting10_assigns_every_class_once(sifting10, mixed10):
+    classes, supers = sifting10["classes"], sifting10["superclasses"]
+    assert len(classes) == 1000 and len({w for w, _, _ in classes}) == 1000
+    assert all(isinstance(c, int) and 0 <= c < 10 for _, _, c in classes)    # no class left out
+    counts = [sum(c == k for _, _, c in classes) for k in range(10)]
+    assert counts == [118, 100, 95, 85, 104, 111, 99, 95, 96, 97]            # the research notes' sizes
+    assert counts == [s["classes"] for s in supers]
+    assert [s["name"] for s in supers] == [f"superclass {k}" for k in range(10)]
+    text = ",".join(str(c) for _, _, c in classes) + "\n"
+    assert hashlib.sha256(text.encode()).hexdigest() == CLASSES_DAT_SHA256
+    # same format, wnids, names and label order as imagenet_mixed10
+    assert list(sifting10) == list(mixed10)
+    assert [c[:2] for c in classes] == [c[:2] for c in mixed10["classes"]]
+    assert sifting10["class_order"] == mixed10["class_order"]
+    assert sifting10["superclass_source"]["repository"] == "phiandark/SiftingFeatures"
+
+
+@pytest.mark.parametrize("index, wnid, superclass", [
+    (0, "n02119789", 1), (1, "n02100735", 0), (218, "n04086273", 4), (289, "n03776460", 9),
+    (747, "n03594734", 5), (999, "n03255030", 6)])
+def test_sifting10_lines_of_the_authors_table(sifting10, index, wnid, superclass):
+    """Lines of SupplementaryMaterial/ImageNet_10cl.txt (``wnid index superclass name``): kit fox,
+    English setter, revolver, mobile home, jean, dumbbell."""
+    assert sifting10["classes"][index][0] == wnid and sifting10["classes"][index][2] == superclass
+
+
+def test_imagenet32_with_sifting10_keeps_every_image(tmp_path, sifting10):
+    write_imagenet32(tmp_path, batches=(30,), n_val=4)
+    full = build(tmp_path, "train", val_size=2)
+    sup = build(tmp_path, "train", val_size=2, superclasses="imagenet_sifting10")
+    table = [c for _, _, c in sifting10["classes"]]
+    assert sup.item_ids == full.item_ids
+    assert sup.labels.tolist() == [table[y] for y in full.labels.tolist()]
+    assert sup.num_classes == 10 and sup.class_names == [f"superclass {k}" for k in range(10)]

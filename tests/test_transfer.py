@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,8 @@ from prunelens.errors import ConfigError
 from prunelens.models import create_model, spec_for
 from prunelens.transfer import downstream as ds
 from prunelens.transfer import extract_features, fewshot_accuracy, fewshot_indices, fit_probe
-from prunelens.transfer.probe import probe_correct
+from prunelens.transfer import probe as probe_module
+from prunelens.transfer.probe import choose_c, probe_correct
 
 GRID = [1e-2, 1e-1, 1.0]
 
@@ -62,6 +64,108 @@ def test_probe_accuracy_equals_an_independent_sklearn_fit(texture_features):
     chance = np.bincount(test_y).max() / len(test_y)
     assert accuracy > chance + 0.05  # the features carry texture information: not a degenerate fit
     assert fit.C in GRID
+
+
+# fold accuracies whose float means differ in the last bit with the order of the folds (probe.py
+# docstring): (2/3, 4/5, 4/5, 1, 3/5) vs (2/3, 4/5, 1, 3/5, 4/5), 58/75 exactly either way
+TIED_SMALL_C = [10, 12, 12, 15, 9]       # correct of 15 per fold
+TIED_LARGE_C = [10, 12, 15, 9, 12]
+
+
+def test_choose_c_compares_exact_means_and_takes_the_smallest_c():
+    small = [(c, 15) for c in TIED_SMALL_C]
+    large = [(c, 15) for c in TIED_LARGE_C]
+    # the trap: floating-point means rank the larger C first
+    assert float(np.mean([c / t for c, t in small])) == 0.7733333333333333
+    assert float(np.mean([c / t for c, t in large])) == 0.7733333333333334
+    assert choose_c({1.0: large, 0.1: small}) == (0.1, Fraction(58, 75))
+    assert choose_c({0.1: small, 1.0: large}) == (0.1, Fraction(58, 75))
+    # unequal fold sizes: the unweighted mean of fold accuracies, 2/3, 4/5, 4/5, 1, 3/5
+    mixed = [(2, 3), (4, 5), (4, 5), (5, 5), (3, 5)]
+    assert choose_c({10.0: mixed, 0.01: mixed[::-1]}) == (0.01, Fraction(58, 75))
+    # a strictly better larger C still wins (one more correct in one fold)
+    better = [(11, 15)] + large[1:]
+    assert choose_c({0.1: small, 1.0: better}) == (1.0, Fraction(59, 75))
+
+
+class _ScriptedClassifier:
+    """Stands in for the probe's pipeline: feature 0 is the example's index; on each fold's test
+    set it is right on the first ``CORRECT[C][fold]`` examples and wrong on the others."""
+
+    def __init__(self, C, y, folds):
+        self.C, self.y, self.folds = C, y, folds
+
+    def fit(self, x, y):
+        return self
+
+    def predict(self, x):
+        index = x[:, 0].astype(int)
+        fold = next(f for f, test in enumerate(self.folds) if set(test) == set(index.tolist()))
+        k = {0.1: TIED_SMALL_C, 1.0: TIED_LARGE_C}[self.C][fold]
+        right = self.y[index]
+        return np.where(np.arange(len(index)) < k, right, (right + 1) % 3)
+
+
+def test_fit_probe_breaks_an_exact_tie_to_the_smallest_c(monkeypatch):
+    from sklearn.model_selection import StratifiedKFold
+    y = np.tile(np.arange(3), 25)                       # 75 examples: 5 folds of 15
+    x = np.stack([np.arange(75), np.zeros(75)], 1).astype(float)
+    folds = [test.tolist() for _, test in StratifiedKFold(5).split(x, y)]
+    monkeypatch.setattr(probe_module, "_pipeline",
+                        lambda C, max_iter, n_classes: _ScriptedClassifier(C, y, folds))
+    fit = fit_probe(x, y, [1.0, 0.1], folds=5)
+    assert fit.C == 0.1
+    assert fit.cv_accuracy == float(Fraction(58, 75))
+
+
+def multinomial_reference(x, y, C):
+    """The two-row softmax model minimised directly (float64 L-BFGS): C * sum_i CE_i + ½‖W‖²,
+    intercepts unpenalised — scikit-learn's multinomial objective, whatever the number of classes."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+    n, d = x.shape
+    k = int(y.max()) + 1
+
+    def objective(theta):
+        W, b = theta[:k * d].reshape(k, d), theta[k * d:]
+        z = x @ W.T + b
+        lse = logsumexp(z, axis=1)
+        p = np.exp(z - lse[:, None])
+        p[np.arange(n), y] -= 1.0
+        value = C * (lse - z[np.arange(n), y]).sum() + 0.5 * (W ** 2).sum()
+        grad = np.concatenate([(C * p.T @ x + W).ravel(), C * p.sum(0)])
+        return value, grad
+
+    theta = minimize(objective, np.zeros(k * d + k), jac=True, method="L-BFGS-B",
+                     options=dict(gtol=1e-12, ftol=1e-15, maxiter=10000)).x
+    W, b = theta[:k * d].reshape(k, d), theta[k * d:]
+    z = x @ W.T + b
+    return np.exp(z - logsumexp(z, axis=1)[:, None])
+
+
+def test_two_class_probe_is_the_multinomial_model():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 40)
+    x = rng.normal(size=(80, 4)) + 0.8 * y[:, None] * np.array([1.0, -0.5, 0.0, 0.3])
+    C = 0.05
+    fit = fit_probe(x, y, [C])
+    assert fit.C == C
+    z = StandardScaler().fit_transform(x)
+    reference = multinomial_reference(z, y, C)
+    assert np.abs(fit.pipeline.predict_proba(x) - reference).max() < 5e-4   # lbfgs' default tol
+    tight = probe_module._pipeline(C, 1000, 2).set_params(logisticregression__tol=1e-10).fit(x, y)
+    assert np.abs(tight.predict_proba(x) - reference).max() < 1e-6
+    # scikit-learn's own binary model at the same C is a different (more strongly penalised) model
+    binary = LogisticRegression(C=C, max_iter=1000).fit(z, y).predict_proba(z)
+    assert np.abs(binary - reference).max() > 1e-2
+    # and the same multinomial objective with three classes is scikit-learn's model at C itself
+    y3 = np.repeat([0, 1, 2], 30)
+    x3 = rng.normal(size=(90, 4)) + y3[:, None] * np.array([0.5, -0.5, 0.2, 0.0])
+    z3 = StandardScaler().fit_transform(x3)
+    three = LogisticRegression(C=C, max_iter=1000, tol=1e-10).fit(z3, y3).predict_proba(z3)
+    assert np.abs(three - multinomial_reference(z3, y3, C)).max() < 1e-6
 
 
 def test_fewshot_draws_take_k_per_class_seeded_and_paired():

@@ -6,7 +6,7 @@
 * :class:`ArrayImages` — one split held as a uint8 tensor (N, C, H, W) plus labels.
 * Task variants of Pellegrini & Biroli (2022, Sec. 5 "the role of data and tasks"):
   ``superclasses`` (original class ``c`` → ``c mod K``, a mapping file, or a map shipped in
-  ``data/superclass_maps/`` by name, e.g. ``superclasses: imagenet_mixed10``) and ``data_ratio``
+  ``data/superclass_maps/`` by name, e.g. ``superclasses: imagenet_sifting10``) and ``data_ratio``
   (train on a fraction of the training set). Classes a map leaves out (id −1) are dropped.
 """
 from __future__ import annotations
@@ -184,7 +184,12 @@ class ArrayImages(torch.utils.data.Dataset):
 
 
 # ---- task variants -------------------------------------------------------------------------------
-SUPERCLASS_MAPS = ("imagenet_mixed10",)  # data/superclass_maps/<name>.json
+#: shipped maps, data/superclass_maps/<name>.json: ``imagenet_mixed10`` (MadryLab robustness'
+#: mixed_10 WordNet groups, 276 of the 1000 classes; tools/make_imagenet_superclasses.py) and
+#: ``imagenet_sifting10`` (Pellegrini & Biroli's hand-made partition of all 1000 classes:
+#: phiandark/SiftingFeatures inputs/classes.dat, used by inputs/10cl_meaning.ini:8 through
+#: src/Data.py:62-68; tools/make_imagenet_sifting10.py)
+SUPERCLASS_MAPS = ("imagenet_mixed10", "imagenet_sifting10")
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,7 +205,8 @@ def named_superclass_map(name: str) -> dict:
 class Superclasses(BaseModel):
     """``{modulo: K}``: class c → c mod K; ``{file: path}``: one superclass id per original class
     (integers separated by commas and/or whitespace, e.g. the sifting paper's ``classes.dat``; −1
-    leaves a class out); ``{name: imagenet_mixed10}`` (or just the name): a shipped map."""
+    leaves a class out); ``{name: imagenet_sifting10}`` (or just the name): a shipped map
+    (:data:`SUPERCLASS_MAPS`)."""
 
     model_config = ConfigDict(extra="forbid")
     modulo: int | None = Field(None, ge=2)

@@ -9,8 +9,9 @@ the files or a parent of ``Imagenet32_train/`` and ``Imagenet32_val/``)::
 ``data`` is uint8 (N, 3·S·S) in channel-row-column order (S = 32 or 64), ``labels`` are 1-based
 in the order of the ILSVRC2015 devkit's ``map_clsloc.txt`` (label 1 = n02119789 kit fox, 2 =
 n02100735 English setter, …; the release scripts' ``get_label_dict``), not the sorted-wnid order
-of torchvision's ImageFolder: class c here is label c + 1 there. The shipped superclass map
-``imagenet_mixed10`` (``data/superclass_maps/``) lists every label's wnid in this order.
+of torchvision's ImageFolder: class c here is label c + 1 there. The shipped superclass maps
+``imagenet_mixed10`` and ``imagenet_sifting10`` (``data/superclass_maps/``) list every label's wnid
+in this order.
 The ``.npz`` edition (same names + ``.npz``) is read too. Pickles are read with
 :func:`~prunelens.data.arrays.safe_unpickle`, never with plain :mod:`pickle`.
 

@@ -1,6 +1,8 @@
 """Small built-in architectures that train on a CPU in minutes.
 
-* :class:`FCN` — the fully connected net of Pellegrini & Biroli (e.g. 3072-1024-1024-1024-C).
+* :class:`FCN` — the fully connected net of Pellegrini & Biroli (e.g. 3072-1024-1024-1024-C),
+  optionally as the authors ran it (:class:`InputBatchNorm` on every layer's input, Xavier-normal
+  weights, zero biases).
 * :class:`LeNet5` — LeCun et al. 1998, as used by Tartaglione et al. for PSP-entropy.
 * :class:`SmallResNet` — a CIFAR-style ResNet built from torchvision's ``BasicBlock`` with the same
   module names as torchvision's ResNet (``conv1``, ``bn1``, ``layerN``, ``fc``), so the ResNet spec
@@ -9,8 +11,10 @@
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -18,23 +22,102 @@ from torch import nn
 from prunelens._compat import torchvision
 
 
+class InputBatchNorm(nn.Module):
+    """Batch normalisation of a fully connected layer's input as Pellegrini & Biroli compute it
+    (phiandark/SiftingFeatures @386b617, src/Network.py and src/IMP.py), per input feature:
+
+    * training: ``(x - mean) / sqrt(var + eps)`` with the batch mean and the **biased** batch
+      variance (``tf.nn.moments``, Network.py:42, 44), gradients through both; ``eps = 1e-10``
+      (Network.py:10);
+    * then ``weight * x̂ + bias`` (``gamma * in_BN + beta``, Network.py:45), learnable, initialised
+      to 1 and 0 (Network.py:32-33);
+    * running averages of [mean; biased var]: the **first** training batch's moments are copied
+      (IMP.py:162-163, ``amv = mv.copy()`` at step 0), then ``run = 0.99 run + 0.01 batch``
+      (IMP.py:60 ``batch_norm_beta = 0.99``, IMP.py:164-167), the moments being those of the
+      training forward pass of that step;
+    * evaluation: ``(x - running_mean) / sqrt(running_var + eps)`` (Network.py:44), the running
+      averages starting at mean 0, var 1 before any training batch (IMP.py:141-144).
+
+    ``nn.BatchNorm1d(momentum=0.01, eps=1e-10)`` differs: it blends the unbiased variance into
+    ``running_var`` and blends the first batch into (0, 1) instead of copying it.
+    ``num_batches_tracked`` counts the training batches seen (0: the next one is copied).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-10, beta: float = 0.99) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.beta = int(num_features), float(eps), float(beta)
+        self.weight = nn.Parameter(torch.ones(self.num_features))
+        self.bias = nn.Parameter(torch.zeros(self.num_features))
+        self.register_buffer("running_mean", torch.zeros(self.num_features))
+        self.register_buffer("running_var", torch.ones(self.num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean = x.mean(0)
+            var = x.var(0, unbiased=False)
+            with torch.no_grad():
+                if int(self.num_batches_tracked) == 0:
+                    self.running_mean.copy_(mean)
+                    self.running_var.copy_(var)
+                else:
+                    self.running_mean.mul_(self.beta).add_(mean, alpha=1.0 - self.beta)
+                    self.running_var.mul_(self.beta).add_(var, alpha=1.0 - self.beta)
+                self.num_batches_tracked.add_(1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return self.weight * ((x - mean) / torch.sqrt(var + self.eps)) + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, beta={self.beta}"
+
+
 class FCN(nn.Module):
-    """Fully connected ReLU network on flattened images: input -> widths... -> classes."""
+    """Fully connected ReLU network on flattened images: input -> widths... -> classes.
+
+    Options (their defaults are the plain net, so pools built before they existed keep their
+    identity):
+
+    * ``input_norm``: ``none``, or ``batch`` = an :class:`InputBatchNorm` on the input of every
+      Linear layer, the classifier included (``bn1`` before ``fc1`` … ``bn_classifier`` before
+      ``classifier``), as Pellegrini & Biroli (src/Network.py:29 applies it to layer types ``f`` and
+      ``x``, Network.py:40-47);
+    * ``init``: ``default`` (torch's ``nn.Linear`` init), or ``xavier_normal`` = weights drawn from
+      N(0, 2 / (fan_in + fan_out)) (plain, not truncated) and zero biases, every Linear layer
+      (Network.py:30-31).
+    """
 
     def __init__(self, num_classes: int, input_shape: Sequence[int] = (3, 32, 32),
-                 widths: Sequence[int] = (1024, 1024, 1024)) -> None:
+                 widths: Sequence[int] = (1024, 1024, 1024),
+                 input_norm: Literal["none", "batch"] = "none",
+                 init: Literal["default", "xavier_normal"] = "default") -> None:
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         if not self.input_shape or min(self.input_shape) < 1 or any(int(w) < 1 for w in widths):
             raise ValueError(f"input_shape {tuple(input_shape)} and widths {tuple(widths)} must be positive")
+        if input_norm not in ("none", "batch") or init not in ("default", "xavier_normal"):
+            raise ValueError(f"input_norm must be 'none' or 'batch' (got {input_norm!r}), init "
+                             f"'default' or 'xavier_normal' (got {init!r})")
+        batch = input_norm == "batch"
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         fan_in = int(torch.tensor(self.input_shape).prod())
         for i, width in enumerate(widths, start=1):
+            if batch:
+                layers[f"bn{i}"] = InputBatchNorm(fan_in)
             layers[f"fc{i}"] = nn.Linear(fan_in, int(width))
             layers[f"relu{i}"] = nn.ReLU()
             fan_in = int(width)
+        if batch:
+            layers["bn_classifier"] = InputBatchNorm(fan_in)
         layers["classifier"] = nn.Linear(fan_in, num_classes)
         self.layers = nn.Sequential(layers)
+        if init == "xavier_normal":
+            for module in self.layers:
+                if isinstance(module, nn.Linear):
+                    fan_out, fan_in = module.weight.shape
+                    with torch.no_grad():
+                        module.weight.normal_(0.0, math.sqrt(2.0 / (fan_in + fan_out)))
+                        module.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,14 @@ def _check_options(name: str, build: Callable[..., nn.Module], options: dict) ->
                          f"its options are: {', '.join(accepted)}")
     annotations = {p: v.annotation for p, v in inspect.signature(build, eval_str=True).parameters.items()}
     for option, value in options.items():
-        kinds = set(_union_members(annotations.get(option)))
+        annotation = annotations.get(option)
+        if typing.get_origin(annotation) is typing.Literal:
+            allowed = typing.get_args(annotation)
+            if value not in allowed:
+                raise ModelError(f"option '{option}' of model '{name}' must be one of "
+                                 f"{', '.join(map(repr, allowed))}, not {value!r}")
+            continue
+        kinds = set(_union_members(annotation))
         if str not in kinds and kinds & {int, bool, float}:
             problem = strict_scalar_error(value, int in kinds, bool in kinds, float in kinds)
             if problem:

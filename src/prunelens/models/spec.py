@@ -19,6 +19,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from prunelens.errors import ModelError
+from prunelens.models.builtins import InputBatchNorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -435,9 +436,20 @@ class SwinSpec(ArchSpec):
 
 
 class FCNSpec(ArchSpec):
-    """The fully connected net: the first layer's rows reshape to the input's (C, H, W)."""
+    """The fully connected net: the first layer's rows reshape to the input's (C, H, W).
+
+    With ``input_norm: batch`` (:class:`~prunelens.models.builtins.InputBatchNorm` before every
+    Linear layer) the prunable weights are still the Linear weights only (:meth:`ArchSpec.prunable`
+    takes Conv/Linear weights; the normalisations' ``weight``/``bias`` are per-feature affine
+    parameters, as the authors never prune their gamma/beta: Utils.py:52-74 masks W and b only),
+    and the normalisations are norm modules (the norm weight-decay group).
+    """
 
     family = "fcn"
+
+    def norm_modules(self, model: nn.Module) -> set[str]:
+        return super().norm_modules(model) | {name for name, m in model.named_modules()
+                                              if isinstance(m, InputBatchNorm)}
 
     def first_layer_images(self, model: nn.Module, tensor: torch.Tensor) -> torch.Tensor | None:
         return tensor.reshape(tensor.shape[0], *model.input_shape)
@@ -450,7 +462,8 @@ class FCNSpec(ArchSpec):
         return names[1] if len(names) > 1 else None
 
     def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The last hidden layer after its ReLU (the input of ``classifier``)."""
+        """The last hidden layer after its ReLU (and after ``bn_classifier`` with ``input_norm:
+        batch``): the input of ``classifier``."""
         return model.layers[:-1](x)
 
 

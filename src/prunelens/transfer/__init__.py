@@ -7,8 +7,8 @@ level is frozen, its penultimate features (the classifier's input, :meth:`ArchSp
 are extracted on a downstream task that differs from the source task, and a linear probe is fitted.
 
 * :mod:`~prunelens.transfer.features` — batched feature extraction;
-* :mod:`~prunelens.transfer.probe` — the probe (multinomial L2 logistic regression, C by
-  cross-validation) and few-shot draws;
+* :mod:`~prunelens.transfer.probe` — the probe (multinomial L2 logistic regression, also on two
+  classes; C by cross-validation, exact ties to the smallest C) and few-shot draws;
 * :mod:`~prunelens.transfer.downstream` — the downstream tasks (synthetic texture-as-label, novel
   shapes; CIFAR-10/100 and ImageFolder folders);
 * :mod:`~prunelens.transfer.suite` — the suite.
