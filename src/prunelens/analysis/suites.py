@@ -22,8 +22,8 @@ from prunelens.analysis import figures
 from prunelens.analysis.psp_entropy import psp_entropy
 from prunelens.analysis.selectivity import selectivity_records
 from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
-from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
-                             SuiteOptions, register_suite)
+from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
+                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
 from prunelens.io import atomic_save_tensors, atomic_write_json
 from prunelens.results import Record
 
@@ -185,6 +185,13 @@ class ConnectivitySuite(Suite):
                FigureSpec("class_independence", "Class-independent response and translated copies of "
                           "first-layer units vs sparsity", panels=("metric",),
                           lines=("group", "method", "condition")))
+    claims = (
+        Claim("locality_vs_accuracy",
+              "Pellegrini & Biroli: the local structure that pruning finds is related to the success "
+              "of the task — rank correlation of the first layers' locality score with accuracy",
+              y=Quantity("connectivity", ("locality_score",)), x=ACCURACY, statistic="spearman",
+              expected=1, unit="levels", by=("method",)),
+    )
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         if ctx.spec.first_layer_units(ctx.architecture()) is None:
