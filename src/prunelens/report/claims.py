@@ -198,6 +198,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
     size_of = {g: (sizes or {}).get(str(first_run.loc[g, "run"])) for g in order}
     rows: list[dict] = []
     sides: list[int] = []
+    x_none = None
 
     def add(claim, suite, key, compared, fit, expected, note=""):
         base = dict(zip(BY, ("",) * len(BY)), **dict(zip(claim.by, key)))
@@ -225,7 +226,13 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
 
     for suite, claim in claims:
         y_all = _select(frame, claim.y)
-        x_all = _select(frame, claim.x) if isinstance(claim.x, Quantity) else None
+        x_all = _select(frame, claim.x) if isinstance(claim.x, Quantity) else x_none
+        for group in order:  # a run the claim's suite measured, without the claim's records
+            missing = [str(q) for q, rows in ((claim.y, y_all), (claim.x, x_all))
+                       if rows is not None and not (rows["group"] == group).any()]
+            if missing and (frame.loc[frame["group"] == group, "suite"] == suite).any():
+                add(claim, suite, ("",) * len(claim.by), group,
+                    f"no records of {' and '.join(missing)}", claim.expected_for(families[group]))
         if y_all.empty or (x_all is not None and x_all.empty):
             continue
         parts = y_all.groupby(list(claim.by), sort=True) if claim.by else [((), y_all)]
