@@ -146,7 +146,7 @@ def test_runs_compared_by_family_and_by_size():
                    family_expected=(("resnet", -1), ("vit", 1)), between="family")
     size = Claim("size", "toy by size", y=Quantity("toy", ("score",)), x=SPARSITY, statistic="slope",
                  between="size", between_expected=1)
-    out = evaluate_claims(frame, n_boot=300, sizes={"cnn": 5000, "vit": 1000},
+    out = evaluate_claims(frame, n_boot=300, facts={"cnn": {"size": 5000}, "vit": {"size": 1000}},
                           claims=[("toy", family), ("toy", size)])
     fam = out[out["claim"] == "fam"].set_index("compared")
     assert fam.loc["cnn − vit", "value"] == pytest.approx(fam.loc["cnn", "value"] - fam.loc["vit", "value"])
@@ -223,3 +223,24 @@ def test_cli_prints_the_claims_and_writes_csv(tmp_path, capsys):
     np.testing.assert_allclose(pd.to_numeric(written["value"]), table["value"])
     assert main(["claims", str(run_dir), "--csv"]) == 0
     assert capsys.readouterr().out == table.to_csv(index=False)
+
+
+def test_one_shot_minus_gradual_at_equal_sparsity():
+    """Tartaglione et al.: the declared accuracy claim compares the final levels of a one-shot and a
+    gradual pool that end at the same sparsity (and shows nothing for a pool without counterpart)."""
+    gradual = records("grad", "small_resnet", np.zeros(4), [0.9, 0.88, 0.87, 0.86], seed=0)
+    one_shot = records("shot", "small_resnet", np.zeros(2), [0.9, 0.80], seed=1)
+    one_shot.loc[one_shot["level"] == 1, "sparsity"] = gradual["sparsity"].max()
+    frame = pd.concat([gradual, one_shot], ignore_index=True)
+    claim = [(s, c) for s, c in declared_claims() if c.id == "gradual_better_minima"]
+    facts = {"grad": {"schedule": "gradual"}, "shot": {"schedule": "one_shot"}}
+    out = evaluate_claims(frame, n_boot=1000, facts=facts, claims=claim).set_index("compared")
+    assert list(out.index) == ["grad", "shot", "shot − grad"]
+    acc = frame[frame["suite"] == "accuracy"]
+    direct = (acc[(acc["run"] == "shot") & (acc["level"] == 1)]["value"].mean()
+              - acc[(acc["run"] == "grad") & (acc["level"] == 3)]["value"].mean())
+    row = out.loc["shot − grad"]
+    assert row["value"] == pytest.approx(direct)
+    assert row["expected"] == "−" and row["verdict"] == "supported"
+    assert row["ci_low"] < direct < row["ci_high"] < 0
+    assert evaluate_claims(gradual, n_boot=200, facts=facts, claims=claim).empty

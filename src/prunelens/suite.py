@@ -52,7 +52,7 @@ __all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureSpec", "Quantity", "SPAR
            "get_suite", "load_configs", "metric_of", "register_suite", "suite_options"]
 
 Direction = Literal["higher", "lower", "none"]
-Statistic = Literal["spearman", "pearson", "slope"]
+Statistic = Literal["spearman", "pearson", "slope", "final_mean"]
 Unit = Literal["levels", "images"]
 
 
@@ -130,8 +130,9 @@ class Claim:
     y-quantity (the report and ``prunelens claims`` evaluate it; see :mod:`prunelens.report.claims`).
 
     ``statistic`` of ``y`` against ``x`` over the levels of a run (``spearman``/``pearson``: the
-    correlation of the per-level means, ``slope``: the least-squares slope of y on x), one test per
-    value of the ``by`` columns of y's records (e.g. ``("metric", "method")``).
+    correlation of the per-level means, ``slope``: the least-squares slope of y on x;
+    ``final_mean``: the mean of y at the run's last level, x unused), one test per value of the
+    ``by`` columns of y's records (e.g. ``("metric", "method")``).
 
     ``expected``: the sign the claim predicts (+1 / -1; None: no prediction, the row is descriptive),
     or per architecture family (``family_expected``, e.g. ``(("resnet", -1), ("vit", 1))``), which
@@ -139,7 +140,8 @@ class Claim:
     replacement, then images in each) or ``images`` (levels fixed). ``between``: also compare runs:
     ``family`` — runs whose families predict different signs, expected sign of stat(A) − stat(B)
     = sign(expected(A) − expected(B)); ``size`` — stat(smaller) − stat(larger) (prunable
-    parameters), expected sign ``between_expected``.
+    parameters), expected sign ``between_expected``; ``schedule`` — one-shot − gradual pools
+    (``prune.schedule``) that end at the same sparsity, expected sign ``between_expected``.
     """
 
     id: str
@@ -151,7 +153,7 @@ class Claim:
     family_expected: tuple[tuple[str, int], ...] = ()
     unit: Unit = "levels"
     by: tuple[str, ...] = ()
-    between: Literal["family", "size"] | None = None
+    between: Literal["family", "size", "schedule"] | None = None
     between_expected: int = 1
 
     def __post_init__(self) -> None:

@@ -327,6 +327,11 @@ class PSPSuite(Suite):
                FigureSpec("psp_entropy_per_class", "Per-class PSP-entropy per layer vs sparsity (band: "
                           "spread over classes)", panels=("metric",), lines=("group", "method")))
     in_schedule_comparison = True
+    claims = (Claim("gradual_higher_entropy",
+                    "Tartaglione et al.: gradual pruning finds higher-entropy minima than one-shot — "
+                    "PSP-entropy per layer at the final level, one-shot − gradual at equal sparsity",
+                    y=Quantity("psp", ("psp_entropy",)), statistic="final_mean", unit="images",
+                    by=("method",), between="schedule", between_expected=-1),)
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.psp.split")
@@ -400,6 +405,13 @@ class SharpnessSuite(Suite):
     figures = (FigureSpec("sharpness", "Sharpness of the minimum vs sparsity", panels=("metric",),
                           lines=("group", "method")),)
     in_schedule_comparison = True
+    claims = (Claim("gradual_sharper_minima",
+                    "Tartaglione et al.: gradual pruning finds sharper minima than one-shot — loss "
+                    "increase under weight noise and top Hessian eigenvalue at the final level, "
+                    "one-shot − gradual at equal sparsity",
+                    y=Quantity("sharpness", ("loss_increase", "hessian_top_eigenvalue")),
+                    statistic="final_mean", unit="images", by=("metric", "method"),
+                    between="schedule", between_expected=-1),)
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.sharpness.split")

@@ -20,7 +20,7 @@ import pandas as pd
 import prunelens
 from prunelens.errors import ConfigError, PrunelensError
 from prunelens.io import atomic_write_bytes, current_umask
-from prunelens.report.claims import evaluate_claims, prunable_sizes
+from prunelens.report.claims import evaluate_claims, run_facts
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
 from prunelens.report.runs import (not_applicable, pool_accuracy_rows, pool_table, seed_groups,
@@ -64,7 +64,7 @@ def build_claims(run_dirs: str | Path | Sequence[str | Path], *, n_boot: int | N
     runs = [RunFolder(d) for d in run_dirs]
     frame = _with_pool_accuracy(load_results([r.run_dir for r in runs]), runs)
     n_boot = runs[0].config.evaluate.n_boot if n_boot is None else n_boot
-    return evaluate_claims(frame, seed_groups(runs), n_boot, confidence, sizes=prunable_sizes(runs))
+    return evaluate_claims(frame, seed_groups(runs), n_boot, confidence, facts=run_facts(runs))
 
 
 def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | Path | None = None,
@@ -100,7 +100,7 @@ def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
         summary = summarize(frame, groups, n_boot, confidence)
-        claims = evaluate_claims(frame, groups, n_boot, confidence, sizes=prunable_sizes(runs))
+        claims = evaluate_claims(frame, groups, n_boot, confidence, facts=run_facts(runs))
         figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
                                         confidence)
         not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]

@@ -9,6 +9,7 @@ by ``seed``) and each value of the claim's ``by`` columns:
    over seeds of each seed's mean;
 2. the statistic of y against x over the levels: Spearman's or Pearson's correlation
    (``scipy.stats.spearmanr`` / ``pearsonr``) or the least-squares slope (``scipy.stats.linregress``);
+   or the mean of y at the run's last level (``final_mean``, compared between schedules);
 3. a percentile bootstrap interval (:mod:`prunelens.stats`, at least 4000 replicates): each replicate draws the seeds (one
    draw for all levels), then — where the claim's unit is ``levels`` — the levels with
    replacement, then the images (items) within each level, independently for x and y; the statistic
@@ -18,7 +19,8 @@ by ``seed``) and each value of the claim's ``by`` columns:
    means "supported", however few levels make it. With one seed, the interval says nothing about
    another training run of the same config; several seeds of one experiment make it do so;
 4. between runs (``between``), the difference of the two runs' statistics, with the interval of
-   the difference of their independent replicates (e.g. "demo-cnn's slope − demo-vit's slope");
+   the difference of their independent replicates (e.g. "demo-cnn's slope − demo-vit's slope",
+   or one-shot − gradual at the same final sparsity);
 5. a two-sided bootstrap p-value of "the statistic is 0" (the smallest 1 − confidence at which the
    interval excludes 0), adjusted over every row that predicts a sign by Holm's method. A row is
    **supported** when the adjusted p ≤ 1 − confidence and the statistic has the predicted sign,
@@ -69,19 +71,21 @@ def family_of(model: str) -> str | None:
         return None
 
 
-def prunable_sizes(runs: Sequence[RunFolder]) -> dict[str, int]:
-    """Run name → number of prunable weights of its architecture (the size of ``between="size"``)."""
+def run_facts(runs: Sequence[RunFolder]) -> dict[str, dict]:
+    """Run name → what claims compare runs by: ``size`` (prunable weights of its architecture, for
+    ``between="size"``) and ``schedule`` (``prune.schedule``, for ``between="schedule"``)."""
     from prunelens.models import create_model, spec_of
 
-    sizes = {}
+    facts = {}
     for run in runs:
+        facts[run.name] = {"schedule": run.config.prune.schedule}
         try:
             model = create_model(run.config.model.name, run.num_classes, **run.config.model.options)
-            sizes[run.name] = int(sum(p.numel() for p in spec_of(run.config.model.name)
-                                      .prunable(model).values()))
+            facts[run.name]["size"] = int(sum(p.numel() for p in spec_of(run.config.model.name)
+                                              .prunable(model).values()))
         except PrunelensError:
             continue
-    return sizes
+    return facts
 
 
 @dataclass
@@ -93,6 +97,7 @@ class _Fit:
     n_levels: int
     n_seeds: int
     n_items: int
+    level: int | None = None  # the level of a final_mean
 
 
 def statistic(name: str, x: np.ndarray, y: np.ndarray) -> float:
@@ -146,6 +151,8 @@ def _fit(claim: Claim, y_rows: pd.DataFrame, x_rows: pd.DataFrame | None, n_boot
          rng: np.random.Generator) -> _Fit | str:
     """The statistic of one group's curve and its replicates, or why it cannot be tested."""
     y = _by_run_level(y_rows)
+    if claim.statistic == "final_mean":
+        return _fit_final(y, n_boot, rng)
     x = _by_run_level(x_rows) if x_rows is not None else None
     runs = sorted({run for run, _ in y} & ({run for run, _ in x} if x is not None else {run for run, _ in y}))
     levels = sorted(lv for lv in {lv for _, lv in y}
@@ -175,13 +182,27 @@ def _fit(claim: Claim, y_rows: pd.DataFrame, x_rows: pd.DataFrame | None, n_boot
                 int(sum(len(v) for per_run in y_samples for v in per_run)))
 
 
+def _fit_final(y: dict[tuple[str, int], np.ndarray], n_boot: int, rng: np.random.Generator) -> _Fit | str:
+    """The mean at the last level every seed measured, its replicates over seeds and images."""
+    runs = sorted({run for run, _ in y})
+    common = [lv for lv in sorted({lv for _, lv in y}) if all((r, lv) in y for r in runs)]
+    if not common:
+        return "no level measured by every seed"
+    samples = [[y[r, common[-1]]] for r in runs]
+    seeds = draw_units(len(runs), n_boot, rng) if len(runs) > 1 else np.zeros((n_boot, 1), dtype=int)
+    value = float(np.mean([v[0].mean() for v in samples]))
+    return _Fit(value, curve_draws(samples, seeds, rng)[:, 0], 1, len(runs),
+                int(sum(len(v[0]) for v in samples)), common[-1])
+
+
 def _resampled(claim: Claim, n_seeds: int) -> str:
-    parts = (["seeds"] if n_seeds > 1 else []) + (["levels"] if claim.unit == "levels" else []) + ["images"]
+    levels = claim.unit == "levels" and claim.statistic != "final_mean"
+    parts = (["seeds"] if n_seeds > 1 else []) + (["levels"] if levels else []) + ["images"]
     return " › ".join(parts)
 
 
 def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None, n_boot: int = 1000,
-                    confidence: float = 0.95, sizes: Mapping[str, int] | None = None,
+                    confidence: float = 0.95, facts: Mapping[str, Mapping] | None = None,
                     claims: Sequence[tuple[str, Claim]] | None = None) -> pd.DataFrame:
     """Every claim (default: :func:`declared_claims`) on the records ``frame`` (columns of
     :func:`prunelens.results.load_results`), one row per run or seed group (``groups``: run →
@@ -195,7 +216,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
     order = list(dict.fromkeys(frame["group"]))
     first_run = frame.drop_duplicates("group").set_index("group")
     families = {g: family_of(str(first_run.loc[g, "model"])) for g in order}
-    size_of = {g: (sizes or {}).get(str(first_run.loc[g, "run"])) for g in order}
+    facts_of = {g: dict((facts or {}).get(str(first_run.loc[g, "run"]), {})) for g in order}
     rows: list[dict] = []
     sides: list[int] = []
     x_none = None
@@ -212,6 +233,8 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
             return
         draws = fit.draws[~np.isnan(fit.draws)]
         lo, hi = percentile_interval(draws, confidence) if len(draws) else (math.nan, math.nan)
+        if fit.level is not None:
+            note = "; ".join(filter(None, [f"level {fit.level}", note]))
         undefined = len(fit.draws) - len(draws)
         if undefined:
             note = "; ".join(filter(None, [note, f"{undefined} of {len(fit.draws)} replicates "
@@ -230,7 +253,8 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
         for group in order:  # a run the claim's suite measured, without the claim's records
             missing = [str(q) for q, rows in ((claim.y, y_all), (claim.x, x_all))
                        if rows is not None and not (rows["group"] == group).any()]
-            if missing and (frame.loc[frame["group"] == group, "suite"] == suite).any():
+            if (missing and claim.statistic != "final_mean"
+                    and (frame.loc[frame["group"] == group, "suite"] == suite).any()):
                 add(claim, suite, ("",) * len(claim.by), group,
                     f"no records of {' and '.join(missing)}", claim.expected_for(families[group]))
         if y_all.empty or (x_all is not None and x_all.empty):
@@ -238,26 +262,34 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
         parts = y_all.groupby(list(claim.by), sort=True) if claim.by else [((), y_all)]
         for key, part in parts:
             key = key if isinstance(key, tuple) else (key,)
-            fits: dict[str, _Fit] = {}
+            results: dict[str, _Fit | str] = {}
             for group in [g for g in order if g in set(part["group"])]:
                 x_rows = x_all[x_all["group"] == group] if x_all is not None else None
                 rng = seeded_rng("claim", claim.id, group, *key)
-                fit = _fit(claim, part[part["group"] == group], x_rows, n_boot, rng)
-                add(claim, suite, key, group, fit, claim.expected_for(families[group]))
-                if isinstance(fit, _Fit):
-                    fits[group] = fit
-            for a, b, expected, note in _pairs(claim, list(fits), families, size_of):
+                results[group] = _fit(claim, part[part["group"] == group], x_rows, n_boot, rng)
+            fits = {g: fit for g, fit in results.items() if isinstance(fit, _Fit)}
+            pairs = _pairs(claim, list(fits), families, facts_of, frame)
+            paired = {g for a, b, *_ in pairs for g in (a, b)}
+            for group, fit in results.items():
+                # the mean at the last level says something only beside its counterpart
+                if claim.statistic != "final_mean" or group in paired:
+                    add(claim, suite, key, group, fit, claim.expected_for(families[group]))
+            for a, b, expected, note in pairs:
                 fa, fb = fits[a], fits[b]
                 diff = _Fit(fa.value - fb.value, fa.draws - fb.draws, min(fa.n_levels, fb.n_levels),
-                            fa.n_seeds + fb.n_seeds, fa.n_items + fb.n_items)
+                            fa.n_seeds + fb.n_seeds, fa.n_items + fb.n_items, fa.level)
                 add(claim, suite, key, f"{a} − {b}", diff, expected, note)
     table = pd.DataFrame(rows, columns=COLUMNS)
     return _verdicts(table, np.array(sides, dtype=int), 1 - confidence)
 
 
 def _pairs(claim: Claim, groups: list[str], families: Mapping[str, str | None],
-           sizes: Mapping[str, int | None]) -> list[tuple[str, str, int, str]]:
+           facts: Mapping[str, Mapping], frame: pd.DataFrame) -> list[tuple[str, str, int, str]]:
     """(A, B, expected sign of stat(A) − stat(B), note) of the groups a claim compares."""
+    sizes = {g: facts[g].get("size") for g in groups}
+    final = {g: float(frame.loc[(frame["group"] == g)
+                                & (frame["level"] == frame.loc[frame["group"] == g, "level"].max()),
+                                "sparsity"].mean()) for g in groups}
     out = []
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
@@ -271,6 +303,12 @@ def _pairs(claim: Claim, groups: list[str], families: Mapping[str, str | None],
                     small, large = (a, b) if sa < sb else (b, a)
                     out.append((small, large, claim.between_expected, f"{min(sa, sb):,} vs "
                                 f"{max(sa, sb):,} prunable weights (smaller − larger)"))
+            elif claim.between == "schedule":
+                kinds = {facts[a].get("schedule"), facts[b].get("schedule")}
+                if kinds == {"one_shot", "gradual"} and abs(final[a] - final[b]) < 0.005:
+                    shot, grad = (a, b) if facts[a].get("schedule") == "one_shot" else (b, a)
+                    out.append((shot, grad, claim.between_expected,
+                                f"one-shot − gradual, both at {final[a]:.1%} sparsity"))
     return out
 
 
