@@ -236,7 +236,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
         if fit.level is not None:
             note = "; ".join(filter(None, [f"level {fit.level}", note]))
         undefined = len(fit.draws) - len(draws)
-        if undefined:
+        if undefined >= 0.01 * len(fit.draws):
             note = "; ".join(filter(None, [note, f"{undefined} of {len(fit.draws)} replicates "
                                             "undefined (a constant curve), left out"]))
         rows.append({**base, "claim": claim.id, "suite": suite, "statement": claim.statement,
@@ -277,7 +277,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
             for a, b, expected, note in pairs:
                 fa, fb = fits[a], fits[b]
                 diff = _Fit(fa.value - fb.value, fa.draws - fb.draws, min(fa.n_levels, fb.n_levels),
-                            fa.n_seeds + fb.n_seeds, fa.n_items + fb.n_items, fa.level)
+                            max(fa.n_seeds, fb.n_seeds), fa.n_items + fb.n_items, fa.level)
                 add(claim, suite, key, f"{a} − {b}", diff, expected, note)
     table = pd.DataFrame(rows, columns=COLUMNS)
     return _verdicts(table, np.array(sides, dtype=int), 1 - confidence)

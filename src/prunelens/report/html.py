@@ -224,33 +224,40 @@ def _claims(c: ReportContent) -> str:
         items = []
         for item in re.split(r"\n(?=\d\. )", block.strip()):
             text = esc(re.sub(r":\w+:`~?([^`]*)`", r"\1", " ".join(item.split())).replace("``", ""))
-            items.append(re.sub(r"\*\*(\w[\w ]*)\*\*", r"<b>\1</b>", text))
+            text = re.sub(r"\*\*(\w[\w ]*)\*\*", r"<b>\1</b>", text)
+            items.append(re.sub(r"\*(\w[^*]*)\*", r"<i>\1</i>", text))
         method.append("<ol>" + "".join(f"<li>{re.sub(r'^[0-9]+[.] ', '', i)}</li>" for i in items)
                       + "</ol>" if len(items) > 1 else f"<p>{items[0]}</p>")
     claims = c.claims if c.claims is not None else pd.DataFrame()
     if claims.empty:
         return ("<p>No claim could be tested: none of the suites that declare one has results "
                 "(or none declares one).</p>" + "".join(method))
-    seeds = int(claims.loc[~claims["compared"].str.contains(" − "), "n_seeds"].max())
-    rows, classes = [], []
-    for t in claims.itertuples():
-        of = " · ".join(str(v) for v in (t.metric, t.method, t.dataset, t.condition) if v)
-        rows.append((esc(t.statement), esc(t.compared), esc(of), esc(t.statistic),
-                     _ci(t.value, t.ci_low, t.ci_high), esc(_fmt(t.p)), esc(_fmt(t.p_holm)),
-                     esc(t.expected), f"<b>{esc(t.verdict)}</b>",
-                     esc(f"{int(t.n_levels)} / {int(t.n_seeds)} / {int(t.n_items)}"),
-                     esc(t.resampled), esc(t.note)))
-        classes.append(str(t.verdict).replace(" ", "-"))
-    header = ("claim", "run or comparison", "of", "statistic", f"value [{c.confidence:.0%} CI]", "p",
+    seeds = int(claims["n_seeds"].max())
+    header = ("run or comparison", "of", "statistic", f"value [{c.confidence:.0%} CI]", "p",
               f"p ({CORRECTION})", "expected sign", "verdict", "levels / seeds / items", "resampled",
               "note")
+    tables = []
+    for claim, part in claims.groupby("claim", sort=False):
+        rows, classes = [], []
+        for t in part.itertuples():
+            of = " · ".join(str(v) for v in (t.metric, t.method, t.dataset, t.condition) if v)
+            rows.append((esc(t.compared), esc(of), esc(t.statistic),
+                         _ci(t.value, t.ci_low, t.ci_high), esc(_fmt(t.p)), esc(_fmt(t.p_holm)),
+                         esc(t.expected), f"<b>{esc(t.verdict)}</b>",
+                         esc(f"{int(t.n_levels)} / {int(t.n_seeds)} / {int(t.n_items)}"),
+                         esc(t.resampled), esc(t.note)))
+            classes.append(str(t.verdict).replace(" ", "-"))
+        tables.append(f'<h3 id="claim-{esc(claim)}">{esc(part["statement"].iloc[0])}</h3>'
+                      f'<p class="muted">{esc(claim)} ({esc(part["suite"].iloc[0])}): y = '
+                      f'{esc(part["y"].iloc[0])}, x = {esc(part["x"].iloc[0])}</p>'
+                      + _table(header, rows, text_cols=2, row_class=classes))
     counts = claims["verdict"].value_counts()
     summary = (f"<p><b>{int(counts.get('supported', 0))}</b> supported, "
                f"<b>{int(counts.get('contradicted', 0))}</b> contradicted, "
                f"<b>{int(counts.get('inconclusive', 0))}</b> inconclusive at {c.confidence:.0%} "
                f"confidence, {CORRECTION}-corrected over the {int(claims['p_holm'].notna().sum())} "
                f"rows that predict a sign; at most {seeds} seed(s) per run.</p>")
-    return summary + _table(header, rows, text_cols=4, row_class=classes) + (
+    return summary + "".join(tables) + (
         "<details><summary>How the claims are computed and how to read a verdict</summary>"
         + "".join(method) + "</details>")
 
