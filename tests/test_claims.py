@@ -244,3 +244,18 @@ def test_one_shot_minus_gradual_at_equal_sparsity():
     assert row["expected"] == "−" and row["verdict"] == "supported"
     assert row["ci_low"] < direct < row["ci_high"] < 0
     assert evaluate_claims(gradual, n_boot=200, facts=facts, claims=claim).empty
+
+
+def test_seeds_of_one_experiment_are_pooled_in_claims_and_counted_in_the_report(tmp_path):
+    from test_report import make_run
+
+    from prunelens.report import build_claims, build_report
+
+    runs = [make_run(tmp_path, f"s{seed}", seed=seed)[0] for seed in (0, 1)]
+    table = build_claims(runs)
+    row = table[(table["claim"] == "rq1_attribution_vs_accuracy") & (table["metric"] == "rma")
+                & (table["method"] == "gradcam")].iloc[0]
+    assert row["compared"] == "s0 (seeds 0, 1)" and row["n_seeds"] == 2
+    assert row["resampled"] == "seeds › levels › images"
+    html = build_report(runs, tmp_path / "report").read_text()
+    assert "s0 (seeds 0, 1): 2 seeds" in html and "at most 2 seed(s) per run" in html

@@ -208,8 +208,8 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
     :func:`prunelens.results.load_results`), one row per run or seed group (``groups``: run →
     label) and per value of the claim's ``by`` columns, plus one per compared pair of groups.
     Columns :data:`COLUMNS`; the method is in the module docstring (``n_boot`` is raised to
-    :data:`MIN_BOOT`). ``sizes``: run → prunable
-    weights, needed by claims that compare sizes."""
+    :data:`MIN_BOOT`). ``facts``: run → ``{"size": prunable weights, "schedule": prune.schedule}``
+    (:func:`run_facts`), needed by claims that compare runs by size or schedule."""
     claims = declared_claims() if claims is None else claims
     n_boot = max(n_boot, MIN_BOOT)
     frame = frame.assign(group=group_of(frame, groups))

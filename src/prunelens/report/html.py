@@ -262,6 +262,21 @@ def _claims(c: ReportContent) -> str:
         + "".join(method) + "</details>")
 
 
+def _seeds(c: ReportContent) -> str:
+    """How many seeds went into each group: seeds of one experiment are replicates of its intervals
+    and claims."""
+    sizes: dict[str, int] = {}
+    for run in c.runs:
+        label = c.groups.get(run.name, run.name)
+        sizes[label] = sizes.get(label, 0) + 1
+    pooled = [f"{esc(label)}: {n} seeds" for label, n in sizes.items() if n > 1]
+    if not pooled:
+        return ("Seeds: one per run, so intervals and claims cover images and levels, not a "
+                "retraining with another seed (report several seeds of one experiment to cover that).")
+    return ("Seeds pooled as replicates (resampled first in every interval and claim): "
+            + "; ".join(pooled) + ".")
+
+
 def render(c: ReportContent) -> str:
     """The full page as a string."""
     shown = sections(c.evaluated_suites)
@@ -278,6 +293,7 @@ def render(c: ReportContent) -> str:
 <body>
 <h1>prunelens report</h1>
 <p class="muted">Runs: {runs}. Generated {esc(stamp)} by prunelens {esc(c.version)}.</p>
+<p class="muted">{_seeds(c)}</p>
 <p><b>{int(counts.get("confirmed", 0))}</b> confirmed and <b>{int(counts.get("naive", 0))}</b> naive
 sweet spots (<a href="#sweet-spots">rule and table</a>). Tables: {files}</p>
 <nav><a href="#provenance">Runs</a>{nav}<a href="#claims">Claims</a><a href="#sweet-spots">Sweet spots</a>
