@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="build (or resume) the pool of checkpoints of a config")
     _config_args(p, optional=False)
+    p.add_argument("--control", choices=("random_mask", "random_reinit"), help=(
+        "then build the control pool <name>-random-mask (random masks with each layer's sparsity of "
+        "the level) or <name>-random-reinit (the level's masks, fresh initial weights), each level "
+        "retrained like the pool's"))
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("evaluate", help="measure every level of a pool with evaluation suites")
@@ -204,6 +208,12 @@ def cmd_prune(args) -> int:
         pool = prune_run(cfg, force=args.force)
         if distributed.is_main():
             print(format_pool_table(pool))
+        if getattr(args, "control", None) and cfg.prune.control is None:
+            from prunelens.pruning.runner import control_config
+
+            pool = prune_run(control_config(cfg, args.control), force=args.force)
+            if distributed.is_main():
+                print(format_pool_table(pool))
     return 0
 
 
