@@ -259,3 +259,26 @@ def test_seeds_of_one_experiment_are_pooled_in_claims_and_counted_in_the_report(
     assert row["resampled"] == "seeds › levels › images"
     html = build_report(runs, tmp_path / "report").read_text()
     assert "s0 (seeds 0, 1): 2 seeds" in html and "at most 2 seed(s) per run" in html
+
+
+def test_pool_above_its_random_mask_control_at_every_pruned_level():
+    claim = [(s, c) for s, c in declared_claims() if c.id == "locality_above_random_mask"]
+    facts = {"fcn": {}, "fcn-rm": {"control": "random_mask", "control_source": "fcn"}}
+
+    def table(control_means):
+        pool = records("fcn", "fcn", [1.0, 1.3, 1.5, 1.7], ACC[:4], suite="connectivity",
+                       metric="locality_score", method="fc1", sd=0.1)
+        control = records("fcn-rm", "fcn", control_means, ACC[:4], suite="connectivity",
+                          metric="locality_score", method="fc1", sd=0.1, seed=1)
+        frame = pd.concat([pool, control], ignore_index=True)
+        out = evaluate_claims(frame, n_boot=1000, facts=facts, claims=claim)
+        means = frame[frame["suite"] == "connectivity"].groupby(["run", "level"])["value"].mean()
+        direct = min(means["fcn", lv] - means["fcn-rm", lv] for lv in (1, 2, 3))
+        return out, direct
+
+    out, direct = table([1.0, 1.0, 1.0, 1.0])
+    assert list(out["compared"]) == ["fcn − fcn-rm"]  # only the pair, level 0 left out
+    assert out["value"].iloc[0] == pytest.approx(direct) and out["n_levels"].iloc[0] == 3
+    assert out["verdict"].iloc[0] == "supported"
+    out, _ = table([1.0, 1.0, 1.0, 1.8])              # the control catches up at the last level
+    assert out["verdict"].iloc[0] != "supported"

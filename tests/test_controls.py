@@ -62,3 +62,43 @@ def test_a_control_must_match_its_source(source):
 
     with pytest.raises(ConfigError, match="other settings"):
         prune_run(validate_section(RunConfig, raw, "test"), log=lambda *_: None)
+
+
+def test_shipped_digits_control_runs_and_the_report_overlays_its_locality(tmp_path):
+    """configs/sifting/fcn_digits_random_mask.yaml, shrunk: the pool, then its random-mask control;
+    the report draws both locality curves in one figure, and the claim compares them level by level
+    (checked against the per-level means of the same records)."""
+    import pandas as pd
+
+    from prunelens.evaluate import evaluate_run
+    from prunelens.report import build_report
+    from prunelens.results import load_results
+    from prunelens.suite import load_configs
+    from test_sifting_configs import CONFIGS
+
+    tiny = [f"output_dir={tmp_path}", "model.widths=[32, 32]", "train.epochs=2", "prune.rounds=2",
+            "prune.rate=0.5", "prune.rewind_step=2", "evaluate.suites=[connectivity]"]
+    configs = load_configs(CONFIGS / "sifting" / "fcn_digits_random_mask.yaml", tiny)
+    assert [c.prune.control for c in configs] == [None, "random_mask"]
+    quiet = lambda *_: None  # noqa: E731
+    run_dirs = []
+    for config in configs:
+        pool = prune_run(config, log=quiet)
+        evaluate_run(pool.run_dir, overrides=["evaluate.connectivity.n_images=0",
+                                              "evaluate.connectivity.figures=false",
+                                              "evaluate.connectivity.selectivity_images=0",
+                                              "evaluate.connectivity.n_shift_pairs=0"], log=quiet)
+        run_dirs.append(pool.run_dir)
+    index = build_report(run_dirs, tmp_path / "report")
+    svg = (index.parent / "figures" / "connectivity.svg").read_text()
+    assert "fcn-digits-random-mask" in svg and "fcn-digits" in svg   # one overlaid figure
+    claims = pd.read_csv(index.parent / "claims.csv", keep_default_na=False)
+    row = claims[(claims["claim"] == "locality_above_random_mask")
+                 & (claims["method"] == "layers.fc1")].iloc[0]
+    assert row["compared"] == "fcn-digits − fcn-digits-random-mask"
+    frame = load_results(run_dirs, suite="connectivity")
+    means = frame[(frame["metric"] == "locality_score") & (frame["method"] == "layers.fc1")
+                  & (frame["level"] > 0)].groupby(["run", "level"])["value"].mean().unstack("run")
+    gap = (means["fcn-digits"] - means["fcn-digits-random-mask"]).min()
+    assert float(row["value"]) == pytest.approx(gap)
+    assert int(row["n_levels"]) == 2 and row["expected"] == "+"

@@ -52,7 +52,7 @@ __all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureSpec", "Quantity", "SPAR
            "get_suite", "load_configs", "metric_of", "register_suite", "suite_options"]
 
 Direction = Literal["higher", "lower", "none"]
-Statistic = Literal["spearman", "pearson", "slope", "final_mean"]
+Statistic = Literal["spearman", "pearson", "slope", "final_mean", "min_gap"]
 Unit = Literal["levels", "images"]
 
 
@@ -131,8 +131,9 @@ class Claim:
 
     ``statistic`` of ``y`` against ``x`` over the levels of a run (``spearman``/``pearson``: the
     correlation of the per-level means, ``slope``: the least-squares slope of y on x;
-    ``final_mean``: the mean of y at the run's last level, x unused), one test per value of the
-    ``by`` columns of y's records (e.g. ``("metric", "method")``).
+    ``final_mean``: the mean of y at the run's last level, x unused; ``min_gap``: between a pool
+    and its control only, the smallest difference of the level means over the pruned levels), one
+    test per value of the ``by`` columns of y's records (e.g. ``("metric", "method")``).
 
     ``expected``: the sign the claim predicts (+1 / -1; None: no prediction, the row is descriptive),
     or per architecture family (``family_expected``, e.g. ``(("resnet", -1), ("vit", 1))``), which
@@ -141,7 +142,8 @@ class Claim:
     ``family`` — runs whose families predict different signs, expected sign of stat(A) − stat(B)
     = sign(expected(A) − expected(B)); ``size`` — stat(smaller) − stat(larger) (prunable
     parameters), expected sign ``between_expected``; ``schedule`` — one-shot − gradual pools
-    (``prune.schedule``) that end at the same sparsity, expected sign ``between_expected``.
+    (``prune.schedule``) that end at the same sparsity, expected sign ``between_expected``;
+    ``control`` — a pool − its ``control_kind`` control (``prune.control``).
     """
 
     id: str
@@ -153,8 +155,9 @@ class Claim:
     family_expected: tuple[tuple[str, int], ...] = ()
     unit: Unit = "levels"
     by: tuple[str, ...] = ()
-    between: Literal["family", "size", "schedule"] | None = None
+    between: Literal["family", "size", "schedule", "control"] | None = None
     between_expected: int = 1
+    control_kind: str = "random_mask"
 
     def __post_init__(self) -> None:
         signs = [self.expected, self.between_expected, *(s for _, s in self.family_expected)]

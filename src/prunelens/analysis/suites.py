@@ -191,6 +191,11 @@ class ConnectivitySuite(Suite):
               "of the task — rank correlation of the first layers' locality score with accuracy",
               y=Quantity("connectivity", ("locality_score",)), x=ACCURACY, statistic="spearman",
               expected=1, unit="levels", by=("method",)),
+        Claim("locality_above_random_mask",
+              "Pellegrini & Biroli: the locality pruning finds is not a matter of sparsity alone — "
+              "the locality score is above its random-mask control's at every pruned level",
+              y=Quantity("connectivity", ("locality_score",)), statistic="min_gap", unit="images",
+              by=("method",), between="control", between_expected=1, control_kind="random_mask"),
     )
 
     def skip_reason(self, ctx: RunContext) -> str | None:

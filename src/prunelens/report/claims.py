@@ -20,7 +20,9 @@ by ``seed``) and each value of the claim's ``by`` columns:
    another training run of the same config; several seeds of one experiment make it do so;
 4. between runs (``between``), the difference of the two runs' statistics, with the interval of
    the difference of their independent replicates (e.g. "demo-cnn's slope − demo-vit's slope",
-   or one-shot − gradual at the same final sparsity);
+   or one-shot − gradual at the same final sparsity); between a pool and its control
+   (``min_gap``), the smallest difference of their level means over the pruned levels, each level's
+   images resampled (levels fixed: the claim is about every one of them);
 5. a two-sided bootstrap p-value of "the statistic is 0" (the smallest 1 − confidence at which the
    interval excludes 0), adjusted over every row that predicts a sign by Holm's method. A row is
    **supported** when the adjusted p ≤ 1 − confidence and the statistic has the predicted sign,
@@ -35,6 +37,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -78,7 +81,10 @@ def run_facts(runs: Sequence[RunFolder]) -> dict[str, dict]:
 
     facts = {}
     for run in runs:
-        facts[run.name] = {"schedule": run.config.prune.schedule}
+        prune = run.config.prune
+        facts[run.name] = {"schedule": prune.schedule, "control": prune.control,
+                           "control_source": Path(prune.control_source).name if prune.control_source
+                           else None}
         try:
             model = create_model(run.config.model.name, run.num_classes, **run.config.model.options)
             facts[run.name]["size"] = int(sum(p.numel() for p in spec_of(run.config.model.name)
@@ -98,6 +104,9 @@ class _Fit:
     n_seeds: int
     n_items: int
     level: int | None = None  # the level of a final_mean
+    levels: tuple[int, ...] = ()  # min_gap: the levels of the columns of draws (replicates × levels)
+    means: np.ndarray | None = None  # min_gap: the observed level means
+    sparsity: tuple[float, ...] = ()
 
 
 def statistic(name: str, x: np.ndarray, y: np.ndarray) -> float:
@@ -153,6 +162,8 @@ def _fit(claim: Claim, y_rows: pd.DataFrame, x_rows: pd.DataFrame | None, n_boot
     y = _by_run_level(y_rows)
     if claim.statistic == "final_mean":
         return _fit_final(y, n_boot, rng)
+    if claim.statistic == "min_gap":
+        return _fit_levels(y, y_rows, n_boot, rng)
     x = _by_run_level(x_rows) if x_rows is not None else None
     runs = sorted({run for run, _ in y} & ({run for run, _ in x} if x is not None else {run for run, _ in y}))
     levels = sorted(lv for lv in {lv for _, lv in y}
@@ -195,8 +206,37 @@ def _fit_final(y: dict[tuple[str, int], np.ndarray], n_boot: int, rng: np.random
                 int(sum(len(v[0]) for v in samples)), common[-1])
 
 
+def _fit_levels(y: dict[tuple[str, int], np.ndarray], y_rows: pd.DataFrame, n_boot: int,
+                rng: np.random.Generator) -> _Fit | str:
+    """Every level's mean and its replicates over seeds and images (levels fixed: the claim is
+    about each of them)."""
+    runs = sorted({run for run, _ in y})
+    levels = [lv for lv in sorted({lv for _, lv in y}) if all((r, lv) in y for r in runs)]
+    if not levels:
+        return "no level measured by every seed"
+    samples = [[y[r, lv] for lv in levels] for r in runs]
+    seeds = draw_units(len(runs), n_boot, rng) if len(runs) > 1 else np.zeros((n_boot, 1), dtype=int)
+    means = np.mean([[v.mean() for v in per_run] for per_run in samples], axis=0)
+    sparsity = y_rows.groupby("level")["sparsity"].mean()
+    return _Fit(math.nan, curve_draws(samples, seeds, rng), len(levels), len(runs),
+                int(sum(len(v) for per_run in samples for v in per_run)), levels=tuple(levels),
+                means=means, sparsity=tuple(float(sparsity[lv]) for lv in levels))
+
+
+def _gap(a: _Fit, b: _Fit) -> _Fit | str:
+    """min over the pruned levels both have of (a − b), and its replicates."""
+    common = [lv for lv, sp in zip(a.levels, a.sparsity) if lv in b.levels and sp > 0]
+    if not common:
+        return "no pruned level measured in both pools"
+    ia = [a.levels.index(lv) for lv in common]
+    ib = [b.levels.index(lv) for lv in common]
+    value = float((a.means[ia] - b.means[ib]).min())
+    draws = (a.draws[:, ia] - b.draws[:, ib]).min(axis=1)
+    return _Fit(value, draws, len(common), max(a.n_seeds, b.n_seeds), a.n_items + b.n_items)
+
+
 def _resampled(claim: Claim, n_seeds: int) -> str:
-    levels = claim.unit == "levels" and claim.statistic != "final_mean"
+    levels = claim.unit == "levels" and claim.statistic not in ("final_mean", "min_gap")
     parts = (["seeds"] if n_seeds > 1 else []) + (["levels"] if levels else []) + ["images"]
     return " › ".join(parts)
 
@@ -216,7 +256,8 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
     order = list(dict.fromkeys(frame["group"]))
     first_run = frame.drop_duplicates("group").set_index("group")
     families = {g: family_of(str(first_run.loc[g, "model"])) for g in order}
-    facts_of = {g: dict((facts or {}).get(str(first_run.loc[g, "run"]), {})) for g in order}
+    facts_of = {g: dict((facts or {}).get(str(first_run.loc[g, "run"]), {}),
+                        runs=tuple(frame.loc[frame["group"] == g, "run"].unique())) for g in order}
     rows: list[dict] = []
     sides: list[int] = []
     x_none = None
@@ -272,10 +313,17 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
             paired = {g for a, b, *_ in pairs for g in (a, b)}
             for group, fit in results.items():
                 # the mean at the last level says something only beside its counterpart
+                if claim.statistic == "min_gap":
+                    if isinstance(fit, str) and group in paired:
+                        add(claim, suite, key, group, fit, None)
+                    continue
                 if claim.statistic != "final_mean" or group in paired:
                     add(claim, suite, key, group, fit, claim.expected_for(families[group]))
             for a, b, expected, note in pairs:
                 fa, fb = fits[a], fits[b]
+                if claim.statistic == "min_gap":
+                    add(claim, suite, key, f"{a} − {b}", _gap(fa, fb), expected, note)
+                    continue
                 diff = _Fit(fa.value - fb.value, fa.draws - fb.draws, min(fa.n_levels, fb.n_levels),
                             max(fa.n_seeds, fb.n_seeds), fa.n_items + fb.n_items, fa.level)
                 add(claim, suite, key, f"{a} − {b}", diff, expected, note)
@@ -303,6 +351,13 @@ def _pairs(claim: Claim, groups: list[str], families: Mapping[str, str | None],
                     small, large = (a, b) if sa < sb else (b, a)
                     out.append((small, large, claim.between_expected, f"{min(sa, sb):,} vs "
                                 f"{max(sa, sb):,} prunable weights (smaller − larger)"))
+            elif claim.between == "control":
+                for pool, control in ((a, b), (b, a)):
+                    fc = facts[control]
+                    if (fc.get("control") == claim.control_kind
+                            and fc.get("control_source") in facts[pool].get("runs", ())):
+                        out.append((pool, control, claim.between_expected,
+                                    f"pool − its {claim.control_kind} control, at every pruned level"))
             elif claim.between == "schedule":
                 kinds = {facts[a].get("schedule"), facts[b].get("schedule")}
                 if kinds == {"one_shot", "gradual"} and abs(final[a] - final[b]) < 0.005:
