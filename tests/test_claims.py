@@ -215,7 +215,7 @@ def test_cli_prints_the_claims_and_writes_csv(tmp_path, capsys):
     assert rma["value"] == pytest.approx(sps.spearmanr(level_means(frame, "accuracy", "accuracy"),
                                                        level_means(frame, "interpretability", "rma")
                                                        ).statistic)
-    assert main(["claims", str(run_dir), "--csv", str(tmp_path / "claims.csv")]) == 0
+    assert main(["claims", str(run_dir), "-o", str(tmp_path / "claims.csv")]) == 0
     printed = capsys.readouterr().out
     assert "Holm" in printed and "rq3_ood_slope" in printed and "verdict" in printed
     written = pd.read_csv(tmp_path / "claims.csv", keep_default_na=False)

@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("claims", help="test the papers' claims on one or several runs: statistic, "
                        "bootstrap CI and verdict per run and between runs (as in the report)")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--csv", nargs="?", const="-", metavar="PATH",
-                   help="write the table as CSV to PATH (or to stdout without PATH)")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.add_argument("-o", "--out", metavar="PATH", help="also write the table as CSV to PATH")
     p.add_argument("--n-boot", type=_n_boot, help="bootstrap resamples, at least 100 (default: the "
                    "run's evaluate.n_boot)")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="confidence of the intervals "
@@ -321,11 +321,11 @@ def cmd_claims(args) -> int:
     from prunelens.report import build_claims
 
     table = build_claims(args.run_dirs, n_boot=args.n_boot, confidence=args.confidence)
-    if args.csv == "-":
+    if args.out:
+        atomic_write_bytes(Path(args.out), table.to_csv(index=False).encode())
+    if args.csv:
         print(table.to_csv(index=False), end="")
         return 0
-    if args.csv:
-        atomic_write_bytes(Path(args.csv), table.to_csv(index=False).encode())
     if table.empty:
         print("no claim can be tested yet: no results of a suite that declares one "
               "(run `prunelens evaluate RUN_DIR`)")
