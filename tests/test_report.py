@@ -401,3 +401,23 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(shot))).convert("L"), dtype=float)
     assert pixels.shape[1] >= 1000
     assert (pixels < 200).mean() > 0.01 and pixels.std() > 10  # text and figures, not a blank page
+
+
+def test_claims_section_and_table(report):
+    """The claims of both runs: the CNN's RQ1 correlation is Spearman's ρ of the per-level means of
+    the same records; the ViT, evaluated on two levels only, is not tested."""
+    from scipy.stats import spearmanr
+
+    index, frame, _ = report
+    html = index.read_text()
+    assert 'id="claims"' in html and "Holm-corrected" in html
+    claims = pd.read_csv(index.parent / "claims.csv", keep_default_na=False)
+    row = claims[(claims["claim"] == "rq1_attribution_vs_accuracy") & (claims["compared"] == "cnn")
+                 & (claims["metric"] == "rma") & (claims["method"] == "gradcam")].iloc[0]
+    cnn = frame[frame["run"] == "cnn"]
+    means = [cnn[(cnn["suite"] == s) & (cnn["metric"] == m)].groupby("level")["value"].mean()
+             for s, m in (("accuracy", "accuracy"), ("interpretability", "rma"))]
+    assert float(row["value"]) == pytest.approx(spearmanr(*means).statistic)
+    assert row["expected"] == "−" and row["resampled"] == "levels › images"
+    vit = claims[claims["compared"] == "vit"]
+    assert len(vit) and set(vit["verdict"]) == {"not tested"}

@@ -5,8 +5,8 @@ from collections.abc import Iterable
 
 import torch
 
-from prunelens.suite import (FigureSpec, LevelContext, Metric, Record, ReportSection, Suite,
-                             SuiteOptions, register_suite)
+from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Record,
+                             ReportSection, Suite, SuiteOptions, register_suite)
 
 #: the section the report opens with: the pool tables and accuracy across levels
 POOL_SECTION = ReportSection("pool", "Pool and accuracy",
@@ -30,6 +30,11 @@ class AccuracySuite(Suite):
     figures = (FigureSpec("accuracy", "Test accuracy vs sparsity", panels=("metric",),
                           lines=("group", "dataset"), accuracy_axis=False),)
     in_schedule_comparison = True
+    claims = (Claim("gradual_better_minima",
+                    "Tartaglione et al.: gradual pruning finds better minima than one-shot — test "
+                    "accuracy at the final level, one-shot − gradual at equal sparsity",
+                    y=ACCURACY, statistic="final_mean", unit="images", between="schedule",
+                    between_expected=-1),)
 
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         from prunelens.pruning.train import evaluate_model

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="build (or resume) the pool of checkpoints of a config")
     _config_args(p, optional=False)
     _resume_args(p)
+    p.add_argument("--control", choices=("random_mask", "random_reinit"), help=(
+        "then build the control pool <name>-random-mask (random masks with each layer's sparsity of "
+        "the level) or <name>-random-reinit (the level's masks, fresh initial weights), each level "
+        "retrained like the pool's"))
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("evaluate", help="measure every level of a pool with evaluation suites")
@@ -105,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=_confidence, default=0.95, help="level of the confidence "
                    "intervals, between 0 and 1 (default 0.95)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("claims", help="test the papers' claims on one or several runs: statistic, "
+                       "bootstrap CI and verdict per run and between runs (as in the report)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    p.add_argument("-o", "--out", metavar="PATH", help="also write the table as CSV to PATH")
+    p.add_argument("--n-boot", type=_n_boot, help="bootstrap resamples, at least 100 (default: the "
+                   "run's evaluate.n_boot)")
+    p.add_argument("--confidence", type=_confidence, default=0.95, help="confidence of the intervals "
+                   "and of the verdicts, between 0 and 1 (default 0.95)")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("explain", help="draw the paper's Figure 2: heatmaps of chosen images across levels")
     p.add_argument("run_dir")
@@ -206,6 +221,12 @@ def cmd_prune(args) -> int:
         pool = prune_run(cfg, force=args.force, ignore_unknown_options=args.ignore_unknown_options)
         if distributed.is_main():
             print(format_pool_table(pool))
+        if getattr(args, "control", None) and cfg.prune.control is None:
+            from prunelens.pruning.runner import control_config
+
+            pool = prune_run(control_config(cfg, args.control), force=args.force)
+            if distributed.is_main():
+                print(format_pool_table(pool))
     return 0
 
 
@@ -304,6 +325,39 @@ def cmd_report(args) -> int:
 
     path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
     print(f"report: {path}")
+    return 0
+
+
+def cmd_claims(args) -> int:
+    import pandas as pd
+
+    from prunelens.io import atomic_write_bytes
+    from prunelens.report import build_claims
+
+    table = build_claims(args.run_dirs, n_boot=args.n_boot, confidence=args.confidence)
+    if args.out:
+        atomic_write_bytes(Path(args.out), table.to_csv(index=False).encode())
+    if args.csv:
+        print(table.to_csv(index=False), end="")
+        return 0
+    if table.empty:
+        print("no claim can be tested yet: no results of a suite that declares one "
+              "(run `prunelens evaluate RUN_DIR`)")
+        return 0
+    shown = table.assign(
+        of=[" · ".join(v for v in row if v) for row in
+            table[["metric", "method", "dataset", "condition"]].itertuples(index=False)],
+        ci=[f"[{lo:.3f}, {hi:.3f}]" if lo == lo else "" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        levels=[f"{a}/{b}" for a, b in zip(table["n_levels"], table["n_seeds"])])
+    shown = shown.rename(columns={"ci": f"{args.confidence:.0%} CI", "p_holm": "p (Holm)",
+                                  "levels": "levels/seeds"})
+    columns = ["claim", "compared", "of", "statistic", "value", f"{args.confidence:.0%} CI", "p",
+               "p (Holm)", "expected", "verdict", "levels/seeds"]
+    with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_columns", None,
+                           "display.max_colwidth", 60):
+        print(shown[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"verdicts at {args.confidence:.0%} confidence, Holm-corrected over the rows with an expected "
+          "sign; intervals resample levels and images (and seeds): see the report or README")
     return 0
 
 

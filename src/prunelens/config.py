@@ -171,9 +171,19 @@ class PruneConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names")
     min_alive_units: float = Field(0.2, ge=0, lt=1, description=(
         "stop when some layer has fewer than this fraction of units with an incoming connection"))
+    control: Literal["random_mask", "random_reinit"] | None = Field(None, description=(
+        "build a control of the pool at control_source instead of pruning: random_mask — random "
+        "masks with each layer's sparsity of the source's level; random_reinit — the source's masks "
+        "with fresh initial weights; each retrained like the level"))
+    control_source: str | None = Field(None, description=(
+        "the source pool's run folder (a plain name: a run in output_dir); every other setting must "
+        "equal the source's"))
 
     @model_validator(mode="after")
     def _one_shot_budget(self) -> PruneConfig:
+        if (self.control is None) != (self.control_source is None):
+            raise ValueError("prune.control and prune.control_source go together: the control kind "
+                             "and the run folder of the pool it controls")
         if self.schedule == "one_shot" and self.retrain == "rewind":
             raise ValueError("schedule one_shot retrains with the gradual schedule's epoch budget, "
                              "which rewinding (a replay from rewind_step) cannot match: use retrain "
@@ -242,6 +252,8 @@ class RunConfig(Section):
         for key in ("name", "output_dir", "evaluate"):
             d.pop(key)
         d["data"].pop("root", None)  # where the dataset lies is not what it is
+        # where a control's source lies neither: the source's identity is this one without control
+        d["prune"].pop("control_source", None)
         for key in RUNTIME_KEYS:
             d["train"].pop(key)
         return d

@@ -5,6 +5,10 @@
 * Several samples (the seeds of one experiment): the two-stage bootstrap (Davison & Hinkley 1997,
   §3.8): draw seeds with replacement, then resample the items of each drawn seed; seeds weigh
   equally.
+* Curves (a statistic across pruning levels, :mod:`prunelens.report.claims`): per replicate, seeds
+  are drawn first (one draw for all levels: a seed's curve stays together), then, where levels are
+  the unit, levels with replacement, then the images of each level; the statistic is computed on
+  each replicate's per-level means (:func:`curve_draws`).
 * Paired differences: the per-item difference of two measurements of the same items (an image
   at two levels, the neurons of a shared ancestor) is resampled, not the two means separately.
 
@@ -121,3 +125,57 @@ def summarize(frame: pd.DataFrame, groups: Mapping[str, str] | None = None, n_bo
         rows.append((*key, float(part["sparsity"].mean()), mean, lo, hi,
                      int((~np.isnan(values)).sum()), int(np.isnan(values).sum()), len(samples)))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def curve_draws(samples: Sequence[Sequence[np.ndarray]], seeds: np.ndarray, rng: np.random.Generator
+                ) -> np.ndarray:
+    """Bootstrap per-level means of a curve, shape (``n_boot``, levels).
+
+    ``samples[s][l]`` holds the values (NaN-free, at least one) of level ``l`` in seed ``s``;
+    ``seeds`` (``n_boot`` × seeds) the seeds each replicate drew (:func:`draw_units`; all zeros for
+    one seed). A replicate's level mean is the mean over its drawn seeds of a fresh resample of that
+    seed's values at the level (two-stage bootstrap, seeds weighted equally)."""
+    n_boot, n_seeds = seeds.shape
+    n_levels = len(samples[0])
+    out = np.zeros((n_boot, n_levels))
+    for level in range(n_levels):
+        for s, per_level in enumerate(samples):
+            slots = seeds == s
+            count = int(slots.sum())
+            if count:
+                draws = np.zeros(slots.shape)
+                draws[slots] = _item_means(np.asarray(per_level[level], dtype=float), count, rng)
+                out[:, level] += draws.sum(axis=1)
+    return out / n_seeds
+
+
+def draw_units(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` resamples with replacement of ``n`` units (seeds, levels), as indices."""
+    return rng.integers(0, n, size=(n_boot, n))
+
+
+def bootstrap_p(draws: np.ndarray) -> float:
+    """Two-sided p-value of "the statistic is 0" from its bootstrap draws: the smallest
+    ``1 − confidence`` at which the percentile interval excludes 0 (Efron & Tibshirani 1993,
+    §15.4, with the (k + 1) / (B + 1) correction so that it is never 0)."""
+    draws = np.asarray(draws, dtype=float)
+    draws = draws[~np.isnan(draws)]
+    if not len(draws):
+        return math.nan
+    tail = min(int((draws <= 0).sum()), int((draws >= 0).sum()))
+    return min(1.0, 2 * (tail + 1) / (len(draws) + 1))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): family-wise error at most α when rejecting
+    those ≤ α. NaN p-values are left NaN and do not count in the family."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, math.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        out[index] = running
+    return out

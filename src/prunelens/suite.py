@@ -46,12 +46,14 @@ from prunelens.options import Options
 from prunelens.results import Record
 from prunelens.runfolder import Level, PoolNote, RunFolder
 
-__all__ = ["SUITE_MODULES", "FigureSpec", "LevelContext", "Metric", "Record", "ReportSection",
+__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
            "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
            "suite_options"]
 
 Direction = Literal["higher", "lower", "none"]
+Statistic = Literal["spearman", "pearson", "slope", "final_mean", "min_gap"]
+Unit = Literal["levels", "images"]
 
 
 class SuiteOptions(Options):
@@ -103,6 +105,77 @@ class FigureSpec:
     multi_group_only: bool = False  # an overlay that only makes sense for several run groups
 
 
+@dataclass(frozen=True)
+class Quantity:
+    """Records a claim reads: ``metrics`` of ``suite`` (``dataset``: only that dataset; None: every
+    dataset, pooled). Per level, a quantity is the mean of its records; its items are resampled."""
+
+    suite: str
+    metrics: tuple[str, ...]
+    dataset: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.suite}/{'|'.join(self.metrics)}" + (f"[{self.dataset}]" if self.dataset else "")
+
+
+#: the x-quantity of a claim about sparsity itself (one value per level, never resampled)
+SPARSITY = "sparsity"
+#: the x-quantity of a claim about accuracy: the accuracy suite's per-image test accuracy
+ACCURACY = Quantity("accuracy", ("accuracy",))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A paper's claim as a statistic across pruning levels, declared by the suite that owns its
+    y-quantity (the report and ``prunelens claims`` evaluate it; see :mod:`prunelens.report.claims`).
+
+    ``statistic`` of ``y`` against ``x`` over the levels of a run (``spearman``/``pearson``: the
+    correlation of the per-level means, ``slope``: the least-squares slope of y on x;
+    ``final_mean``: the mean of y at the run's last level, x unused; ``min_gap``: between a pool
+    and its control only, the smallest difference of the level means over the pruned levels), one
+    test per value of the ``by`` columns of y's records (e.g. ``("metric", "method")``).
+
+    ``expected``: the sign the claim predicts (+1 / -1; None: no prediction, the row is descriptive),
+    or per architecture family (``family_expected``, e.g. ``(("resnet", -1), ("vit", 1))``), which
+    then wins. ``unit``: what is resampled besides images (and seeds): ``levels`` (levels with
+    replacement, then images in each) or ``images`` (levels fixed). ``between``: also compare runs:
+    ``family`` — runs whose families predict different signs, expected sign of stat(A) − stat(B)
+    = sign(expected(A) − expected(B)); ``size`` — stat(smaller) − stat(larger) (prunable
+    parameters), expected sign ``between_expected``; ``schedule`` — one-shot − gradual pools
+    (``prune.schedule``) that end at the same sparsity, expected sign ``between_expected``;
+    ``control`` — a pool − its ``control_kind`` control (``prune.control``).
+    """
+
+    id: str
+    statement: str
+    y: Quantity
+    x: Quantity | str = SPARSITY
+    statistic: Statistic = "spearman"
+    expected: int | None = None
+    family_expected: tuple[tuple[str, int], ...] = ()
+    unit: Unit = "levels"
+    by: tuple[str, ...] = ()
+    between: Literal["family", "size", "schedule", "control"] | None = None
+    between_expected: int = 1
+    control_kind: str = "random_mask"
+
+    def __post_init__(self) -> None:
+        signs = [self.expected, self.between_expected, *(s for _, s in self.family_expected)]
+        if any(s not in (None, 1, -1) for s in signs):
+            raise ValueError(f"claim {self.id}: expected signs are +1, -1 or None, got {signs}")
+        if not isinstance(self.x, Quantity) and self.x != SPARSITY:
+            raise ValueError(f"claim {self.id}: x is a Quantity or '{SPARSITY}', got {self.x!r}")
+        bad = set(self.by) - {"metric", "method", "dataset", "condition"}
+        if bad:
+            raise ValueError(f"claim {self.id}: by names unknown record columns {sorted(bad)}")
+
+    def expected_for(self, family: str | None) -> int | None:
+        """The sign the claim predicts for a run of architecture ``family``."""
+        if self.family_expected:
+            return dict(self.family_expected).get(family or "")
+        return self.expected
+
+
 @dataclass
 class RunContext:
     """What a suite sees of a run."""
@@ -147,6 +220,8 @@ class Suite:
     section: ClassVar[ReportSection]
     metrics: ClassVar[tuple[Metric, ...]] = ()
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
+    #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
+    claims: ClassVar[tuple[Claim, ...]] = ()
     #: measured on the dense and final levels by ``prunelens compare-schedules``
     in_schedule_comparison: ClassVar[bool] = False
 

@@ -36,8 +36,8 @@ from prunelens.data.distortions import DISTORTIONS, REFERENCE_SIZE, distort
 from prunelens.data.model_vs_human import (CATEGORIES, DATASETS, ModelVsHumanDataset, find_datasets,
                                            image_id)
 from prunelens.errors import ConfigError
-from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
-                             SuiteOptions, register_suite)
+from prunelens.suite import (SPARSITY, Claim, FigureSpec, LevelContext, Metric, Quantity,
+                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
 from prunelens.io import atomic_write_bytes
 from prunelens.results import Record
 
@@ -304,6 +304,13 @@ class AlignmentSuite(Suite):
                    lines=("group", "dataset")),
         FigureSpec("consistency", "Consistency with human decisions vs sparsity", panels=("metric",),
                    lines=("group", "dataset")),
+    )
+    claims = (
+        Claim("rq3_ood_slope",
+              "Cassano et al. (RQ3): smaller models degrade less at high sparsity — the slope of "
+              "out-of-distribution accuracy (every distortion and variant, per image) on sparsity",
+              y=Quantity(SUITE, ("accuracy",)), x=SPARSITY, statistic="slope", expected=None,
+              unit="levels", between="size", between_expected=1),
     )
 
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:

@@ -22,8 +22,8 @@ from prunelens.analysis import figures
 from prunelens.analysis.psp_entropy import psp_entropy
 from prunelens.analysis.selectivity import selectivity_records
 from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
-from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
-                             SuiteOptions, register_suite)
+from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
+                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
 from prunelens.io import atomic_save_tensors, atomic_write_json
 from prunelens.results import Record
 
@@ -185,6 +185,18 @@ class ConnectivitySuite(Suite):
                FigureSpec("class_independence", "Class-independent response and translated copies of "
                           "first-layer units vs sparsity", panels=("metric",),
                           lines=("group", "method", "condition")))
+    claims = (
+        Claim("locality_vs_accuracy",
+              "Pellegrini & Biroli: the local structure that pruning finds is related to the success "
+              "of the task — rank correlation of the first layers' locality score with accuracy",
+              y=Quantity("connectivity", ("locality_score",)), x=ACCURACY, statistic="spearman",
+              expected=1, unit="levels", by=("method",)),
+        Claim("locality_above_random_mask",
+              "Pellegrini & Biroli: the locality pruning finds is not a matter of sparsity alone — "
+              "the locality score is above its random-mask control's at every pruned level",
+              y=Quantity("connectivity", ("locality_score",)), statistic="min_gap", unit="images",
+              by=("method",), between="control", between_expected=1, control_kind="random_mask"),
+    )
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         if ctx.spec.first_layer_units(ctx.architecture()) is None:
@@ -320,6 +332,11 @@ class PSPSuite(Suite):
                FigureSpec("psp_entropy_per_class", "Per-class PSP-entropy per layer vs sparsity (band: "
                           "spread over classes)", panels=("metric",), lines=("group", "method")))
     in_schedule_comparison = True
+    claims = (Claim("gradual_higher_entropy",
+                    "Tartaglione et al.: gradual pruning finds higher-entropy minima than one-shot — "
+                    "PSP-entropy per layer at the final level, one-shot − gradual at equal sparsity",
+                    y=Quantity("psp", ("psp_entropy",)), statistic="final_mean", unit="images",
+                    by=("method",), between="schedule", between_expected=-1),)
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.psp.split")
@@ -393,6 +410,13 @@ class SharpnessSuite(Suite):
     figures = (FigureSpec("sharpness", "Sharpness of the minimum vs sparsity", panels=("metric",),
                           lines=("group", "method")),)
     in_schedule_comparison = True
+    claims = (Claim("gradual_sharper_minima",
+                    "Tartaglione et al.: gradual pruning finds sharper minima than one-shot — loss "
+                    "increase under weight noise and top Hessian eigenvalue at the final level, "
+                    "one-shot − gradual at equal sparsity",
+                    y=Quantity("sharpness", ("loss_increase", "hessian_top_eigenvalue")),
+                    statistic="final_mean", unit="images", by=("metric", "method"),
+                    between="schedule", between_expected=-1),)
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.sharpness.split")

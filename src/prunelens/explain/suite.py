@@ -31,8 +31,8 @@ from pydantic import Field, model_validator
 from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation, iter_batches
 from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
 from prunelens.errors import DataError, PrunelensError
-from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
-                             SuiteOptions, register_suite)
+from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
+                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
 from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
 from prunelens.runfolder import Layout, saved_per_level
@@ -161,6 +161,14 @@ class InterpretabilitySuite(Suite):
         FigureSpec("interpretability_overlay", "Relevance Mass / Rank Accuracy vs sparsity: runs "
                    "overlaid", panels=("dataset", "metric", "method"), lines=("group",),
                    accuracy_axis=False, multi_group_only=True),
+    )
+    claims = (
+        Claim("rq1_attribution_vs_accuracy",
+              "Cassano et al. (RQ1): as accuracy falls with pruning, CNNs' interpretability scores stay "
+              "or rise (negative correlation with accuracy), ViTs' fall with it (positive)",
+              y=Quantity("interpretability", ("rma", "rra")), x=ACCURACY, statistic="spearman",
+              family_expected=(("resnet", -1), ("lenet", -1), ("vit", 1), ("swin", 1)),
+              unit="levels", by=("metric", "method", "dataset"), between="family"),
     )
 
     def __init__(self) -> None:

@@ -99,6 +99,23 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Ten
     raise ValueError(f"unknown pruning scope '{scope}'")
 
 
+def random_masks_like(reference: dict[str, torch.Tensor], within: dict[str, torch.Tensor],
+                      generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random keep-masks with each layer's kept count of ``reference`` (the random-mask control of
+    Frankle & Carbin 2019 / OpenLTH, layerwise): drawn uniformly among the entries alive in
+    ``within`` (so successive controls stay nested), or among all entries where too few are."""
+    out = {}
+    for name, ref in reference.items():
+        keep = int(ref.bool().sum())
+        pool = within[name].flatten().bool()
+        candidates = torch.nonzero(pool if int(pool.sum()) >= keep else torch.ones_like(pool)).flatten()
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:keep]]
+        flat = torch.zeros(ref.numel(), dtype=torch.bool)
+        flat[chosen] = True
+        out[name] = flat.reshape(ref.shape)
+    return out
+
+
 class Masker:
     """Keeps pruned weights exactly zero during training.
 

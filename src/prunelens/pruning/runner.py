@@ -19,6 +19,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -30,7 +31,7 @@ from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
 from prunelens.pruning.store import PoolWriter
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
-                                     mask_sparsity, prunable_from_config)
+                                     mask_sparsity, prunable_from_config, random_masks_like)
 from prunelens.pruning.recipe import mixing_collate, ra_order
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
@@ -204,6 +205,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
     model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
     spec = spec_for(model)
     params = prunable_from_config(model, cfg.prune)
+    source = control_source(cfg)
     with contextlib.ExitStack() as stack:
         writer, done = None, []
 
@@ -234,10 +236,14 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
         level = len(done)
         while True:
             if level > 0:
-                new_masks = _next_masks(cfg, params, masks, level) if distributed.is_main() else masks
+                if source is not None:
+                    new_masks = _control_masks(cfg, source, masks, level)
+                else:
+                    new_masks = _next_masks(cfg, params, masks, level) if distributed.is_main() else masks
                 new_masks = distributed.broadcast_tensors(new_masks)
                 distributed.verify_identical(f"pruning masks of level {level}", new_masks)
-                reason = _stop_reason(cfg, level, masks, new_masks)
+                reason = (_stop_reason(cfg, level, masks, new_masks) if source is None
+                          else _control_stop(source, level))
                 if reason is not None:
                     if writer is not None:
                         writer.finish(reason)
@@ -248,10 +254,74 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
                     rewind = RunFolder(cfg.run_dir).level(0).tensors(REWIND_FILE)
                     load_state_dict_strict(model, rewind, "the rewind checkpoint")
                     model.to(device)
+                if cfg.prune.control == "random_reinit":
+                    _reinitialise(cfg, model, num_classes, level)
             _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)
             level += 1
     distributed.barrier("rank 0 finishing the pool")
     return RunFolder(cfg.run_dir)
+
+
+# ---- controls (OpenLTH, SiftingFeatures): a pool derived from another, level by level -------------
+def control_source(cfg) -> RunFolder | None:
+    """The complete source pool of a control config (None for an ordinary run), checked to be built
+    by the same settings but ``prune.control``."""
+    if cfg.prune.control is None:
+        return None
+    from prunelens.config import RunConfig, validate_section
+
+    where = Path(cfg.prune.control_source)
+    if where.parent == Path("."):
+        where = Path(cfg.output_dir) / where
+    source = RunFolder(where)
+    raw = cfg.model_dump(mode="json")
+    raw["prune"].update(control=None, control_source=None)
+    expected = validate_section(RunConfig, raw, f"{cfg.name} without its control").identity_hash()
+    if source.identity_hash != expected:
+        raise ConfigError(f"prune.control_source: the pool at {where} was built by other settings "
+                          f"(identity {source.identity_hash}, this config without prune.control: "
+                          f"{expected}); a control must equal its source in every setting but "
+                          "prune.control and its name")
+    if not source.complete:
+        raise ConfigError(f"prune.control_source: the pool at {where} is incomplete; finish it first "
+                          f"(`prunelens prune` its config)")
+    return source
+
+
+def control_config(cfg, kind: str):
+    """The config of the ``kind`` control of ``cfg``'s pool: ``cfg`` named ``<name>-<kind>`` with
+    ``prune.control`` set and ``prune.control_source`` naming ``cfg``'s run."""
+    from prunelens.config import RunConfig, validate_section
+
+    raw = cfg.model_dump(mode="json")
+    raw["name"] = f"{cfg.name}-{kind.replace('_', '-')}"
+    raw["prune"].update(control=kind, control_source=cfg.name)
+    return validate_section(RunConfig, raw, f"{raw['name']} config")
+
+
+def _control_masks(cfg, source: RunFolder, masks, level: int) -> dict[str, torch.Tensor]:
+    """The masks of a control's level: the source's (random_reinit) or random ones with each
+    layer's count of the source's, nested in the previous level's (random_mask)."""
+    if level > source.levels[-1].index:
+        return masks
+    reference = {n: m.bool() for n, m in source.level(level).load_masks().items()}
+    if cfg.prune.control == "random_reinit":
+        return reference
+    generator = torch.Generator().manual_seed(derived_seed(cfg.seed, "control-mask", level))
+    return random_masks_like(reference, masks, generator)
+
+
+def _control_stop(source: RunFolder, level: int) -> str | None:
+    if level > source.levels[-1].index:
+        return f"control of {source.name}: every level of the source has its counterpart"
+    return None
+
+
+def _reinitialise(cfg, model, num_classes: int, level: int) -> None:
+    """Fresh initial weights for a random_reinit level (seeded by the level)."""
+    torch.manual_seed(derived_seed(cfg.seed, "control-init", level))
+    fresh = create_model(cfg.model.name, num_classes, None, **cfg.model.options)
+    load_state_dict_strict(model, fresh.state_dict(), "fresh initial weights")
 
 
 def _quiet(*_args, **_kw) -> None:

@@ -25,6 +25,7 @@ import pandas as pd
 import prunelens
 from prunelens.errors import ConfigError, PrunelensError
 from prunelens.io import atomic_write_bytes, current_umask, naming
+from prunelens.report.claims import evaluate_claims, run_facts
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
 from prunelens.report.runs import (not_applicable, pool_accuracy_rows, pool_table, seed_groups,
@@ -37,7 +38,7 @@ from prunelens.results import options_used
 from prunelens.suite import available_suites, get_suite, metric_of
 
 __all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense", "sweet_spots",
-           "draw_figures"]
+           "draw_figures", "build_claims", "evaluate_claims"]
 
 MARKER = ".prunelens-report"
 LOCK = ".lock"
@@ -96,6 +97,21 @@ def _marker(out_dir: Path) -> dict:
     return marker if isinstance(marker, dict) else {}
 
 
+def build_claims(run_dirs: str | Path | Sequence[str | Path], *, n_boot: int | None = None,
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """The claims table of ``run_dirs`` (:func:`prunelens.report.claims.evaluate_claims`), as the
+    report computes it: seeds of one experiment pooled, level.json accuracy where the accuracy suite
+    has no results."""
+    from prunelens.results import load_results
+
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    runs = distinct_runs(run_dirs)
+    frame = _with_pool_accuracy(load_results([r.run_dir for r in runs]), runs)
+    n_boot = runs[0].config.evaluate.n_boot if n_boot is None else n_boot
+    return evaluate_claims(frame, seed_groups(runs), n_boot, confidence, facts=run_facts(runs))
+
+
 def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | Path | None = None,
                  *, n_boot: int | None = None, confidence: float = 0.95, inputs: str | None = None) -> Path:
     """:func:`build_report` on runs already read and their results frame (columns of
@@ -133,6 +149,7 @@ def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups
     os.chmod(tmp, 0o777 & ~current_umask())
     try:
         summary = summarize(frame, groups, n_boot, confidence)
+        claims = evaluate_claims(frame, groups, n_boot, confidence, facts=run_facts(runs))
         figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
                                         confidence)
         not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
@@ -140,13 +157,14 @@ def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups
             "per-level summary (CSV)": _write_csv(tmp / Layout.SUMMARY_CSV, summary),
             "every level vs dense (CSV)": _write_csv(tmp / "level_vs_dense.csv", comparisons),
             "sweet spots (CSV)": _write_csv(tmp / "sweet_spots.csv", spots),
+            "claims (CSV)": _write_csv(tmp / "claims.csv", claims),
         }
         content = ReportContent(
             runs=runs, groups=groups, pools={r.name: pool_table(r) for r in runs}, figures=figures,
             suite_images=_copy_suite_images(runs, tmp / "suites"), spots=spots,
             not_evaluated=not_evaluated, files=files, confidence=confidence,
             version=prunelens.__version__, evaluated_suites=set(frame["suite"]),
-            settings=_settings(runs, frame))
+            settings=_settings(runs, frame), claims=claims)
         atomic_write_bytes(tmp / INDEX, render(content).encode())
         _swap_in(tmp, out_dir, inputs)
     except BaseException:

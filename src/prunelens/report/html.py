@@ -18,6 +18,8 @@ import pandas as pd
 import yaml
 
 from prunelens.errors import ConfigError
+from prunelens.report.claims import CORRECTION
+from prunelens.report.claims import __doc__ as CLAIMS_METHOD
 from prunelens.report.figures import Figure
 from prunelens.report.sweet_spots import __doc__ as SWEET_SPOT_RULE
 from prunelens.runfolder import RunFolder
@@ -56,6 +58,7 @@ th{background:#f4f4f4}td.t,th.t{text-align:left}td{white-space:nowrap}td.t{white
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#444}
 .confirmed{background:#e3f5e1}.naive{background:#fff7dd}
+.supported{background:#e3f5e1}.contradicted{background:#fde2e1}.inconclusive{background:#fff7dd}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 details{margin:.4em 0}
 """
@@ -77,6 +80,7 @@ class ReportContent:
     version: str = ""
     evaluated_suites: set[str] = field(default_factory=set)
     settings: list[tuple[str, str, str]] = field(default_factory=list)  # (suite, run, description)
+    claims: pd.DataFrame | None = None               # prunelens.report.claims.evaluate_claims
 
 
 def esc(value) -> str:
@@ -213,6 +217,66 @@ def _rule() -> str:
             + "</details>")
 
 
+def _claims(c: ReportContent) -> str:
+    """The claims table (:mod:`prunelens.report.claims`), its method and how to read a verdict."""
+    method = []
+    for block in CLAIMS_METHOD.split("\n\n")[1:]:
+        items = []
+        for item in re.split(r"\n(?=\d\. )", block.strip()):
+            text = esc(re.sub(r":\w+:`~?([^`]*)`", r"\1", " ".join(item.split())).replace("``", ""))
+            text = re.sub(r"\*\*(\w[\w ]*)\*\*", r"<b>\1</b>", text)
+            items.append(re.sub(r"\*(\w[^*]*)\*", r"<i>\1</i>", text))
+        method.append("<ol>" + "".join(f"<li>{re.sub(r'^[0-9]+[.] ', '', i)}</li>" for i in items)
+                      + "</ol>" if len(items) > 1 else f"<p>{items[0]}</p>")
+    claims = c.claims if c.claims is not None else pd.DataFrame()
+    if claims.empty:
+        return ("<p>No claim could be tested: none of the suites that declare one has results "
+                "(or none declares one).</p>" + "".join(method))
+    seeds = int(claims["n_seeds"].max())
+    header = ("run or comparison", "of", "statistic", f"value [{c.confidence:.0%} CI]", "p",
+              f"p ({CORRECTION})", "expected sign", "verdict", "levels / seeds / items", "resampled",
+              "note")
+    tables = []
+    for claim, part in claims.groupby("claim", sort=False):
+        rows, classes = [], []
+        for t in part.itertuples():
+            of = " · ".join(str(v) for v in (t.metric, t.method, t.dataset, t.condition) if v)
+            rows.append((esc(t.compared), esc(of), esc(t.statistic),
+                         _ci(t.value, t.ci_low, t.ci_high), esc(_fmt(t.p)), esc(_fmt(t.p_holm)),
+                         esc(t.expected), f"<b>{esc(t.verdict)}</b>",
+                         esc(f"{int(t.n_levels)} / {int(t.n_seeds)} / {int(t.n_items)}"),
+                         esc(t.resampled), esc(t.note)))
+            classes.append(str(t.verdict).replace(" ", "-"))
+        tables.append(f'<h3 id="claim-{esc(claim)}">{esc(part["statement"].iloc[0])}</h3>'
+                      f'<p class="muted">{esc(claim)} ({esc(part["suite"].iloc[0])}): y = '
+                      f'{esc(part["y"].iloc[0])}, x = {esc(part["x"].iloc[0])}</p>'
+                      + _table(header, rows, text_cols=2, row_class=classes))
+    counts = claims["verdict"].value_counts()
+    summary = (f"<p><b>{int(counts.get('supported', 0))}</b> supported, "
+               f"<b>{int(counts.get('contradicted', 0))}</b> contradicted, "
+               f"<b>{int(counts.get('inconclusive', 0))}</b> inconclusive at {c.confidence:.0%} "
+               f"confidence, {CORRECTION}-corrected over the {int(claims['p_holm'].notna().sum())} "
+               f"rows that predict a sign; at most {seeds} seed(s) per run.</p>")
+    return summary + "".join(tables) + (
+        "<details><summary>How the claims are computed and how to read a verdict</summary>"
+        + "".join(method) + "</details>")
+
+
+def _seeds(c: ReportContent) -> str:
+    """How many seeds went into each group: seeds of one experiment are replicates of its intervals
+    and claims."""
+    sizes: dict[str, int] = {}
+    for run in c.runs:
+        label = c.groups.get(run.name, run.name)
+        sizes[label] = sizes.get(label, 0) + 1
+    pooled = [f"{esc(label)}: {n} seeds" for label, n in sizes.items() if n > 1]
+    if not pooled:
+        return ("Seeds: one per run, so intervals and claims cover images and levels, not a "
+                "retraining with another seed (report several seeds of one experiment to cover that).")
+    return ("Seeds pooled as replicates (resampled first in every interval and claim): "
+            + "; ".join(pooled) + ".")
+
+
 def render(c: ReportContent) -> str:
     """The full page as a string."""
     shown = sections(c.evaluated_suites)
@@ -229,15 +293,18 @@ def render(c: ReportContent) -> str:
 <body>
 <h1>prunelens report</h1>
 <p class="muted">Runs: {runs}. Generated {esc(stamp)} by prunelens {esc(c.version)}.</p>
+<p class="muted">{_seeds(c)}</p>
 <p><b>{int(counts.get("confirmed", 0))}</b> confirmed and <b>{int(counts.get("naive", 0))}</b> naive
 sweet spots (<a href="#sweet-spots">rule and table</a>). Tables: {files}</p>
-<nav><a href="#provenance">Runs</a>{nav}<a href="#sweet-spots">Sweet spots</a>
+<nav><a href="#provenance">Runs</a>{nav}<a href="#claims">Claims</a><a href="#sweet-spots">Sweet spots</a>
 <a href="#not-evaluated">Not evaluated</a></nav>
 <section id="provenance"><h2>Runs: config and provenance</h2>{_provenance(c)}
 <p class="muted">Every level's model and mask sha256 is in its pool table (hover for the full hash).
 Results were read from <code>RUN_DIR/results/</code>, each file checked against its recorded sha256.
 </p></section>
 {"".join(_section(c, sec, suites) for sec, suites in shown)}
+<section id="claims"><h2>Claims</h2>
+<p class="muted">The papers' conclusions as statistics across pruning levels.</p>{_claims(c)}</section>
 <section id="sweet-spots"><h2>Sweet spots</h2>{_rule()}{_spot_table(c.spots, c.confidence)}</section>
 <section id="not-evaluated"><h2>Not evaluated, and why</h2>
 {f"<ul>{not_eval}</ul>" if not_eval else "<p>Everything was evaluated.</p>"}</section>
