@@ -101,7 +101,7 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     if distributed.active():
         log = _rank_log(log, distributed.rank())
     data = RunData(config.data, config.seed)
-    spec = spec_of(config.model.name)
+    spec = spec_of(config.model.name, config.model.options)
     instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
     with contextlib.ExitStack() as stack:
         def plan() -> dict:  # rank 0: list the work; lock the run folder only if there is some
