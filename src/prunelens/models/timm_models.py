@@ -252,8 +252,6 @@ class TimmSpec(ArchSpec):
 
     # ---- penultimate features -------------------------------------------------------------------
     def penultimate_features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """timm's ``forward_head(forward_features(x), pre_logits=True)``."""
-        features = model.forward_head(model.forward_features(x), pre_logits=True)
-        if isinstance(features, (tuple, list)):
-            features = features[0]
-        return features.flatten(1)
+        """timm's ``forward_head(forward_features(x), pre_logits=True)``: the classifier's input
+        (for DeiT's two heads, whose logits timm averages, the mean of their inputs)."""
+        return model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
