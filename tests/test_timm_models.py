@@ -317,3 +317,16 @@ def test_prunelens_run_end_to_end(family, tmp_path):
     html = (tmp_path / "runs" / "report" / "index.html").read_text()
     for section in ("RQ1", "RQ2", "RQ3", "PSP-entropy", "Connectivity"):
         assert section in html
+
+
+def test_models_command_lists_the_suites_that_apply_and_why_not(capsys):
+    from prunelens.cli import main
+    assert main(["models", "fcn", "timm:convnext_atto"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    fcn, convnext = out.index(next(l for l in out if l.startswith("fcn:"))), \
+        out.index(next(l for l in out if l.startswith("timm:convnext_atto:")))
+    assert "discovery" not in out[fcn] and "discovery" in out[convnext]
+    assert any(l.startswith("  not discovery: LOST needs a spatial feature map") for l in out[fcn:convnext])
+    assert any("method 'attention'" in l and "class token" in l for l in out[convnext:])
+    assert not any("gradcam" in l for l in out[convnext:])
+    assert main(["models", "timm:no_such_model_xyz"]) == 2
