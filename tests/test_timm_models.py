@@ -314,7 +314,7 @@ def test_prunelens_run_end_to_end(family, tmp_path):
     assert methods == set(applicable_methods(model)) - {"guided_backprop"} | (methods & {"guided_backprop"})
     pool = json.loads((tmp_path / "runs" / family / "pool.json").read_text())
     assert pool["config"]["model"]["name"] == name
-    html = (tmp_path / "runs" / "report" / "index.html").read_text()
+    html = (tmp_path / "runs" / family / "report" / "index.html").read_text()  # one run: its own report
     for section in ("RQ1", "RQ2", "RQ3", "PSP-entropy", "Connectivity"):
         assert section in html
 
@@ -330,3 +330,19 @@ def test_models_command_lists_the_suites_that_apply_and_why_not(capsys):
     assert any("method 'attention'" in l and "class token" in l for l in out[convnext:])
     assert not any("gradcam" in l for l in out[convnext:])
     assert main(["models", "timm:no_such_model_xyz"]) == 2
+
+
+def test_psp_neurons_of_swin_leave_out_the_window_attention_layers():
+    from prunelens.analysis.psp_entropy import psp_entropy
+    model = tiny("swin", torch.float32).eval()
+    layers = spec_for(model).neuron_layers(model)
+    windowed = {n for n, m in model.named_modules() if type(m).__name__ == "WindowAttention"}
+    assert layers and not any(n.startswith(w + ".") for n in layers for w in windowed)
+    assert "layers.0.blocks.0.mlp.fc1" in layers
+    x = images(8, dtype=torch.float32)
+    data = [(x[:4], torch.tensor([0, 1, 2, 3])), (x[4:], torch.tensor([4, 0, 1, 2]))]
+    result = psp_entropy(model, data, 5)
+    assert set(result.per_neuron) == set(layers)
+    # one entropy per output unit of each layer, finite and non-negative
+    assert result.per_neuron["layers.0.blocks.0.mlp.fc1"].shape == (layers["layers.0.blocks.0.mlp.fc1"].out_features,)
+    assert all(bool((torch.isfinite(h) & (h >= 0)).all()) for h in result.per_neuron.values())

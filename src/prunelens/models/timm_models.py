@@ -11,7 +11,6 @@ pretrained weights only from the Hugging Face hub cache, offline (nothing is eve
 """
 from __future__ import annotations
 
-import os
 import types
 from pathlib import Path
 
@@ -78,7 +77,8 @@ def spec_of_name(name: str, options: dict | None = None) -> TimmSpec:
 
 def cached_weights(name: str) -> Path:
     """The file of timm's pretrained weights for ``timm:<name>`` in the Hugging Face hub cache,
-    looked up offline; a ModelError that says where to put it when it is not there."""
+    looked up offline (``try_to_load_from_cache`` reads only the cache folder, whatever
+    ``HF_HUB_OFFLINE`` says); a ModelError that says where to put it when it is not there."""
     model_name = timm_name(name)
     cfg = timm_module().get_pretrained_cfg(model_name)
     repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
@@ -86,7 +86,6 @@ def cached_weights(name: str) -> Path:
         raise ModelError(f"timm has no Hugging Face weights for '{model_name}': give a local "
                          ".safetensors file as model.weights")
     filename = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         from huggingface_hub import try_to_load_from_cache
         from huggingface_hub.constants import HF_HUB_CACHE
@@ -208,6 +207,15 @@ class TimmSpec(ArchSpec):
             if self._is_attention(module):
                 names += [n for n in prunable if n.startswith(f"{mod_name}.")]
         return names
+
+    def neuron_layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The Conv and Linear layers, but those inside windowed attention (Swin's
+        ``WindowAttention``, which has a ``window_size``): they see windows, (B·windows, N, C), so
+        their outputs are not one row per image."""
+        windowed = [f"{n}." for n, m in model.named_modules()
+                    if self._is_attention(m) and hasattr(m, "window_size")]
+        return {name: m for name, m in super().neuron_layers(model).items()
+                if not any(name.startswith(w) for w in windowed)}
 
     # ---- spatial features -----------------------------------------------------------------------
     def gradcam_layer(self, model: nn.Module) -> nn.Module:
