@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("run_dir")
     upgrade.set_defaults(func=cmd_pool_upgrade)
 
+    p = sub.add_parser("models", help="print the model registry: per model, the suites that apply "
+                       "and why the others do not (any timm model as timm:<name>)")
+    p.add_argument("names", nargs="*", help="models to list (default: every registered one)")
+    p.set_defaults(func=cmd_models)
+
     p = sub.add_parser("config", help="print the resolved config (defaults filled in)")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -403,6 +408,18 @@ def cmd_pool_upgrade(args) -> int:
     from prunelens.pruning.store import upgrade_pool
 
     upgrade_pool(args.run_dir)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from prunelens.evaluate import suites_for_model
+    from prunelens.models import list_models
+    for name in args.names or list_models():
+        applies = suites_for_model(name)
+        print(f"{name}: {', '.join(s for s, why in applies.items() if why is None and '.' not in s)}")
+        for part, why in applies.items():
+            if why is not None:
+                print(f"  not {part}: {why}")
     return 0
 
 

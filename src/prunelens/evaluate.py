@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from prunelens import distributed
@@ -101,7 +102,7 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     if distributed.active():
         log = _rank_log(log, distributed.rank())
     data = RunData(config.data, config.seed)
-    spec = spec_of(config.model.name)
+    spec = spec_of(config.model.name, config.model.options)
     instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
     with contextlib.ExitStack() as stack:
         def plan() -> dict:  # rank 0: list the work; lock the run folder only if there is some
@@ -229,3 +230,33 @@ def summary_is_current(run_dir: str | Path, n_boot: int) -> bool:
     path = Layout(run_dir).summary_csv
     return path.is_file() and _json_equals(Layout(run_dir).summary_json,
                                            {"n_boot": n_boot, "covers": _results_covered(run_dir)})
+
+
+class _NoPool:
+    """What a suite's ``skip_reason`` may read of a pool when there is none yet (``prunelens
+    models``): the number of classes and a run folder that is never written."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.run_dir = Path("runs") / "run"
+
+
+def suites_for_model(name: str, options: dict | None = None) -> dict[str, str | None]:
+    """Suite (and ``suite.part`` for parts such as an attribution method) → None where it applies
+    to model ``name`` on the default dataset, else why not: the suites' own ``skip_reason`` and
+    ``not_applicable``, asked as ``evaluate`` asks them."""
+    from prunelens.config import RunConfig
+    config = RunConfig.model_validate({"model": {"name": name, **(options or {})}})
+    data = RunData(config.data, config.seed)
+    spec = spec_of(name, options)
+    pool = _NoPool(data.num_classes)
+    out: dict[str, str | None] = {}
+    for suite_name in default_suites():
+        suite = get_suite(suite_name)()
+        ctx = RunContext(pool, config, suite_options(config, suite_name), torch.device("cpu"), data,
+                         spec, Layout(pool.run_dir).suite(suite_name), config.evaluate.batch_size)
+        out[suite_name] = suite.skip_reason(ctx)
+        if out[suite_name] is None:
+            for part, reason in suite.not_applicable(ctx).items():
+                out[f"{suite_name}.{part}"] = reason
+    return out

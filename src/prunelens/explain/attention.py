@@ -49,23 +49,7 @@ def all_attention(model: nn.Module, x: torch.Tensor, spec: ArchSpec | None = Non
                          "apply to ViTs (not to CNNs or Swin's window attention)")
     if last_only:
         modules = modules[-1:]
-    found: dict[int, torch.Tensor] = {}
-
-    def hook(module, args, kwargs):
-        masked = any(kwargs.get(name) is not None for name in ("attn_mask", "key_padding_mask"))
-        if masked or kwargs.get("is_causal"):
-            raise ModelError("attention maps do not support attention masks")
-        query = args[0] if args else kwargs["query"]
-        key = args[1] if len(args) > 1 else kwargs["key"]
-        found[id(module)] = attention_probabilities(module, query, key)
-
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
-    try:
-        forward(model, x, spec)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [found[id(m)] for m in modules]
+    return spec.capture_attention(modules, lambda: forward(model, x, spec))
 
 
 def class_token_map(attention: torch.Tensor, x: torch.Tensor, spec: ArchSpec,

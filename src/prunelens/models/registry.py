@@ -20,7 +20,7 @@ from torch import nn
 
 from prunelens._compat import torchvision
 from prunelens.errors import ModelError
-from prunelens.models import builtins
+from prunelens.models import builtins, timm_models
 from prunelens.models.spec import ArchSpec, FCNSpec, LeNetSpec, ResNetSpec, SwinSpec, ViTSpec
 from prunelens.options import _union_members, strict_scalar_error
 
@@ -56,21 +56,29 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 
 
 def list_models() -> list[str]:
+    """The registered architectures (besides them, any timm model as ``timm:<name>``)."""
     return sorted(ARCHITECTURES)
 
 
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise ModelError(f"unknown model '{name}'; available: {', '.join(list_models())}")
+        raise ModelError(f"unknown model '{name}'; available: {', '.join(list_models())}, or any "
+                         "timm model as timm:<name>")
     return ARCHITECTURES[name]
 
 
 def _builder(name: str) -> Callable[..., nn.Module]:
+    if timm_models.is_timm_name(name):
+        timm_models.timm_name(name)  # timm installed, and the name is one of its models
+        return lambda num_classes, **options: timm_models.build(name, num_classes, **options)
     return architecture(name).builder()
 
 
-def spec_of(name: str) -> ArchSpec:
-    """The spec of architecture ``name`` (no model needed)."""
+def spec_of(name: str, options: dict | None = None) -> ArchSpec:
+    """The spec of architecture ``name`` (no model needed; a timm model's spec is read from a
+    model built with ``options`` on the meta device)."""
+    if timm_models.is_timm_name(name):
+        return timm_models.spec_of_name(name, options)
     return architecture(name).spec()
 
 
@@ -80,6 +88,8 @@ def spec_for(model: nn.Module, generic: bool = False) -> ArchSpec:
     ``generic``, else a ModelError."""
     inner = getattr(model, "_orig_mod", model)
     inner = getattr(inner, "module", inner) if type(inner).__name__ == "DistributedDataParallel" else inner
+    if timm_models.is_timm_model(inner):
+        return timm_models.TimmSpec(inner)
     for entry in ARCHITECTURES.values():
         if isinstance(inner, entry.model_class()):
             return entry.spec()
@@ -91,8 +101,9 @@ def spec_for(model: nn.Module, generic: bool = False) -> ArchSpec:
 
 def accepted_options(name: str) -> dict[str, inspect.Parameter] | None:
     """The options architecture ``name`` takes (its builder's parameters but ``num_classes``), or
-    None where they cannot be listed (torchvision builders forward ``**kwargs``)."""
-    if architecture(name).torchvision:
+    None where they cannot be listed (torchvision builders forward ``**kwargs``; timm's
+    ``create_model`` forwards them to the model's class)."""
+    if timm_models.is_timm_name(name) or architecture(name).torchvision:
         return None
     params = inspect.signature(_builder(name)).parameters
     return {p: v for p, v in params.items() if p != "num_classes"}
@@ -139,7 +150,7 @@ def create_model(name: str, num_classes: int, weights: str | Path | None = None,
     _check_options(name, build, options)
     try:
         model = build(num_classes=num_classes, **options)
-    except (TypeError, ValueError, IndexError, RuntimeError) as exc:  # option values it cannot take
+    except (TypeError, ValueError, IndexError, RuntimeError, AssertionError) as exc:  # option values it cannot take
         raise ModelError(f"cannot build model '{name}' with options {options}: {exc}") from None
     if weights is not None:
         load_state_dict_strict(model, read_weights(name, weights), f"weights '{weights}'")
@@ -149,7 +160,13 @@ def create_model(name: str, num_classes: int, weights: str | Path | None = None,
 def read_weights(name: str, weights: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from a local file or a cached torchvision weights entry."""
     path = Path(weights).expanduser()
-    if not path.is_file():
+    if timm_models.is_timm_name(name) and not path.is_file():
+        if str(weights) != timm_models.TIMM_WEIGHTS:
+            raise ModelError(f"weights '{weights}' of model '{name}' is neither an existing file nor "
+                             f"'{timm_models.TIMM_WEIGHTS}' (timm's pretrained weights, from the local "
+                             "Hugging Face cache)")
+        path = timm_models.cached_weights(name)
+    elif not path.is_file():
         path = _cached_torchvision_weights(name, str(weights))
     return _read_state_dict_file(path)
 

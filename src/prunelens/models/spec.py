@@ -99,6 +99,30 @@ class ArchSpec:
         return (f"the '{self.family}' architecture has no attention over a class token, which "
                 f"{method} maps are read from")
 
+    def capture_attention(self, modules: list[nn.Module], run: Callable[[], object]
+                          ) -> list[torch.Tensor]:
+        """Attention probabilities (B, heads, N, N) of each of ``modules`` (in order) while
+        ``run()`` does a forward pass. Default: ``nn.MultiheadAttention``, whose probabilities
+        are recomputed from the query and key each module receives (softmax(QKᵀ/√d), per head)."""
+        found: dict[int, torch.Tensor] = {}
+
+        def hook(module, args, kwargs):
+            masked = any(kwargs.get(name) is not None for name in ("attn_mask", "key_padding_mask"))
+            if masked or kwargs.get("is_causal"):
+                raise ModelError("attention maps do not support attention masks")
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs["key"]
+            q, k = self.query_key(module, query, key)
+            found[id(module)] = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+        handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
+        try:
+            run()
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [found[id(m)] for m in modules]
+
     @staticmethod
     def query_key(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
