@@ -85,12 +85,12 @@ def cached_weights(name: str) -> Path:
     if not repo:
         raise ModelError(f"timm has no Hugging Face weights for '{model_name}': give a local "
                          ".safetensors file as model.weights")
-    filename = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
     try:
         from huggingface_hub import try_to_load_from_cache
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.constants import HF_HUB_CACHE, SAFETENSORS_SINGLE_FILE
     except ImportError:
         raise ModelError("weights: timm needs huggingface_hub: pip install 'prunelens[timm]'") from None
+    filename = getattr(cfg, "hf_hub_filename", None) or SAFETENSORS_SINGLE_FILE  # the hub's default
     found = try_to_load_from_cache(repo, filename)
     if isinstance(found, str) and Path(found).is_file():
         return Path(found)
