@@ -355,7 +355,7 @@ def test_connectivity_suite_on_a_pruned_fcn(tmp_path):
     # class-independent response: the selectivity module's records for the suite's images
     from prunelens.analysis.selectivity import selectivity_records
     from prunelens.analysis.suites import sample_images, stacked
-    x, y = stacked(sample_images(ctx, "test", opts.selectivity_images), 16)
+    x, y = stacked(ctx, sample_images(ctx, "test", opts.selectivity_images))
     direct = list(selectivity_records(model, ctx.spec, masks, x, y, num_classes=10, batch_size=16,
                                       n_pairs=20))
     fraction = by[("class_independent_fraction", "layers.fc1", "eta2")]

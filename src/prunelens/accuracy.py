@@ -41,8 +41,7 @@ class AccuracySuite(Suite):
 
         split = ctx.options.split or ctx.data.eval_split
         dataset = ctx.data.split(split)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=ctx.batch_size)
-        correct = evaluate_model(ctx.model, loader, ctx.spec, ctx.device)["correct"]
+        correct = evaluate_model(ctx.model, ctx.loader(dataset), ctx.spec, ctx.device)["correct"]
         ids = getattr(dataset, "item_ids", None) or [str(i) for i in range(len(dataset))]
         for item, c in zip(ids, correct.tolist()):
             yield Record("accuracy", "accuracy", float(c), dataset=split, item=item)

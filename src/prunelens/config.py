@@ -199,6 +199,8 @@ class EvaluateConfig(Section):
     suites: list[str] | None = Field(None, description="default: every suite that applies")
     device: Device = "auto"
     batch_size: int = Field(64, ge=1)
+    num_workers: int | None = Field(None, ge=0, description=(
+        "loader processes of the suites; default: train.num_workers of the run"))
     amp: bool = Field(False, description="bf16 autocast in the attribution passes (GPU)")
     channels_last: bool = Field(False, description="channels-last model and images in the attribution passes")
     n_boot: int = Field(1000, ge=100, description=f"at most {MAX_N_BOOT} in a new config")

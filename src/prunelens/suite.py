@@ -195,6 +195,11 @@ class RunContext:
     def run_dir(self) -> Path:
         return self.pool.run_dir
 
+    def loader(self, dataset: torch.utils.data.Dataset, batch_size: int | None = None):
+        """An evaluation loader of ``dataset`` (in order) with the run's workers, kept across the
+        levels of one ``evaluate`` for the run's own splits (:meth:`RunData.loader`)."""
+        return self.data.loader(dataset, batch_size or self.batch_size)
+
     def architecture(self) -> nn.Module:
         """An untrained model of the run's architecture: what it is, not what it learned."""
         from prunelens.models import create_model

@@ -63,12 +63,9 @@ def item_ids(dataset) -> list[str]:
     return list(ids) if ids is not None else [str(i) for i in range(len(dataset))]
 
 
-def loader(dataset, batch_size: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def stacked(dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, ys = zip(*[(x, torch.as_tensor(y)) for x, y in loader(dataset, batch_size)])
+def stacked(ctx: RunContext, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image and label of ``dataset`` as two tensors, read with the run's loader."""
+    xs, ys = zip(*[(x, torch.as_tensor(y)) for x, y in ctx.loader(dataset)])
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -226,8 +223,8 @@ class ConnectivitySuite(Suite):
         """Class-independent response and translated copies of first-layer units
         (:func:`prunelens.analysis.selectivity.selectivity_records`)."""
         opts: ConnectivityOptions = ctx.options
-        x, y = stacked(sample_images(ctx, opts.split or ctx.data.eval_split, opts.selectivity_images),
-                       ctx.batch_size)
+        x, y = stacked(ctx, sample_images(ctx, opts.split or ctx.data.eval_split,
+                                          opts.selectivity_images))
         yield from selectivity_records(
             ctx.model, ctx.spec, ctx.masks, x.to(ctx.device), y, suite=self.name,
             num_classes=ctx.data.num_classes, batch_size=ctx.batch_size,
@@ -283,7 +280,7 @@ class ConnectivitySuite(Suite):
         opts: ConnectivityOptions = ctx.options
         data = sample_images(ctx, opts.split or ctx.data.eval_split, opts.n_images)
         ids = item_ids(data)
-        batches = list(loader(data, ctx.batch_size))
+        batches = list(ctx.loader(data))
         chosen = {"none": torch.zeros(0, dtype=torch.long),
                   **conn.choose_units(conn.connections_per_unit(view.units), opts.ablation_fraction,
                                       generator)}
@@ -348,7 +345,7 @@ class PSPSuite(Suite):
         num_classes = int(getattr(base, "num_classes", None) or ctx.data.num_classes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # missing classes are reported in the summary below
-            result = psp_entropy(ctx.model, loader(data, ctx.batch_size), num_classes,
+            result = psp_entropy(ctx.model, ctx.loader(data), num_classes,
                                  transform=ctx.spec.normalize, conv_neurons=opts.conv_neurons,
                                  spec=ctx.spec)
         names = list(getattr(base, "class_names", []) or [])
@@ -423,8 +420,7 @@ class SharpnessSuite(Suite):
 
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: SharpnessOptions = ctx.options
-        x, y = stacked(sample_images(ctx, opts.split, max(opts.n_images, opts.hessian_images)),
-                       ctx.batch_size)
+        x, y = stacked(ctx, sample_images(ctx, opts.split, max(opts.n_images, opts.hessian_images)))
         params = list(ctx.spec.prunable(ctx.model))
         masks = {n: ctx.masks[n] for n in params if ctx.masks and n in ctx.masks}
         batches = [(x[i:i + ctx.batch_size], y[i:i + ctx.batch_size])

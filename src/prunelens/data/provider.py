@@ -13,10 +13,30 @@ from prunelens.errors import DataError
 class RunData:
     """Splits of the run's dataset: ``data.split("test")``, ``data.split("test", variant="edge")``."""
 
-    def __init__(self, data_config, seed: int) -> None:
+    def __init__(self, data_config, seed: int, num_workers: int = 0, pin_memory: bool = False) -> None:
         self.config = data_config
         self.seed = seed
+        #: worker processes and pinned memory of the evaluation loaders (:meth:`loader`)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self._cache: dict[tuple, torch.utils.data.Dataset] = {}
+        self._samples: dict[tuple, torch.utils.data.Dataset] = {}
+        self._loaders: dict[tuple[int, int], torch.utils.data.DataLoader] = {}
+
+    def loader(self, dataset: torch.utils.data.Dataset, batch_size: int) -> torch.utils.data.DataLoader:
+        """An evaluation loader of ``dataset`` in its order, with the run's workers (pinned memory
+        on CUDA). A split or sample this object built keeps one loader, whose workers persist
+        across the levels of one ``evaluate``; any other dataset gets a loader of its own."""
+        kept = any(dataset is d for d in (*self._cache.values(), *self._samples.values()))
+        key = (id(dataset), batch_size)
+        if kept and key in self._loaders:
+            return self._loaders[key]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=kept and self.num_workers > 0)
+        if kept:
+            self._loaders[key] = loader
+        return loader
 
     @cached_property
     def entry(self):
@@ -48,8 +68,10 @@ class RunData:
         dataset = self.measurement_split(split)
         if n >= len(dataset):
             return dataset
-        picks = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
-        return torch.utils.data.Subset(dataset, picks)
+        if (split, n) not in self._samples:
+            picks = torch.linspace(0, len(dataset) - 1, n).round().long().tolist()
+            self._samples[(split, n)] = torch.utils.data.Subset(dataset, picks)
+        return self._samples[(split, n)]
 
     def provides(self, capability: str) -> bool:
         """Whether the dataset provides ``capability`` (:data:`prunelens.data.registry.CAPABILITIES`)."""

@@ -21,15 +21,16 @@ def match_input(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, spec, dataset: torch.utils.data.Dataset, batch_size: int,
-                     device: torch.device | str, input_shape: Sequence[int] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     device: torch.device | str, input_shape: Sequence[int] | None = None,
+                     loader=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Penultimate features (N, D) float32 on the CPU and labels (N,) of ``dataset``, in order.
 
     Images go through :func:`match_input` (when ``input_shape`` is given) and the spec's
     normalisation; the model is used as it is (call ``model.eval()`` first: frozen backbone).
+    ``loader`` reads ``dataset`` in order (default: one without workers).
     """
     feats, labels = [], []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = loader or torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for x, y in loader:
         x = x.to(device)
         if input_shape is not None:

@@ -136,8 +136,10 @@ class TransferSuite(Suite):
         task = self.task(ctx)
         shape = input_shape(ctx)
         ctx.model.eval()
-        train_x, train_y = extract_features(ctx.model, ctx.spec, task.train, ctx.batch_size, ctx.device, shape)
-        test_x, test_y = extract_features(ctx.model, ctx.spec, task.test, ctx.batch_size, ctx.device, shape)
+        train_x, train_y = extract_features(ctx.model, ctx.spec, task.train, ctx.batch_size, ctx.device,
+                                            shape, loader=ctx.loader(task.train))
+        test_x, test_y = extract_features(ctx.model, ctx.spec, task.test, ctx.batch_size, ctx.device,
+                                          shape, loader=ctx.loader(task.test))
         train_x, train_y, test_x, test_y = (t.numpy() for t in (train_x, train_y, test_x, test_y))
         fit = fit_probe(train_x, train_y, opts.c_grid, opts.folds, opts.max_iter)
         correct = probe_correct(fit, test_x, test_y)
