@@ -346,3 +346,16 @@ def test_psp_neurons_of_swin_leave_out_the_window_attention_layers():
     # one entropy per output unit of each layer, finite and non-negative
     assert result.per_neuron["layers.0.blocks.0.mlp.fc1"].shape == (layers["layers.0.blocks.0.mlp.fc1"].out_features,)
     assert all(bool((torch.isfinite(h) & (h >= 0)).all()) for h in result.per_neuron.values())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_design_the_papers_claims_read_comes_from_the_model(family):
+    """Self-attention makes a transformer (RQ1 predicts +), its absence a convolutional net (−)."""
+    from prunelens.suite import get_suite
+
+    name, options, _ = FAMILIES[family]
+    design = spec_for(create_model(name, 5, **options)).design
+    transformers = {"vit", "vit_registers", "vit_gap", "deit_distilled", "swin"}
+    assert design == ("transformer" if family in transformers else "convolutional")
+    (rq1,) = [c for c in get_suite("interpretability").claims if c.id == "rq1_attribution_vs_accuracy"]
+    assert rq1.expected_for(f"timm:{family}", design) == (1 if family in transformers else -1)

@@ -136,8 +136,8 @@ class Claim:
     test per value of the ``by`` columns of y's records (e.g. ``("metric", "method")``).
 
     ``expected``: the sign the claim predicts (+1 / -1; None: no prediction, the row is descriptive),
-    or per architecture family (``family_expected``, e.g. ``(("resnet", -1), ("vit", 1))``), which
-    then wins. ``unit``: what is resampled besides images (and seeds): ``levels`` (levels with
+    or per architecture family or design (``family_expected``, e.g. ``(("convolutional", -1),
+    ("transformer", 1))``, keyed by a spec's ``family`` or ``design``), which then wins. ``unit``: what is resampled besides images (and seeds): ``levels`` (levels with
     replacement, then images in each) or ``images`` (levels fixed). ``between``: also compare runs:
     ``family`` — runs whose families predict different signs, expected sign of stat(A) − stat(B)
     = sign(expected(A) − expected(B)); ``size`` — stat(smaller) − stat(larger) (prunable
@@ -169,10 +169,12 @@ class Claim:
         if bad:
             raise ValueError(f"claim {self.id}: by names unknown record columns {sorted(bad)}")
 
-    def expected_for(self, family: str | None) -> int | None:
-        """The sign the claim predicts for a run of architecture ``family``."""
+    def expected_for(self, family: str | None, design: str | None = None) -> int | None:
+        """The sign the claim predicts for a run of architecture ``family`` (a spec's ``family``,
+        or else its ``design``: convolutional, transformer …)."""
         if self.family_expected:
-            return dict(self.family_expected).get(family or "")
+            table = dict(self.family_expected)
+            return table.get(family or "", table.get(design or ""))
         return self.expected
 
 

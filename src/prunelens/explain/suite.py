@@ -167,7 +167,7 @@ class InterpretabilitySuite(Suite):
               "Cassano et al. (RQ1): as accuracy falls with pruning, CNNs' interpretability scores stay "
               "or rise (negative correlation with accuracy), ViTs' fall with it (positive)",
               y=Quantity("interpretability", ("rma", "rra")), x=ACCURACY, statistic="spearman",
-              family_expected=(("resnet", -1), ("lenet", -1), ("vit", 1), ("swin", 1)),
+              family_expected=(("convolutional", -1), ("transformer", 1)),
               unit="levels", by=("metric", "method", "dataset"), between="family"),
     )
 

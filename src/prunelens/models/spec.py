@@ -40,6 +40,10 @@ class ArchSpec:
     """Base spec. Subclasses override what differs; the defaults suit plain CNN/MLP stacks."""
 
     family = "generic"
+    #: what kind of network the family is, in the papers' terms: "convolutional", "transformer"
+    #: (self-attention), "dense" (fully connected); None when unknown. Claims that the papers state
+    #: for CNNs and ViTs read it, so a new family says which it is here, not in the claims.
+    design: str | None = None
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     #: fnmatch patterns of parameter names that are never prunable in this family
@@ -283,6 +287,7 @@ class ResNetSpec(ArchSpec):
     """torchvision ResNets and the built-in SmallResNet: stages named ``layer1`` … ``layerN``."""
 
     family = "resnet"
+    design = "convolutional"
     has_spatial_features = True
 
     @staticmethod
@@ -338,6 +343,7 @@ class ViTSpec(ArchSpec):
     """torchvision VisionTransformer (vit_b_32 and the built-in small_vit)."""
 
     family = "vit"
+    design = "transformer"
     has_spatial_features = True
     lost_layernorm = "none"
     num_prefix_tokens = 1  # the class token, first
@@ -397,6 +403,7 @@ class SwinSpec(ArchSpec):
     """torchvision SwinTransformer (v1 and v2); its stages output (B, h, w, C)."""
 
     family = "swin"
+    design = "transformer"
     has_spatial_features = True
     has_window_attention = True
     lost_layernorm = "none"
@@ -470,6 +477,7 @@ class FCNSpec(ArchSpec):
     """
 
     family = "fcn"
+    design = "dense"
 
     def norm_modules(self, model: nn.Module) -> set[str]:
         return super().norm_modules(model) | {name for name, m in model.named_modules()
@@ -493,6 +501,7 @@ class FCNSpec(ArchSpec):
 
 class LeNetSpec(ArchSpec):
     family = "lenet"
+    design = "convolutional"
     has_spatial_features = True
 
     def gradcam_layer(self, model: nn.Module) -> nn.Module:

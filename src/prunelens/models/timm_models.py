@@ -115,6 +115,8 @@ class TimmSpec(ArchSpec):
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         self.cfg = cfg
         self.family = f"timm:{cfg.get('architecture') or type(model).__name__}"
+        self.design = ("transformer" if any(self._is_attention(m) for m in model.modules())
+                       else "convolutional")
         self.mean = tuple(float(v) for v in cfg.get("mean") or IMAGENET_MEAN)
         self.std = tuple(float(v) for v in cfg.get("std") or IMAGENET_STD)
         self.tokens = hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed")

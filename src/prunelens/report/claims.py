@@ -65,13 +65,14 @@ def declared_claims() -> list[tuple[str, Claim]]:
     return [(suite.name, claim) for suite in all_suites() for claim in suite.claims]
 
 
-def family_of(model: str) -> str | None:
-    """The architecture family of a registered model name (None for an unknown one)."""
+def family_of(model: str) -> tuple[str | None, str | None]:
+    """(family, design) of a registered model name's spec ((None, None) for an unknown one)."""
     from prunelens.models import spec_of
     try:
-        return spec_of(model).family
+        spec = spec_of(model)
     except PrunelensError:
-        return None
+        return None, None
+    return spec.family, spec.design
 
 
 def run_facts(runs: Sequence[RunFolder]) -> dict[str, dict]:
@@ -255,7 +256,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
     frame = frame.assign(group=group_of(frame, groups))
     order = list(dict.fromkeys(frame["group"]))
     first_run = frame.drop_duplicates("group").set_index("group")
-    families = {g: family_of(str(first_run.loc[g, "model"])) for g in order}
+    kinds = {g: family_of(str(first_run.loc[g, "model"])) for g in order}
     facts_of = {g: dict((facts or {}).get(str(first_run.loc[g, "run"]), {}),
                         runs=tuple(frame.loc[frame["group"] == g, "run"].unique())) for g in order}
     rows: list[dict] = []
@@ -297,7 +298,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
             if (missing and claim.between not in ("schedule", "control")
                     and (frame.loc[frame["group"] == group, "suite"] == suite).any()):
                 add(claim, suite, ("",) * len(claim.by), group,
-                    f"no records of {' and '.join(missing)}", claim.expected_for(families[group]))
+                    f"no records of {' and '.join(missing)}", claim.expected_for(*kinds[group]))
         if y_all.empty or (x_all is not None and x_all.empty):
             continue
         parts = y_all.groupby(list(claim.by), sort=True) if claim.by else [((), y_all)]
@@ -309,7 +310,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
                 rng = seeded_rng("claim", claim.id, group, *key)
                 results[group] = _fit(claim, part[part["group"] == group], x_rows, n_boot, rng)
             fits = {g: fit for g, fit in results.items() if isinstance(fit, _Fit)}
-            pairs = _pairs(claim, list(fits), families, facts_of, frame)
+            pairs = _pairs(claim, list(fits), kinds, facts_of, frame)
             paired = {g for a, b, *_ in pairs for g in (a, b)}
             for group, fit in results.items():
                 # the mean at the last level says something only beside its counterpart
@@ -318,7 +319,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
                         add(claim, suite, key, group, fit, None)
                     continue
                 if claim.statistic != "final_mean" or group in paired:
-                    add(claim, suite, key, group, fit, claim.expected_for(families[group]))
+                    add(claim, suite, key, group, fit, claim.expected_for(*kinds[group]))
             for a, b, expected, note in pairs:
                 fa, fb = fits[a], fits[b]
                 if claim.statistic == "min_gap":
@@ -331,7 +332,7 @@ def evaluate_claims(frame: pd.DataFrame, groups: Mapping[str, str] | None = None
     return _verdicts(table, np.array(sides, dtype=int), 1 - confidence)
 
 
-def _pairs(claim: Claim, groups: list[str], families: Mapping[str, str | None],
+def _pairs(claim: Claim, groups: list[str], kinds: Mapping[str, tuple[str | None, str | None]],
            facts: Mapping[str, Mapping], frame: pd.DataFrame) -> list[tuple[str, str, int, str]]:
     """(A, B, expected sign of stat(A) − stat(B), note) of the groups a claim compares."""
     sizes = {g: facts[g].get("size") for g in groups}
@@ -342,9 +343,9 @@ def _pairs(claim: Claim, groups: list[str], families: Mapping[str, str | None],
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
             if claim.between == "family":
-                ea, eb = claim.expected_for(families[a]), claim.expected_for(families[b])
+                ea, eb = claim.expected_for(*kinds[a]), claim.expected_for(*kinds[b])
                 if ea is not None and eb is not None and ea != eb:
-                    out.append((a, b, int(np.sign(ea - eb)), f"families {families[a]} − {families[b]}"))
+                    out.append((a, b, int(np.sign(ea - eb)), f"families {kinds[a][0]} − {kinds[b][0]}"))
             elif claim.between == "size":
                 sa, sb = sizes[a], sizes[b]
                 if sa is not None and sb is not None and sa != sb:
