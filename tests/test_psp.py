@@ -204,3 +204,62 @@ def test_suites_skip_a_split_the_dataset_lacks():
     assert conn().skip_reason(ctx) is None  # default: the dataset's evaluation split
     ctx.options = conn.Options(split="test")
     assert "evaluate.connectivity.split" in conn().skip_reason(ctx)
+
+
+# ---- the reference code's count (tests/psp_reference.py: EIDOSLAB/PSP-entropy src/PSPentropy.py) ----
+def _digit_batches(n=60, size=16, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 28, 28, generator=generator)
+    y = torch.arange(n) % 10  # every class present: the reference divides by each class's count
+    return batches(x, y, size)
+
+
+def test_element_count_equals_the_reference_code_on_their_lenet5():
+    from psp_reference import ReferenceLeNet5, compute_PSPentropy
+
+    torch.manual_seed(0)
+    model = ReferenceLeNet5().eval()
+    data = _digit_batches()
+    ref_h, ref_classwise = compute_PSPentropy(model, data, classes=10)
+    ours = psp_entropy(model, data, 10, conv_neurons="element")
+    assert set(ours.per_neuron) == set(ref_h) == {"conv1", "conv2", "fc1", "fc2"}
+    assert ours.per_neuron["conv1"].shape == (20 * 24 * 24,)  # every (channel, y, x) is a neuron
+    for name in ref_h:
+        torch.testing.assert_close(ours.per_neuron[name].float(), ref_h[name], rtol=0, atol=2e-5)
+        torch.testing.assert_close(ours.per_class[name].float(), ref_classwise[name], rtol=0, atol=2e-5)
+    # the default counts channels: another number of neurons, not the reference's
+    channel = psp_entropy(model, data, 10)
+    assert channel.per_neuron["conv1"].shape == (20,)
+
+
+def test_element_count_equals_the_reference_on_prunelens_lenet5():
+    from psp_reference import compute_PSPentropy
+
+    from prunelens.models import create_model, spec_for
+
+    torch.manual_seed(1)
+    model = create_model("lenet5", 10).eval()
+    layers = spec_for(model).neuron_layers(model)
+    assert list(layers) == ["features.conv1", "features.conv2", "head.fc3", "head.fc4", "head.classifier"]
+    data = _digit_batches(seed=1)
+    ref_h, _ = compute_PSPentropy(model, data, classes=10, modules=layers.items())
+    ours = psp_entropy(model, data, 10, conv_neurons="element")
+    for name in layers:
+        torch.testing.assert_close(ours.per_neuron[name].float(), ref_h[name], rtol=0, atol=2e-5)
+
+
+def test_the_report_names_the_neuron_count_and_the_entropy_configs_use_the_reference():
+    from pathlib import Path
+
+    import yaml
+
+    from prunelens.suite import get_suite
+
+    suite = get_suite("psp")
+    assert "every output element" in suite.describe(suite.Options(conv_neurons="element"))
+    assert "one neuron per channel" in suite.describe(suite.Options())
+    configs = sorted((Path(__file__).parents[1] / "configs" / "entropy").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        raw = yaml.safe_load(path.read_text())
+        assert raw["evaluate"]["psp"]["conv_neurons"] == "element", path.name

@@ -304,10 +304,22 @@ MINIMA = ReportSection("minima", "PSP-entropy and sharpness",
                        "Does pruning reach high-entropy, sharp minima (Tartaglione et al.)?", order=50)
 
 
+#: what a neuron of a Conv layer is, as the report's settings line says it
+NEURON_COUNTS = {
+    "element": "every output element (channel × position) is one neuron, as the reference code "
+               "(EIDOSLAB/PSP-entropy src/PSPentropy.py) counts",
+    "channel": "one neuron per channel, its positions further samples of its state (not the "
+               "reference code's count)",
+}
+
+
 class PSPOptions(SuiteOptions):
     split: str = Field("train", description="data whose class-conditional neuron states are measured")
     n_images: int = Field(500, ge=1)
-    conv_neurons: Literal["channel", "element"] = "channel"
+    conv_neurons: Literal["channel", "element"] = Field("channel", description=(
+        "what one neuron is: element — every output element of a layer (channel × position), as "
+        "the reference code counts (EIDOSLAB/PSP-entropy src/PSPentropy.py, 0ab88b5, lines 25-27 "
+        "and 38-39); channel — one per channel, its positions further samples of its state"))
 
 
 @register_suite
@@ -337,6 +349,12 @@ class PSPSuite(Suite):
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         return missing_split(ctx, ctx.options.split, "evaluate.psp.split")
+
+    @classmethod
+    def describe(cls, options: PSPOptions) -> str:
+        neuron = NEURON_COUNTS[options.conv_neurons]
+        return (f"neurons (evaluate.psp.conv_neurons: {options.conv_neurons}): {neuron}; "
+                f"{options.n_images} images of split '{options.split}'")
 
     def evaluate_level(self, ctx: LevelContext) -> Iterator[Record]:
         opts: PSPOptions = ctx.options
