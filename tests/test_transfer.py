@@ -326,3 +326,44 @@ def test_texture_task_is_skipped_with_a_reason_on_a_non_synthetic_run(tmp_path):
                               data=digits)
     with pytest.raises(ConfigError, match="evaluate.transfer.root"):
         TransferSuite().skip_reason(missing)
+
+
+def write_fashion_mnist(root, n_train: int = 24, n_test: int = 10, seed: int = 0):
+    """A Fashion-MNIST folder in the distribution's layout (the four gzipped IDX files, named as
+    MNIST's); returns the arrays written."""
+    from test_loaders import _write_idx
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for stem, n in (("train", n_train), ("t10k", n_test)):
+        x, y = rng.integers(0, 256, (n, 28, 28)), (np.arange(n) * 7 + seed) % 10
+        _write_idx(root / f"{stem}-images-idx3-ubyte", x, True)
+        _write_idx(root / f"{stem}-labels-idx1-ubyte", y, True)
+        arrays[stem] = (x.astype(np.uint8), y)
+    return arrays
+
+
+def test_fashion_mnist_folder_downstream_reads_the_idx_layout(tmp_path):
+    from prunelens.config import validate_section
+    from prunelens.data.mnist import FASHION_CLASSES
+    from prunelens.transfer.suite import TransferOptions
+
+    arrays = write_fashion_mnist(tmp_path / "fashion")
+    task = ds.folder_task("fashion_mnist", str(tmp_path / "fashion"), {"n_val": 4}, seed=0,
+                          n_train=6, n_test=5)
+    assert task.name == "fashion_mnist" and len(task.train) == 6 and len(task.test_ids) == 5
+    base = task.test.dataset if isinstance(task.test, torch.utils.data.Subset) else task.test
+    assert base.class_names == FASHION_CLASSES
+    test_x, test_y = arrays["t10k"]
+    for position, item in enumerate(task.test_ids):
+        index = int(item.split("-")[1])  # the item id names the image of the t10k file
+        x, y = task.test[position]
+        assert y == int(test_y[index])
+        assert torch.equal((x[0] * 255).round().to(torch.uint8), torch.from_numpy(test_x[index]))
+    # the options name it, and a missing folder is a clear error
+    options = validate_section(TransferOptions, {"dataset": "fashion_mnist", "root": str(tmp_path / "fashion")},
+                               "evaluate.transfer")
+    assert options.dataset == "fashion_mnist"
+    with pytest.raises(ConfigError, match="evaluate.transfer.root"):
+        ds.folder_task("fashion_mnist", str(tmp_path / "none"), {}, 0, 4, 4)

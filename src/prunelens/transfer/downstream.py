@@ -4,7 +4,12 @@
   shape (the source label): same image distribution, another label;
 * ``novel_shapes`` — synthetic images of the shapes the run did not train on (held-out classes:
   shapes ``num_classes`` … 11 of :data:`~prunelens.data.synthetic.SHAPES`);
-* ``cifar10``, ``cifar100``, ``imagefolder`` — a local dataset folder read by the project's loaders.
+* ``cifar10``, ``cifar100``, ``imagefolder``, ``fashion_mnist``, ``mnist`` — a local dataset folder
+  read by the project's loaders (``fashion_mnist`` / ``mnist``: the four IDX files of the original
+  distributions, :mod:`prunelens.data.mnist`). ``fashion_mnist`` is the downstream task of a
+  backbone trained on MNIST digits (the entropy configs, after Tartaglione et al.'s abstract: the
+  features of gradually pruned models "potentially" fit transfer learning better): the same 28 × 28
+  grey images, ten classes the backbone never saw.
 
 Synthetic downstream images are drawn with the run's seed offset by :data:`IMAGE_SEED_OFFSET`, so
 none of them is an image the backbone was trained on.
@@ -22,7 +27,7 @@ from prunelens.data.synthetic import N_TEXTURES, SHAPES, SyntheticShapes
 from prunelens.errors import ConfigError, DataError
 
 SYNTHETIC_TASKS = ("texture", "novel_shapes")
-FOLDER_TASKS = ("cifar10", "cifar100", "imagefolder")
+FOLDER_TASKS = ("cifar10", "cifar100", "imagefolder", "fashion_mnist", "mnist")
 IMAGE_SEED_OFFSET = 104_729
 
 

@@ -27,9 +27,11 @@ from prunelens.transfer.probe import (DEFAULT_C_GRID, fewshot_accuracy, fewshot_
 
 
 class TransferOptions(SuiteOptions):
-    dataset: Literal["texture", "novel_shapes", "cifar10", "cifar100", "imagefolder"] = Field(
-        "texture", description="downstream task (texture, novel_shapes: synthetic runs only)")
-    root: str | None = Field(None, description="folder of a cifar10 / cifar100 / imagefolder dataset")
+    dataset: Literal[ds.SYNTHETIC_TASKS + ds.FOLDER_TASKS] = Field(
+        "texture", description="downstream task (texture, novel_shapes: synthetic runs only; "
+                               "fashion_mnist: the task for a backbone trained on MNIST)")
+    root: str | None = Field(None, description=(
+        f"folder of a {' / '.join(ds.FOLDER_TASKS)} dataset (read locally, never downloaded)"))
     dataset_options: dict = Field(default_factory=dict,
                                   description="further options of that dataset, e.g. {label_type: coarse}")
     n_train: int = Field(2000, ge=2, description="downstream train images (the probe's fit)")
@@ -63,7 +65,7 @@ class TransferOptions(SuiteOptions):
             raise ValueError(f"dataset {self.dataset} reads a local folder: set evaluate.transfer.root "
                              "to it (or use dataset: texture on a synthetic run)")
         if self.dataset in ds.SYNTHETIC_TASKS and (self.root or self.dataset_options):
-            raise ValueError(f"root and dataset_options apply to cifar10 / cifar100 / imagefolder, "
+            raise ValueError(f"root and dataset_options apply to {' / '.join(ds.FOLDER_TASKS)}, "
                              f"not to the synthetic task '{self.dataset}'")
         return self
 
@@ -99,6 +101,8 @@ class TransferSuite(Suite):
                    panels=("metric",), lines=("group",), accuracy_axis=False),
     )
 
+    in_schedule_comparison = True  # the abstract's transfer claim (Tartaglione et al.)
+
     def __init__(self) -> None:
         self._tasks: dict[str, ds.Downstream] = {}
 
@@ -107,8 +111,8 @@ class TransferSuite(Suite):
         run_data = ctx.data.config.name
         if opts.dataset in ds.SYNTHETIC_TASKS and not ctx.data.provides("textures"):
             return (f"downstream task '{opts.dataset}' is built from the synthetic dataset, and this run "
-                    f"trains on '{run_data}': set evaluate.transfer.dataset to cifar10, cifar100 or "
-                    "imagefolder with evaluate.transfer.root")
+                    f"trains on '{run_data}': set evaluate.transfer.dataset to one of "
+                    f"{', '.join(ds.FOLDER_TASKS)} with evaluate.transfer.root")
         if opts.dataset == "novel_shapes" and len(ds.SHAPES) - ctx.data.options.num_classes < 2:
             return "the run trains on (nearly) every synthetic shape: no shape is left for novel_shapes"
         if opts.dataset in ds.FOLDER_TASKS:
