@@ -138,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("compare-schedules", help=(
-        "one-shot vs gradual pruning of a config at the same final sparsity and epoch budget"))
+        "gradual vs one-shot pruning of a config as a curve: a one-shot pool at every sparsity the "
+        "gradual pool reaches, with the retraining epochs the gradual pool spent to get there"))
     _config_args(p, optional=False)
     p.add_argument("-o", "--out", help="folder for the comparison (default: OUTPUT_DIR/<name>-schedules); "
-                                       "the two pools go to OUTPUT_DIR/<name>-gradual and <name>-one-shot")
+                                       "the pools go to OUTPUT_DIR/<name>-gradual and <name>-one-shot-NN "
+                                       "(NN: the gradual level it matches)")
+    p.add_argument("--levels", type=_positive_int, nargs="+", metavar="K",
+                   help="gradual levels that get a one-shot pool (default: every pruned level)")
     p.set_defaults(func=cmd_compare_schedules)
 
     p = sub.add_parser("pool", help="inspect a pool")
@@ -385,7 +389,7 @@ def cmd_compare_schedules(args) -> int:
         raise ConfigError(f"{args.config} describes {len(configs)} runs; compare-schedules takes one")
     cfg = configs[0]
     out = Path(args.out) if args.out else Path(cfg.output_dir) / f"{cfg.name}-schedules"
-    table = compare_schedules(cfg, out, force=args.force)
+    table = compare_schedules(cfg, out, force=args.force, levels=args.levels)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"comparison: {out}")
     return 0

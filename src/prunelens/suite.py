@@ -229,7 +229,7 @@ class Suite:
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
     #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
     claims: ClassVar[tuple[Claim, ...]] = ()
-    #: measured on the dense and final levels by ``prunelens compare-schedules``
+    #: measured at every matched sparsity of `prunelens compare-schedules` (gradual vs one-shot)
     in_schedule_comparison: ClassVar[bool] = False
 
     def skip_reason(self, ctx: RunContext) -> str | None:

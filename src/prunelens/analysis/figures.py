@@ -125,24 +125,48 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
     return fig
 
 
-def schedule_comparison(table: pd.DataFrame) -> Figure:
-    """Gradual vs one-shot bars (mean, 95 % CI) of the network-level rows of a comparison table:
-    accuracy, PSP-entropy of all layers, loss increase per σ, top Hessian eigenvalue."""
+def schedule_comparison(table: pd.DataFrame, dense: pd.DataFrame | None = None) -> Figure:
+    """Gradual vs one-shot as curves: each network-level row of a comparison table (accuracy,
+    PSP-entropy of all layers, loss increase per σ, top Hessian eigenvalue, probe accuracies; the
+    per-layer and per-class PSP-entropy and the probe's C stay in the CSV) vs
+    sparsity, mean with its CI, one line per schedule; ``dense`` (the gradual pool's level 0,
+    :func:`~prunelens.analysis.schedules.dense_means`) starts both lines."""
+    key = ["suite", "metric", "method", "dataset", "condition"]
     per_layer = (table["metric"] == "psp_entropy") & (table["method"] != "(all layers)")
-    rows = table[~per_layer].reset_index(drop=True)
-    fig = Figure(figsize=(2.4 * max(1, len(rows)), 3.2), layout="constrained")
-    for i, row in rows.iterrows():
-        ax = fig.add_subplot(1, max(1, len(rows)), i + 1)
-        means = [row["mean_gradual"], row["mean_one_shot"]]
-        errs = [[m - row[f"ci_low_{s}"] if np.isfinite(row[f"ci_low_{s}"]) else 0 for m, s in
-                 zip(means, ("gradual", "one_shot"))],
-                [row[f"ci_high_{s}"] - m if np.isfinite(row[f"ci_high_{s}"]) else 0 for m, s in
-                 zip(means, ("gradual", "one_shot"))]]
-        ax.bar([0, 1], means, yerr=errs, capsize=3, color=["#4477aa", "#ee6677"])
-        ax.set_xticks([0, 1])
-        ax.set_xticklabels(["gradual", "one-shot"], fontsize=8)
-        label = row["metric"].replace("_", " ")
-        ax.set_title(f"{label}\n{row['method']}" if row["method"] else label, fontsize=8)
-    fig.suptitle(f"final level: gradual {rows['sparsity_gradual'].iloc[0]:.1%} vs one-shot "
-                 f"{rows['sparsity_one_shot'].iloc[0]:.1%} sparsity" if len(rows) else "", fontsize=9)
+    detail = table["metric"].isin(["psp_entropy_per_class", "probe_regularization"])  # in the CSV
+    rows = table[~per_layer & ~detail]
+    panels = list(rows.groupby(key, sort=True, dropna=False)) if len(rows) else []
+    cols = min(4, max(1, len(panels)))
+    n_rows = max(1, -(-len(panels) // cols))
+    fig = Figure(figsize=(3.0 * cols, 2.6 * n_rows), layout="constrained")
+    for i, (panel_key, part) in enumerate(panels):
+        ax = fig.add_subplot(n_rows, cols, i + 1)
+        part = part.sort_values("gradual_level")
+        start = _dense_point(dense, panel_key, key)
+        for schedule, colour, label in (("gradual", "#4477aa", "gradual"),
+                                        ("one_shot", "#ee6677", "one-shot")):
+            x = [0.0] * (start is not None) + part[f"sparsity_{schedule}"].tolist()
+            y, lo, hi = ([start[c]] if start is not None else [] for c in ("mean", "ci_low", "ci_high"))
+            y += part[f"mean_{schedule}"].tolist()
+            lo += part[f"ci_low_{schedule}"].tolist()
+            hi += part[f"ci_high_{schedule}"].tolist()
+            ax.plot(x, y, marker="o", markersize=3, color=colour, label=label)
+            ax.fill_between(x, lo, hi, color=colour, alpha=0.2, linewidth=0)
+        suite, metric, method, dataset, condition = panel_key
+        detail = " ".join(str(v) for v in (method, dataset, condition) if isinstance(v, str) and v)
+        label = metric.replace("_", " ")
+        ax.set_title(f"{label}\n{detail}" if detail else label, fontsize=8)
+        ax.set_xlabel("sparsity", fontsize=7)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("gradual vs one-shot at equal sparsity and retraining epochs (band: CI)", fontsize=9)
     return fig
+
+
+def _dense_point(dense: pd.DataFrame | None, panel_key: tuple, key: list[str]) -> dict | None:
+    if dense is None or dense.empty:
+        return None
+    match = dense[(dense[key].fillna("") == pd.Series(
+        ["" if not isinstance(v, str) else v for v in panel_key], index=key)).all(axis=1)]
+    return match.iloc[0].to_dict() if len(match) else None

@@ -1,20 +1,31 @@
-"""One-shot vs gradual pruning, side by side (Tartaglione, Bragagnolo & Grangetto, ICANN 2020, Sec. 4).
+"""One-shot vs gradual pruning as a curve (Tartaglione, Bragagnolo & Grangetto, ICANN 2020, Sec. 4).
 
-:func:`compare_schedules` takes one run config and builds two pools of the same model on the same
-data: ``<name>-gradual`` (``prune.schedule: gradual``, as configured) and ``<name>-one-shot``,
-pruned in one step to the sparsity the gradual pool *reached* (its stop rule may end it before
-``max_sparsity``) and retrained for the same total number of epochs (rounds × epochs per round).
-Each pool trains its own dense level 0 with the same seed and settings (identical on a CPU, where
-training is deterministic). Rewinding has no equal-budget one-shot counterpart here, so
-``retrain: rewind`` is refused (use ``lrr`` or ``finetune``). It then evaluates the
-dense and the final level of each with the suites that declare themselves part of the comparison
-(``accuracy``, ``psp`` and ``sharpness``) and writes the comparison of the two final levels:
+:func:`compare_schedules` takes one run config and builds pools of the same model on the same data:
 
-``OUT/comparison.csv`` — per (suite, metric, method, …): mean and bootstrap CI under each
-schedule, Δ = gradual − one-shot with its CI (paired over items when both pools measured the same
-items — images, neurons of the shared dense ancestor, noise draws of the same seed — unpaired
-otherwise); ``OUT/comparison.json`` — the pools, their sparsity and epoch budgets;
-``OUT/comparison.png`` — the main metrics as bars with CIs.
+* ``<name>-gradual`` (``prune.schedule: gradual``, as configured): levels 1 … K at sparsities
+  s_1 < … < s_K (its stop rule may end it before ``max_sparsity``);
+* ``<name>-one-shot-NN`` for every pruned level NN = k of the gradual pool (or the levels asked
+  for): pruned in one step from its dense level to s_k, then retrained once.
+
+**The same epoch budget.** Every pool trains its dense level 0 with the same seed and settings
+(``train.epochs``; identical on a CPU, where training is deterministic). To reach s_k the gradual
+pool then retrains k rounds of ``prune.epochs`` (default ``train.epochs``); the one-shot pool at
+s_k retrains once for k × ``prune.epochs``, the same total (``pruning/runner.py``, ``_level_plan``:
+``rounds: k``). Under ``retrain: finetune`` both train at ``prune.finetune_lr``; under ``lrr`` the
+one-shot pool replays the learning-rate schedule once over its k × epochs, the gradual pool k
+times. ``retrain: rewind`` has no equal-budget one-shot counterpart and is refused.
+
+Each gradual level k ≥ 1 and level 1 of each one-shot pool are evaluated with the suites that
+declare themselves part of the comparison (``accuracy``, ``psp``, ``sharpness`` and ``transfer``:
+Tartaglione et al.'s measures and the abstract's transfer claim), and the gradual pool's dense
+level 0 as the common start. Written to ``OUT``:
+
+``comparison.csv`` — per matched level (``gradual_level`` k, ``sparsity_gradual``,
+``sparsity_one_shot``, ``retrain_epochs``) and per (suite, metric, method, …): mean and bootstrap CI
+under each schedule, Δ = gradual − one-shot with its CI (paired over items when both pools measured
+the same items — images, neurons, noise draws of the same seed — unpaired otherwise);
+``comparison.json`` — the pools, their sparsities and epoch budgets;
+``comparison.png`` — the network-level metrics vs sparsity, one line per schedule.
 """
 from __future__ import annotations
 
@@ -51,24 +62,38 @@ def gradual_config(cfg):
     return _variant(cfg, f"{cfg.name}-gradual", schedule="gradual")
 
 
-def one_shot_config(cfg, gradual_pool):
-    """The one-shot pool matching a built gradual pool: its final sparsity reached in one step,
-    retrained for the gradual pool's total epochs (``rounds`` = its pruning rounds). The unit stop
-    rule is off: the point is to reach the same sparsity."""
+def one_shot_config(cfg, gradual_pool, level: int | None = None):
+    """The one-shot pool matching level ``level`` (default: the final) of a built gradual pool:
+    that level's sparsity reached in one step, retrained for the epochs the gradual pool spent to
+    reach it (``rounds: level``; see the module docstring). The unit stop rule is off: the point
+    is to reach the same sparsity."""
     final = gradual_pool.levels[-1]
     if final.index == 0:
         raise ConfigError(f"the gradual pool of {cfg.name} stopped before any pruning round "
                           f"({gradual_pool.stop_reason or 'no reason recorded'}); "
                           "nothing to compare")
-    return _variant(cfg, f"{cfg.name}-one-shot", schedule="one_shot", rounds=final.index,
-                    max_sparsity=round(final.sparsity, 6), min_alive_units=0.0)
+    level = final.index if level is None else level
+    if not 1 <= level <= final.index:
+        raise ConfigError(f"compare-schedules --levels: the gradual pool of {cfg.name} has pruned "
+                          f"levels 1 … {final.index}, not {level}")
+    target = gradual_pool.level(level)
+    return _variant(cfg, f"{cfg.name}-one-shot-{level:02d}", schedule="one_shot", rounds=level,
+                    max_sparsity=round(target.sparsity, 6), min_alive_units=0.0)
+
+
+def matched_levels(gradual_pool, levels: Sequence[int] | None = None) -> list[int]:
+    """The gradual levels that get a one-shot counterpart: ``levels``, or every pruned level."""
+    pruned = [lv.index for lv in gradual_pool.levels[1:]]
+    return sorted(set(levels)) if levels else pruned
 
 
 def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[str] | None = None,
                       force: bool = False, n_boot: int = 1000, confidence: float = 0.95,
-                      log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Build (or resume) both pools, evaluate their dense and final levels, write the comparison
-    to ``out_dir`` (default ``<output_dir>/<name>-schedules``) and return its table."""
+                      log: Callable[[str], None] = print,
+                      levels: Sequence[int] | None = None) -> pd.DataFrame:
+    """Build (or resume) the gradual pool and one one-shot pool per matched level (``levels``,
+    default every pruned level), evaluate them, write the comparison to ``out_dir`` (default
+    ``<output_dir>/<name>-schedules``) and return its table."""
     from prunelens.evaluate import evaluate_run
     from prunelens.io import atomic_write_bytes, atomic_write_json
     from prunelens.pruning import prune_run
@@ -78,37 +103,54 @@ def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[s
                           "replays the dense schedule from prune.rewind_step, which has no one-shot "
                           "counterpart with the same epoch budget")
     suites = list(suites) if suites is not None else compared_suites()
-    pools = {"gradual": prune_run(gradual_config(cfg), force=force, log=log)}
-    pools["one_shot"] = prune_run(one_shot_config(cfg, pools["gradual"]), force=force, log=log)
-    for pool in pools.values():
-        evaluate_run(pool.run_dir, suites, levels=[0, pool.levels[-1].index], log=log)
-    table = side_by_side(pools["gradual"].run_dir, pools["one_shot"].run_dir, suites, n_boot,
-                         confidence)
+    gradual = prune_run(gradual_config(cfg), force=force, log=log)
+    matched = matched_levels(gradual, levels)
+    one_shot = {k: prune_run(one_shot_config(cfg, gradual, k), force=force, log=log) for k in matched}
+    for k, pool in one_shot.items():
+        spent = retrain_epochs(gradual, k)
+        if retrain_epochs(pool) != spent:  # never a comparison at unequal budgets
+            raise ConfigError(f"{pool.name} retrained {retrain_epochs(pool)} epochs, the gradual pool "
+                              f"{spent} to reach level {k}: the budgets differ")
+    evaluate_run(gradual.run_dir, suites, levels=[0, *matched], log=log)
+    for pool in one_shot.values():
+        evaluate_run(pool.run_dir, suites, levels=[pool.levels[-1].index], log=log)
+    table = schedule_curve(gradual.run_dir, {k: p.run_dir for k, p in one_shot.items()}, suites,
+                           n_boot, confidence)
     out = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / f"{cfg.name}-schedules"
     atomic_write_bytes(out / "comparison.csv", table.to_csv(index=False).encode())
     atomic_write_json(out / "comparison.json", {
-        schedule: {"run_dir": str(pool.run_dir), "final_level": pool.levels[-1].index,
-                   "sparsity": pool.levels[-1].sparsity, "retrain_epochs": retrain_epochs(pool),
-                   "stop_reason": pool.stop_reason}
-        for schedule, pool in pools.items()})
+        "budget": "the one-shot pool at the sparsity of gradual level k retrains once for the "
+                  "epochs the gradual pool retrained in rounds 1 … k; both train the same dense level 0",
+        "gradual": {"run_dir": str(gradual.run_dir), "final_level": gradual.levels[-1].index,
+                    "sparsity": {lv.index: lv.sparsity for lv in gradual.levels},
+                    "retrain_epochs": {k: retrain_epochs(gradual, k) for k in matched},
+                    "stop_reason": gradual.stop_reason},
+        "one_shot": {k: {"run_dir": str(pool.run_dir), "level": pool.levels[-1].index,
+                         "sparsity": pool.levels[-1].sparsity, "retrain_epochs": retrain_epochs(pool)}
+                     for k, pool in one_shot.items()}})
     from prunelens.analysis import figures
-    figures.save(figures.schedule_comparison(table), out / "comparison.png")
-    log(f"{cfg.name}: one-shot vs gradual comparison in {out}")
+    figures.save(figures.schedule_comparison(table, dense_means(gradual.run_dir, suites)),
+                 out / "comparison.png")
+    log(f"{cfg.name}: one-shot vs gradual at {len(matched)} sparsities in {out}")
     return table
 
 
-def retrain_epochs(pool) -> int:
-    """Epochs spent retraining after pruning, over all levels > 0."""
-    return int(sum(int(level.info.get("epochs", 0)) for level in pool.levels[1:]))
+def retrain_epochs(pool, level: int | None = None) -> int:
+    """Epochs spent retraining after pruning, over levels 1 … ``level`` (default: all)."""
+    last = pool.levels[-1].index if level is None else level
+    return int(sum(int(lv.info.get("epochs", 0)) for lv in pool.levels[1:] if lv.index <= last))
 
 
 # ---- the table ---------------------------------------------------------------------------------------
-def _final_rows(run_dir: str | Path, suites: Sequence[str] | None) -> tuple[pd.DataFrame, float]:
+def _level_rows(run_dir: str | Path, suites: Sequence[str] | None, level: int | None = None
+                ) -> tuple[pd.DataFrame, float]:
+    """The results of one level (default: the final) of a pool, and its sparsity."""
     from prunelens.runfolder import RunFolder
 
-    final = RunFolder(run_dir).levels[-1]
+    pool = RunFolder(run_dir)
+    chosen = pool.levels[-1] if level is None else pool.level(level)
     frame = load_results(run_dir, suite=list(suites) if suites else None)
-    return frame[frame["level"] == final.index], final.sparsity
+    return frame[frame["level"] == chosen.index], chosen.sparsity
 
 
 def _with_all_layers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -142,10 +184,13 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame, n_boot: int, confidence: float, k
 
 
 def side_by_side(gradual_dir: str | Path, one_shot_dir: str | Path, suites: Sequence[str] | None = None,
-                 n_boot: int = 1000, confidence: float = 0.95) -> pd.DataFrame:
-    """The final levels of two pools compared metric by metric (see the module docstring)."""
+                 n_boot: int = 1000, confidence: float = 0.95,
+                 gradual_level: int | None = None) -> pd.DataFrame:
+    """Level ``gradual_level`` (default: the final) of the gradual pool and the final level of a
+    one-shot pool compared metric by metric (see the module docstring)."""
     suites = list(suites) if suites is not None else compared_suites()
-    (a, sparsity_a), (b, sparsity_b) = (_final_rows(d, suites) for d in (gradual_dir, one_shot_dir))
+    a, sparsity_a = _level_rows(gradual_dir, suites, gradual_level)
+    b, sparsity_b = _level_rows(one_shot_dir, suites)
     a, b = _with_all_layers(a), _with_all_layers(b)
     columns = list(KEY)
     keys = sorted(set(map(tuple, a[columns].drop_duplicates().to_numpy()))
@@ -157,3 +202,31 @@ def side_by_side(gradual_dir: str | Path, one_shot_dir: str | Path, suites: Sequ
         rows.append({**dict(zip(KEY, key)), **_compare(a[sel_a], b[sel_b], n_boot, confidence, key),
                      "sparsity_gradual": sparsity_a, "sparsity_one_shot": sparsity_b})
     return pd.DataFrame(rows)
+
+
+def schedule_curve(gradual_dir: str | Path, one_shot_dirs: dict[int, str | Path],
+                   suites: Sequence[str] | None = None, n_boot: int = 1000,
+                   confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`side_by_side` at every matched gradual level k (``one_shot_dirs``: k → the one-shot
+    pool at its sparsity), one table with columns ``gradual_level`` and ``retrain_epochs``."""
+    from prunelens.runfolder import RunFolder
+
+    gradual = RunFolder(gradual_dir)
+    parts = []
+    for k, one_shot_dir in sorted(one_shot_dirs.items()):
+        part = side_by_side(gradual_dir, one_shot_dir, suites, n_boot, confidence, gradual_level=k)
+        parts.append(part.assign(gradual_level=k, retrain_epochs=retrain_epochs(gradual, k)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def dense_means(gradual_dir: str | Path, suites: Sequence[str] | None = None, n_boot: int = 1000,
+                confidence: float = 0.95) -> pd.DataFrame:
+    """Mean and CI of every metric at the gradual pool's dense level 0: where both curves start."""
+    rows, _ = _level_rows(gradual_dir, suites, 0)
+    rows = _with_all_layers(rows)
+    out = []
+    for key, group in rows.groupby(list(KEY), sort=True, dropna=False):
+        values = group.groupby("item")["value"].mean().dropna().to_numpy()
+        mean, lo, hi = mean_ci([values], n_boot, confidence, seeded_rng("dense", *key))
+        out.append({**dict(zip(KEY, key)), "mean": mean, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(out)
