@@ -8,9 +8,13 @@ switches at random within every class has H_i = K.
 
 Neurons are the outputs of every Conv/Linear module (forward hooks, one pass over the data for all
 layers). ``conv_neurons="element"`` treats every output element (channel × position, or token ×
-feature) as a neuron, as the reference code did on LeNet-5; ``"channel"`` (default) treats every
-channel / feature as one neuron whose positions (or tokens) are further samples of its state,
-which keeps the count of neurons independent of the input size. Classes absent from the data are
+feature) as a neuron, as the reference code does (EIDOSLAB/PSP-entropy src/PSPentropy.py @ 0ab88b5:
+one row per ``np.prod(output.shape[1:])``, lines 25-27; element on when ``output.view(batch, -1) >
+0``, lines 38-39; P / M clamped to [1e-4, 0.9999], lines 41-42; H_i = Σ_k H_ik, line 45;
+``tests/psp_reference.py`` transcribes it); ``"channel"`` (default) treats every channel / feature
+as one neuron whose positions (or tokens) are further samples of its state, which keeps the count
+of neurons independent of the input size. The reference divides by each class's count and so
+gives NaN for a class with no sample. Classes absent from the data are
 left out of the sum and named in :attr:`PSPEntropy.missing_classes` (never NaN).
 """
 from __future__ import annotations
