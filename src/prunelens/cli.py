@@ -447,20 +447,26 @@ def cmd_config(args) -> int:
 def format_pool_table(pool) -> str:
     """The pool table (:meth:`prunelens.runfolder.RunFolder.table`) as text. Sparsity three ways:
     of the pruned weights, of all parameters, and as Cassano et al.'s code counts it (``paper``:
-    of the Conv2d and Linear weights, :func:`prunelens.pruning.masks.conv_linear_sparsity`)."""
+    of the Conv2d and Linear weights, :func:`prunelens.pruning.masks.conv_linear_sparsity`).
+    A pool trained with ``train.validate_every`` adds the minimum error of the periodic validation
+    (Pellegrini & Biroli's level error), headed by its split."""
     def pct(v):
         return "    -" if v is None or v != v else f"{v:6.1%}"
     cfg = pool.config
     paper = _paper_sparsity(pool)
+    rows = pool.table()
+    periodic = any(r["min_validation_error"] == r["min_validation_error"] for r in rows)
+    min_head = f"min err ({cfg.train.validate_split})" if periodic else ""
     head = (f"{pool.name}: {cfg.model.name} on {cfg.data.name}, {cfg.prune.scope} {cfg.prune.retrain}, "
             f"{pool.run_dir}" + ("" if pool.complete else "  [incomplete]"))
     lines = [head, f"{'level':>5} {'sparsity':>9} {'of all':>7} {'paper':>7} {'train':>7} {'val':>7} "
-                   f"{'test':>7} {'epochs':>6} {'time':>7}"]
-    for row in pool.table():
+                   f"{'test':>7} {'epochs':>6} {'time':>7}" + (f" {min_head:>15}" if periodic else "")]
+    for row in rows:
         lines.append(f"{row['level']:>5} {pct(row['sparsity']):>9} {pct(row['sparsity_all']):>7} "
                      f"{pct(paper.get(row['level'])):>7} "
                      f"{pct(row['train_acc']):>7} {pct(row['val_acc']):>7} {pct(row['test_acc']):>7} "
-                     f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s")
+                     f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s"
+                     + (f" {pct(row['min_validation_error']):>15}" if periodic else ""))
     return "\n".join(lines)
 
 

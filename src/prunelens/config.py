@@ -146,11 +146,36 @@ class TrainConfig(Section):
         "repeated augmentation: each image ra_reps times per epoch (DeiT / torchvision's RASampler)"))
     ra_reps: int = Field(3, ge=1, description="repetitions of each image with ra_sampler")
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    sampler: Literal["shuffle", "with_replacement"] = Field("shuffle", description=(
+        "shuffle: each epoch a fresh permutation of the training set; with_replacement: every step "
+        "draws its batch_size images uniformly with replacement, as numpy's "
+        "RandomState.choice(n, batch_size) (Pellegrini & Biroli's Data.py:72-79); an epoch is then "
+        "a count of steps (len(train) // batch_size, or max_steps_per_epoch)"))
+    validate_every: int | None = Field(None, ge=1, description=(
+        "evaluate every this many steps during training (step 0 and the level's last step "
+        "included) on the first validate_images of validate_split; the level records the error "
+        "curve and its minimum (Pellegrini & Biroli's level error, IMP.py:146-169); default: "
+        "only the end-of-level evaluation"))
+    validate_split: Literal["val", "test"] = Field("val", description=(
+        "the split validate_every evaluates on"))
+    validate_images: int | None = Field(None, ge=1, description=(
+        "validate_every uses the first this many images of validate_split; default: all"))
     device: Device = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the model afresh for every level (CUDA only)")
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_sampler(self) -> TrainConfig:
+        if self.sampler == "with_replacement" and self.ra_sampler:
+            raise ValueError("train.sampler with_replacement draws every batch on its own; "
+                             "ra_sampler orders an epoch: choose one")
+        if self.validate_every is None and (self.validate_images is not None
+                                            or self.validate_split != "val"):
+            raise ValueError("train.validate_split and validate_images say what validate_every "
+                             "evaluates on: set validate_every (steps) too")
+        return self
 
 
 class PruneConfig(Section):

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -36,6 +37,7 @@ from prunelens.pruning.recipe import mixing_collate, ra_order
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
                                      resolve_device, train_level)
+from prunelens.pruning.validation import PeriodicValidation
 from prunelens.runfolder import Layout, RunFolder
 
 REWIND_FILE = Layout.REWIND
@@ -72,7 +74,10 @@ class _Loaders:
         self.train = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
                                 drop_last=self.drop_last, generator=self.generator,
                                 collate_fn=self.collate, **self.common)
-        self.steps_per_epoch = len(self._single(0, 0) if not distributed.active() else self._sharded(0, 0))
+        if cfg.train.sampler == "with_replacement":
+            self.steps_per_epoch = max(1, len(self.train_set) // cfg.train.batch_size)
+        else:
+            self.steps_per_epoch = len(self._single(0, 0) if not distributed.active() else self._sharded(0, 0))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
@@ -83,6 +88,23 @@ class _Loaders:
         eval_kw = dict(batch_size=cfg.train.eval_batch_size, **self.common)
         self.eval = {s: DataLoader(self._shard(data.split(s)), **eval_kw)
                      for s in ("val", "test") if s in data.entry.splits}
+        self.validation, self.validation_images = self._validation(cfg.train, data, eval_kw)
+
+    def _validation(self, t, data: RunData, eval_kw: dict) -> tuple[DataLoader | None, int]:
+        """The loader of ``train.validate_every``: the first ``validate_images`` of its split."""
+        if t.validate_every is None:
+            return None, 0
+        if t.validate_split not in data.entry.splits:
+            raise ConfigError(f"train.validate_split: the dataset {self.cfg.data.name} has no "
+                              f"'{t.validate_split}' split (it has {', '.join(data.entry.splits)})")
+        split = data.split(t.validate_split)
+        n = len(split) if t.validate_images is None else t.validate_images
+        if n > len(split):
+            raise ConfigError(f"train.validate_images {n} is more than the {len(split)} images of "
+                              f"the {t.validate_split} split: lower it, or leave it out for all")
+        # its own generator: a loader's iterator draws a seed, which must not come from the global RNG
+        return DataLoader(self._shard(Subset(split, range(n))), generator=torch.Generator(),
+                          **eval_kw), n
 
     def _seed(self, level: int, epoch: int) -> None:
         self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
@@ -97,8 +119,21 @@ class _Loaders:
             return ra_order(n, self.cfg.train.ra_reps, self.generator)
         return next(iter(DataLoader(range(n), batch_size=n, shuffle=True, generator=self.generator))).tolist()
 
+    def _with_replacement(self, level: int, epoch: int) -> DataLoader:
+        """The training loader of an epoch of ``train.sampler: with_replacement`` (each rank
+        loads its share of every global batch)."""
+        self._seed(level, epoch)  # the loader workers' seeds
+        batches = WithReplacementBatches(len(self.train_set), self.cfg.train.batch_size,
+                                         self.steps_per_epoch,
+                                         derived_seed(self.cfg.seed, "with_replacement", level, epoch),
+                                         distributed.rank(), distributed.world_size())
+        return DataLoader(self.train_set, batch_sampler=batches, generator=self.generator,
+                          collate_fn=self.collate, **self.common)
+
     def _single(self, level: int, epoch: int) -> DataLoader:
         """The single-process training loader of an epoch."""
+        if self.cfg.train.sampler == "with_replacement":
+            return self._with_replacement(level, epoch)
         if not self.cfg.train.ra_sampler:
             self._seed(level, epoch)
             return self.train
@@ -126,8 +161,31 @@ class _Loaders:
 
     def for_epoch(self, level: int) -> Callable[[int], object]:
         def loader(epoch: int):
-            return self._sharded(level, epoch) if distributed.active() else self._single(level, epoch)
+            if distributed.active() and self.cfg.train.sampler != "with_replacement":
+                return self._sharded(level, epoch)
+            return self._single(level, epoch)
         return loader
+
+
+class WithReplacementBatches:
+    """Batches drawn uniformly with replacement, each step on its own: Pellegrini & Biroli's
+    ``np.random.choice(self.train_size, batch_size)`` (SiftingFeatures src/Data.py:72-73), from a
+    ``numpy.random.RandomState`` seeded by ``seed`` (theirs is seeded by the clock, IMP.py:80).
+    No epochs, no shuffle: an image may come twice in a batch and never in another. Under torchrun
+    rank r takes positions r, r + world, … of every global batch."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
+        self.n, self.batch_size, self.steps, self.rank, self.world = n, batch_size, steps, rank, world
+        self.seed = seed % 2**32  # RandomState's seed range
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        rng = np.random.RandomState(self.seed)
+        for _ in range(self.steps):
+            yield rng.choice(self.n, self.batch_size)[self.rank::self.world].tolist()
 
 
 def _level_plan(cfg, level: int, spe: int) -> TrainPlan:
@@ -363,6 +421,11 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
         def on_step(step, m):
             if step == cfg.prune.rewind_step and writer is not None and not rewind_path.is_file():
                 atomic_save_tensors(rewind_path, m.state_dict())
+    validation = None
+    if loaders.validation is not None:
+        validation = PeriodicValidation(loaders.validation, loaders.validation_images, spec, device,
+                                        cfg.train, Layout(cfg.run_dir).validation_curve(level))
+        on_step = _both(on_step, validation)
     stats = train_level(model, spec, loaders.for_epoch(level), plan, cfg.train, device,
                         (cfg.seed, "level", level), Checkpoint(*Layout(cfg.run_dir).train_state(level)), masker, on_step,
                         label=f"{cfg.name} level {level}", log=log)
@@ -380,9 +443,26 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
             "epochs": plan.epochs, "steps": plan.epochs * loaders.steps_per_epoch - plan.start_step,
             "train_time_s": stats["elapsed_s"],
             "wall_time_s": stats["elapsed_s"] + time.perf_counter() - t_eval}
+    if validation is not None:
+        with distributed.comm_failures(f"validating {cfg.name} level {level}"):
+            info["periodic_validation"] = validation.finish(
+                plan.epochs * loaders.steps_per_epoch, model, first_step=plan.start_step)
     if writer is None:
         return
     extra = {REWIND_FILE: rewind_path} if rewind_path.is_file() else None
     writer.write_level(level, model, masks, info, extra)
+    periodic = (f"  min {cfg.train.validate_split} err {info['periodic_validation']['min_error']:.3f}"
+                if validation is not None else "")
     log(f"{cfg.name}: level {level:2d}  sparsity {overall:6.1%}  val acc {metrics.get('val_acc', math.nan):.3f}"
-        f"  test acc {metrics.get('test_acc', math.nan):.3f}  ({info['wall_time_s']:.0f} s)")
+        f"  test acc {metrics.get('test_acc', math.nan):.3f}{periodic}  ({info['wall_time_s']:.0f} s)")
+
+
+def _both(first, second):
+    """One ``on_step`` hook calling ``first`` (may be None) then ``second``."""
+    if first is None:
+        return second
+
+    def on_step(step, model):
+        first(step, model)
+        second(step, model)
+    return on_step
