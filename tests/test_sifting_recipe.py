@@ -129,3 +129,134 @@ def test_defaults_keep_the_identity_and_bad_combinations_are_refused():
         validate_section(RunConfig, {**base, "train": {"sampler": "with_replacement", "ra_sampler": True}})
     with pytest.raises(ConfigError, match="set validate_every"):
         validate_section(RunConfig, {**base, "train": {"validate_images": 10}})
+
+
+# ---- IMP as IMP.py / Utils.py do it ----------------------------------------------------------------
+def _fcn_with_ties(seed=0):
+    torch.manual_seed(seed)
+    model = create_model("fcn", 4, input_shape=[3, 2, 2], widths=[7, 6, 5], input_norm="batch",
+                         init="xavier_normal")
+    with torch.no_grad():  # coarse values: many ties at every threshold; biases in the weights' range
+        for name, p in model.named_parameters():
+            if name.startswith("layers.fc") or name.startswith("layers.classifier"):
+                p.copy_(torch.round(torch.randn_like(p) * 4) / 8)
+    return model
+
+
+def _authors_view(model, masks, names):
+    """(W (fan_in, fan_out), b) per Linear layer and [wmask, bmask] in the authors' orientation."""
+    weights, old = [], []
+    for layer in names:
+        w, b = getattr(model.layers, layer).weight, getattr(model.layers, layer).bias
+        weights.append((w.detach().double().numpy().T, b.detach().double().numpy()))
+        mw = masks.get(f"layers.{layer}.weight", torch.ones_like(w, dtype=torch.bool))
+        mb = masks.get(f"layers.{layer}.bias", torch.ones_like(b, dtype=torch.bool))
+        old.append([mw.double().numpy().T, mb.double().numpy()])
+    return weights, old
+
+
+def test_two_rounds_of_cumulative_masks_equal_the_authors_get_mask():
+    from prunelens.pruning.masks import cumulative_masks, cumulative_ratio, dense_masks, prunable_parameters
+
+    model = _fcn_with_ties()
+    params = prunable_parameters(model, exclude_classifier=True, biases=True)
+    assert list(params) == [f"layers.fc{i}.{k}" for i in (1, 2, 3) for k in ("weight", "bias")]
+    layers, prunable = ["fc1", "fc2", "fc3", "classifier"], [True, True, True, False]   # T:T:T:F
+    masks, ratios = dense_masks(params), np.zeros(3)
+    for k in (1, 2):
+        if k == 2:  # new trained weights between the rounds
+            with torch.no_grad():
+                for p in params.values():
+                    p.add_(torch.round(torch.randn_like(p) * 2) / 16)
+        weights, old = _authors_view(model, masks, layers)
+        ratios = ref.next_ratios(ratios)                                       # IMP.py:182
+        assert cumulative_ratio(0.3, k) == ratios[0]
+        want = ref.authors_get_mask(weights, prunable, ratios, old)
+        masks = cumulative_masks({n: p.detach() for n, p in params.items()}, masks, ratios[0])
+        for i, layer in enumerate(layers[:3]):
+            np.testing.assert_array_equal(masks[f"layers.{layer}.weight"].numpy().T, want[i][0].astype(bool))
+            np.testing.assert_array_equal(masks[f"layers.{layer}.bias"].numpy(), want[i][1].astype(bool))
+        # ties kept: at most floor(r_k N) of each layer's entries are cut
+        for layer in layers[:3]:
+            n = sum(masks[f"layers.{layer}.{t}"].numel() for t in ("weight", "bias"))
+            cut = n - sum(int(masks[f"layers.{layer}.{t}"].sum()) for t in ("weight", "bias"))
+            assert cut <= int(ratios[0] * n)
+    assert any(not m.all() for n, m in masks.items() if n.endswith("bias"))  # biases did get cut
+
+
+def test_layerwise_of_alive_ranks_a_layers_bias_with_its_weights():
+    from prunelens.pruning.masks import dense_masks, magnitude_masks, prunable_parameters
+
+    model = _fcn_with_ties(1)
+    params = prunable_parameters(model, exclude_classifier=True, biases=True)
+    weights = {n: p.detach() for n, p in params.items()}
+    masks = magnitude_masks(weights, dense_masks(params), 0.3, "layerwise")
+    for layer in ("fc1", "fc2", "fc3"):
+        w, b = weights[f"layers.{layer}.weight"], weights[f"layers.{layer}.bias"]
+        pooled = torch.cat([w.reshape(-1), b]).abs()
+        kept = torch.cat([masks[f"layers.{layer}.weight"].reshape(-1), masks[f"layers.{layer}.bias"]])
+        assert int((~kept).sum()) == round(0.3 * len(pooled))
+        assert pooled[~kept].max() <= pooled[kept].min()                       # the smallest went
+
+
+def test_the_stop_rule_counts_layers_as_the_authors_index_them():
+    from prunelens.pruning.runner import _stop_reason, counted_layers
+
+    model = _fcn_with_ties()
+    order = list(spec_for(model).prunable(model))
+    assert order == [f"layers.{n}.weight" for n in ("fc1", "fc2", "fc3", "classifier")]
+    rng = np.random.default_rng(0)
+    layers, prunable = ["fc1", "fc2", "fc3", "classifier"], [True, True, True, False]
+    for trial in range(20):
+        masks = {f"layers.{n}.weight": torch.from_numpy(rng.random(getattr(model.layers, n).weight.shape)
+                                                        < rng.uniform(0.02, 0.6)) for n in layers[:3]}
+        _, old = _authors_view(model, masks, layers)
+        want = ref.connected_fraction(old, prunable)                           # IMP.py:87, 120, 188
+        counted = counted_layers("authors", order, masks)
+        assert counted == {"layers.fc1.weight", "layers.fc2.weight"}          # never fc3
+        from prunelens.pruning.masks import alive_unit_fraction
+        got = min([1.0] + [f for n, f in alive_unit_fraction(masks).items() if n in counted])
+        assert got == pytest.approx(want)
+    # strict: a layer at exactly min_alive_units stops with not_above (IMP.py:128 `>`), not with below
+    masks = {f"layers.{n}.weight": torch.ones_like(getattr(model.layers, n).weight, dtype=torch.bool)
+             for n in layers[:3]}
+    masks["layers.fc3.weight"][1:] = False                                     # 1 of 5 units: 0.2
+    dense = {n: torch.ones_like(m) for n, m in masks.items()}
+    for stop_when, stop_layers, stops in [("below", "all", False), ("not_above", "all", True),
+                                          ("not_above", "authors", False)]:
+        cfg = RunConfig(model=FCN, data={"name": "digits"},
+                        prune={"min_alive_units": 0.2, "stop_when": stop_when, "stop_layers": stop_layers})
+        reason = _stop_reason(cfg, 1, dense, masks, order)
+        assert (reason is not None) == stops, (stop_when, stop_layers, reason)
+
+
+def test_authors_imp_end_to_end(tmp_path):
+    """Cumulative target, biases pruned, rewind with the full step count, the authors' stop rule."""
+    from prunelens.pruning.masks import cumulative_ratio
+
+    cfg = sifting_config(tmp_path, train={"validate_every": 2, "sampler": "with_replacement"},
+                         prune={"rounds": 2, "rate": 0.3, "target": "cumulative", "biases": True,
+                                "retrain": "rewind", "rewind_step": 2, "rewind_replay": "full",
+                                "stop_when": "not_above", "stop_layers": "authors"})
+    pool = prune_run(cfg, log=lambda *_: None)
+    total = cfg.train.epochs * (256 // 64)
+    assert [lv.index for lv in pool.levels] == [0, 1, 2]
+    for lv in pool.levels:
+        assert lv.info["steps"] == total                                       # not total - rewind_step
+        assert lv.info["periodic_validation"]["steps"] == ref.validation_steps(total, 2)
+        masks = lv.load_masks()
+        assert "layers.fc1.bias" in masks and "layers.classifier.weight" not in masks
+        for layer in ("fc1", "fc2"):                                           # widths [16, 16]
+            n = masks[f"layers.{layer}.weight"].numel() + masks[f"layers.{layer}.bias"].numel()
+            cut = n - int(masks[f"layers.{layer}.weight"].sum()) - int(masks[f"layers.{layer}.bias"].sum())
+            assert cut <= int(cumulative_ratio(0.3, lv.index) * n)
+            assert cut >= int(cumulative_ratio(0.3, lv.index) * n) - 3        # a few ties at most
+
+
+def test_the_new_prune_options_default_to_todays_behaviour():
+    base = {"model": FCN, "data": {"name": "digits"}}
+    explicit = {**base, "prune": {"target": "of_alive", "biases": False, "rewind_replay": "rest",
+                                  "stop_when": "below", "stop_layers": "all"}}
+    assert RunConfig(**base).identity_hash() == RunConfig(**explicit).identity_hash()
+    with pytest.raises(ConfigError, match="retrain rewind"):
+        validate_section(RunConfig, {**base, "prune": {"rewind_replay": "full"}})

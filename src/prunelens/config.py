@@ -196,6 +196,25 @@ class PruneConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names")
     min_alive_units: float = Field(0.2, ge=0, lt=1, description=(
         "stop when some layer has fewer than this fraction of units with an incoming connection"))
+    target: Literal["of_alive", "cumulative"] = Field("of_alive", description=(
+        "of_alive: each round removes round(rate × alive weights); cumulative: after k rounds "
+        "floor(r_k × N) of each scope's N entries are cut, r_k = r_(k-1) + rate (1 - r_(k-1)), "
+        "at the magnitude of the floor(r_k N)-th smallest (pruned entries counting 0), ties kept "
+        "(Pellegrini & Biroli's IMP.py:182, Utils.py:60-69)"))
+    biases: bool = Field(False, description=(
+        "prune the biases of the pruned layers too, each ranked with its layer's weights "
+        "(Utils.py:58-70); the stop rule still counts units by their incoming weights"))
+    rewind_replay: Literal["rest", "full"] = Field("rest", description=(
+        "retrain rewind: rest trains from rewind_step to the end of the dense schedule (Frankle et "
+        "al. 2020); full trains the dense schedule's whole step count again from the rewound "
+        "weights (IMP.py:136-146)"))
+    stop_when: Literal["below", "not_above"] = Field("below", description=(
+        "below: stop when a layer's fraction of connected units is < min_alive_units; "
+        "not_above: when it is <= (IMP.py:128 goes on while it is > stop_ratio)"))
+    stop_layers: Literal["all", "authors"] = Field("all", description=(
+        "the layers min_alive_units counts: all pruned ones; or as IMP.py:87 indexes them, layer "
+        "l-1 of each pruned layer l (cyclically: with the output layer unpruned, the last pruned "
+        "layer is never counted)"))
     control: Literal["random_mask", "random_reinit"] | None = Field(None, description=(
         "build a control of the pool at control_source instead of pruning: random_mask — random "
         "masks with each layer's sparsity of the source's level; random_reinit — the source's masks "
@@ -209,6 +228,10 @@ class PruneConfig(Section):
         if (self.control is None) != (self.control_source is None):
             raise ValueError("prune.control and prune.control_source go together: the control kind "
                              "and the run folder of the pool it controls")
+        if self.target == "cumulative" and self.schedule == "one_shot":
+            raise ValueError("prune.target cumulative counts rounds: it applies to schedule gradual")
+        if self.rewind_replay == "full" and self.retrain != "rewind":
+            raise ValueError("prune.rewind_replay says what a rewound level trains: set retrain rewind")
         if self.schedule == "one_shot" and self.retrain == "rewind":
             raise ValueError("schedule one_shot retrains with the gradual schedule's epoch budget, "
                              "which rewinding (a replay from rewind_step) cannot match: use retrain "

@@ -31,7 +31,8 @@ from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
 from prunelens.pruning.store import PoolWriter
-from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
+from prunelens.pruning.masks import (Masker, alive_unit_fraction, cumulative_masks, cumulative_ratio,
+                                     dense_masks, magnitude_masks,
                                      mask_sparsity, prunable_from_config, random_masks_like)
 from prunelens.pruning.recipe import mixing_collate, ra_order
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
@@ -199,7 +200,8 @@ def _level_plan(cfg, level: int, spe: int) -> TrainPlan:
         return TrainPlan(epochs, lr_schedule(t, epochs, spe, base_lr=p.finetune_lr, kind="constant"),
                          t.optimizer)
     if p.retrain == "rewind":
-        return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer, start_step=p.rewind_step)
+        start = 0 if p.rewind_replay == "full" else p.rewind_step
+        return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer, start_step=start)
     return TrainPlan(epochs, lr_schedule(t, epochs, spe), t.optimizer)
 
 
@@ -216,11 +218,14 @@ def _next_masks(cfg, params, masks, level: int) -> dict[str, torch.Tensor]:
         floor = round((1 - p.max_sparsity) * total)
     else:
         floor = {n: round((1 - p.max_sparsity) * m.numel()) for n, m in masks.items()}
+    if p.target == "cumulative":  # level k is the k-th round
+        return cumulative_masks(weights, masks, cumulative_ratio(p.rate, level), p.scope, min_alive=floor)
     return magnitude_masks(weights, masks, p.rate, p.scope, min_alive=floor)
 
 
-def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
-    """Why no further level is built, or None to build it."""
+def _stop_reason(cfg, level: int, old_masks, new_masks, layer_order: list[str]) -> str | None:
+    """Why no further level is built, or None to build it. ``layer_order``: every weight the
+    spec could prune, in model order (``prune.stop_layers: authors`` indexes it)."""
     p = cfg.prune
     if p.schedule == "one_shot" and level > 1:
         return "one-shot: pruned to the target in one step"
@@ -231,12 +236,28 @@ def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
     if new_s <= old_s + 1e-12:
         return f"max_sparsity {p.max_sparsity} reached"
     if p.min_alive_units > 0:
-        alive = alive_unit_fraction(new_masks)
-        worst = min(alive, key=alive.get)
-        if alive[worst] < p.min_alive_units:
+        alive = {n: f for n, f in alive_unit_fraction(new_masks).items()
+                 if n in counted_layers(p.stop_layers, layer_order, new_masks)}
+        worst = min(alive, key=alive.get, default=None)
+        below = worst is not None and (alive[worst] < p.min_alive_units if p.stop_when == "below"
+                                       else alive[worst] <= p.min_alive_units)
+        if below:
+            sign = "<" if p.stop_when == "below" else "<="
             return (f"the next round would leave {alive[worst]:.0%} of the units of {worst} with an "
-                    f"incoming connection (< min_alive_units {p.min_alive_units:.0%})")
+                    f"incoming connection ({sign} min_alive_units {p.min_alive_units:.0%})")
     return None
+
+
+def counted_layers(which: str, layer_order: list[str], masks) -> set[str]:
+    """The pruned weights the stop rule counts: all; or, as SiftingFeatures src/IMP.py:87 indexes
+    them (``prunable = [l-1 for l, lay in enumerate(arch) if lay[2]]``), the layer before each
+    pruned one in ``layer_order``, cyclically (the authors' ``mask[-1]``). A counted layer that is
+    not pruned has all its units connected, so it never decides. Biases (``prune.biases``) are
+    not layers here: units are counted by their incoming weights (IMP.py:120)."""
+    pruned = [n for n in masks if n in layer_order]
+    if which == "all":
+        return set(pruned)
+    return {layer_order[layer_order.index(n) - 1] for n in pruned} & set(pruned)
 
 
 def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
@@ -300,7 +321,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
                     new_masks = _next_masks(cfg, params, masks, level) if distributed.is_main() else masks
                 new_masks = distributed.broadcast_tensors(new_masks)
                 distributed.verify_identical(f"pruning masks of level {level}", new_masks)
-                reason = (_stop_reason(cfg, level, masks, new_masks) if source is None
+                reason = (_stop_reason(cfg, level, masks, new_masks, list(spec.prunable(model)))
+                          if source is None
                           else _control_stop(source, level))
                 if reason is not None:
                     if writer is not None:
