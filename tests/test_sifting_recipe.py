@@ -260,3 +260,33 @@ def test_the_new_prune_options_default_to_todays_behaviour():
     assert RunConfig(**base).identity_hash() == RunConfig(**explicit).identity_hash()
     with pytest.raises(ConfigError, match="retrain rewind"):
         validate_section(RunConfig, {**base, "prune": {"rewind_replay": "full"}})
+
+
+@pytest.mark.parametrize("name", ["fcn_imagenet32", "fcn_imagenet32_modulo10", "fcn_imagenet32_data03",
+                                  "fcn_imagenet32_superclasses"])
+def test_the_shipped_authors_configs_run_scaled_down(tmp_path, name):
+    """The shipped configs, every authors' option as written, on a tiny ImageNet32 folder with the
+    sizes scaled down (nothing held out: data.val_size 0)."""
+    from pathlib import Path
+
+    from prunelens.config import apply_overrides, read_yaml
+    from test_imagenet32 import write_imagenet32
+
+    root = write_imagenet32(tmp_path / "inet", batches=(12, 12, 16), n_val=9)
+    shipped = Path(__file__).parents[1] / "configs" / "sifting" / f"{name}.yaml"
+    raw = apply_overrides(read_yaml(shipped), [
+        f"data.root={root}", f"output_dir={tmp_path / 'runs'}", "model.widths=[8, 8, 8]",
+        "train.epochs=2", "train.max_steps_per_epoch=3", "train.batch_size=4", "train.device=cpu",
+        "train.validate_every=2", "train.validate_images=5", "prune.rewind_step=1",
+        "prune.min_alive_units=0.05", "evaluate.suites=[accuracy]"])
+    assert raw["data"]["val_size"] == 0 and raw["train"]["sampler"] == "with_replacement"
+    cfg = resolve_runs(raw)[0]
+    p = cfg.prune
+    assert (p.target, p.biases, p.rewind_replay, p.stop_when, p.stop_layers) == (
+        "cumulative", True, "full", "not_above", "authors")
+    assert cfg.train.validate_split == "test"
+    pool = prune_run(cfg.model_copy(update={"prune": p.model_copy(update={"rounds": 1})}),
+                     log=lambda *_: None)
+    assert [lv.index for lv in pool.levels] == [0, 1]
+    assert all(lv.info["steps"] == 6 and lv.info["periodic_validation"]["steps"] == [0, 2, 4, 6]
+               for lv in pool.levels)
