@@ -290,3 +290,34 @@ def test_the_shipped_authors_configs_run_scaled_down(tmp_path, name):
     assert [lv.index for lv in pool.levels] == [0, 1]
     assert all(lv.info["steps"] == 6 and lv.info["periodic_validation"]["steps"] == [0, 2, 4, 6]
                for lv in pool.levels)
+
+
+@pytest.mark.parametrize("buffers", ["restore", "reset"])
+def test_rewound_levels_restore_or_reset_the_running_averages(tmp_path, buffers):
+    """reset: the running averages start again as at level 0 (mean 0, var 1, then the first batch
+    copied; IMP.py:136-144, 162-163), seen by the validation at step 0 of a rewound level."""
+    from prunelens.runfolder import Layout
+
+    cfg = sifting_config(tmp_path, train={"validate_every": 2, "validate_images": 40},
+                         prune={"retrain": "rewind", "rewind_step": 3, "rewind_replay": "full",
+                                "rewind_buffers": buffers})
+    pool = prune_run(cfg, log=lambda *_: None)
+    rewind = pool.level(0).tensors(Layout.REWIND)
+    assert int(rewind["layers.bn1.num_batches_tracked"]) == 3
+    data = RunData(cfg.data, cfg.seed)
+    first = DataLoader(Subset(data.split("val"), range(40)), batch_size=64)
+
+    def error_at_step_0(reset):
+        model = create_model("fcn", 4, **{k: v for k, v in FCN.items() if k != "name"})
+        model.load_state_dict(rewind)
+        if reset:
+            for name, buf in model.named_buffers():
+                buf.copy_(torch.zeros_like(buf) if "mean" in name or "tracked" in name else torch.ones_like(buf))
+        with torch.no_grad():
+            for name, mask in pool.levels[1].load_masks().items():
+                dict(model.named_parameters())[name].mul_(mask)
+        return 1 - evaluate_model(model, first, spec_for(model), torch.device("cpu"))["acc"]
+
+    want, other = error_at_step_0(buffers == "reset"), error_at_step_0(buffers != "reset")
+    assert want != other                                       # the two choices are told apart here
+    assert pool.levels[1].info["periodic_validation"]["errors"][0] == pytest.approx(want, abs=1e-12)

@@ -208,6 +208,10 @@ class PruneConfig(Section):
         "retrain rewind: rest trains from rewind_step to the end of the dense schedule (Frankle et "
         "al. 2020); full trains the dense schedule's whole step count again from the rewound "
         "weights (IMP.py:136-146)"))
+    rewind_buffers: Literal["restore", "reset"] = Field("restore", description=(
+        "retrain rewind: restore the buffers (batch-norm running statistics) saved at rewind_step "
+        "with the weights; or reset them to their initial values, as Pellegrini & Biroli's "
+        "IMP.py:136-144 does (the running averages then start again from the first batch)"))
     stop_when: Literal["below", "not_above"] = Field("below", description=(
         "below: stop when a layer's fraction of connected units is < min_alive_units; "
         "not_above: when it is <= (IMP.py:128 goes on while it is > stop_ratio)"))
@@ -230,8 +234,9 @@ class PruneConfig(Section):
                              "and the run folder of the pool it controls")
         if self.target == "cumulative" and self.schedule == "one_shot":
             raise ValueError("prune.target cumulative counts rounds: it applies to schedule gradual")
-        if self.rewind_replay == "full" and self.retrain != "rewind":
-            raise ValueError("prune.rewind_replay says what a rewound level trains: set retrain rewind")
+        if self.retrain != "rewind" and (self.rewind_replay, self.rewind_buffers) != ("rest", "restore"):
+            raise ValueError("prune.rewind_replay and rewind_buffers say how a level is rewound: "
+                             "set retrain rewind")
         if self.schedule == "one_shot" and self.retrain == "rewind":
             raise ValueError("schedule one_shot retrains with the gradual schedule's epoch budget, "
                              "which rewinding (a replay from rewind_step) cannot match: use retrain "

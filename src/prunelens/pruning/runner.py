@@ -333,6 +333,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
                 if cfg.prune.retrain == "rewind":
                     rewind = RunFolder(cfg.run_dir).level(0).tensors(REWIND_FILE)
                     load_state_dict_strict(model, rewind, "the rewind checkpoint")
+                    if cfg.prune.rewind_buffers == "reset":
+                        _initial_buffers(cfg, model, num_classes)
                     model.to(device)
                 if cfg.prune.control == "random_reinit":
                     _reinitialise(cfg, model, num_classes, level)
@@ -395,6 +397,17 @@ def _control_stop(source: RunFolder, level: int) -> str | None:
     if level > source.levels[-1].index:
         return f"control of {source.name}: every level of the source has its counterpart"
     return None
+
+
+def _initial_buffers(cfg, model, num_classes: int) -> None:
+    """The buffers (batch-norm running statistics) of level 0's initial model, in place of the
+    rewound ones (``prune.rewind_buffers: reset``; SiftingFeatures src/IMP.py:136-144)."""
+    torch.manual_seed(derived_seed(cfg.seed, "init"))
+    initial = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
+    fresh = dict(initial.named_buffers())
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.copy_(fresh[name])
 
 
 def _reinitialise(cfg, model, num_classes: int, level: int) -> None:
