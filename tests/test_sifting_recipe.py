@@ -321,3 +321,17 @@ def test_rewound_levels_restore_or_reset_the_running_averages(tmp_path, buffers)
     want, other = error_at_step_0(buffers == "reset"), error_at_step_0(buffers != "reset")
     assert want != other                                       # the two choices are told apart here
     assert pool.levels[1].info["periodic_validation"]["errors"][0] == pytest.approx(want, abs=1e-12)
+
+
+def test_validating_on_an_empty_split_is_refused_before_training(tmp_path):
+    from test_imagenet32 import write_imagenet32
+
+    root = write_imagenet32(tmp_path / "inet")
+    raw = tiny_config_dict(tmp_path, data={"name": "imagenet32", "root": str(root), "val_size": 0},
+                           train={"validate_every": 2})
+    raw["data"] = {"name": "imagenet32", "root": str(root), "val_size": 0}
+    raw["model"] = dict(FCN, widths=[4])
+    cfg = resolve_runs(raw)[0]
+    with pytest.raises(ConfigError, match="split is empty"):
+        prune_run(cfg, log=lambda *_: None)
+    assert not cfg.run_dir.exists()                          # refused before the run folder is made

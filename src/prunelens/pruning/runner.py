@@ -95,17 +95,10 @@ class _Loaders:
         """The loader of ``train.validate_every``: the first ``validate_images`` of its split."""
         if t.validate_every is None:
             return None, 0
-        if t.validate_split not in data.entry.splits:
-            raise ConfigError(f"train.validate_split: the dataset {self.cfg.data.name} has no "
-                              f"'{t.validate_split}' split (it has {', '.join(data.entry.splits)})")
-        split = data.split(t.validate_split)
-        n = len(split) if t.validate_images is None else t.validate_images
-        if n > len(split):
-            raise ConfigError(f"train.validate_images {n} is more than the {len(split)} images of "
-                              f"the {t.validate_split} split: lower it, or leave it out for all")
+        n = validation_images(self.cfg, data)
         # its own generator: a loader's iterator draws a seed, which must not come from the global RNG
-        return DataLoader(self._shard(Subset(split, range(n))), generator=torch.Generator(),
-                          **eval_kw), n
+        return DataLoader(self._shard(Subset(data.split(t.validate_split), range(n))),
+                          generator=torch.Generator(), **eval_kw), n
 
     def _seed(self, level: int, epoch: int) -> None:
         self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
@@ -166,6 +159,23 @@ class _Loaders:
                 return self._sharded(level, epoch)
             return self._single(level, epoch)
         return loader
+
+
+def validation_images(cfg, data: RunData) -> int:
+    """How many images ``train.validate_every`` evaluates on, or a ConfigError naming the fix."""
+    t = cfg.train
+    if t.validate_split not in data.entry.splits:
+        raise ConfigError(f"train.validate_split: the dataset {cfg.data.name} has no "
+                          f"'{t.validate_split}' split (it has {', '.join(data.entry.splits)})")
+    size = len(data.split(t.validate_split))
+    n = size if t.validate_images is None else t.validate_images
+    if n > size:
+        raise ConfigError(f"train.validate_images {n} is more than the {size} images of the "
+                          f"{t.validate_split} split: lower it, or leave it out for all")
+    if n == 0:
+        raise ConfigError(f"train.validate_split: the {t.validate_split} split is empty (a val_size "
+                          "of 0 holds nothing out?): validate on test, or hold some out")
+    return n
 
 
 class WithReplacementBatches:
@@ -279,6 +289,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
     # model and data first: a mistake in either is reported before the run folder is touched
     # (the dataset's classes build and check every split, except where the options alone say them)
     class_names = data.checked_class_names()
+    if cfg.train.validate_every is not None:
+        validation_images(cfg, data)
     num_classes = cfg.model.num_classes or len(class_names)
     torch.manual_seed(derived_seed(cfg.seed, "init"))
     model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
