@@ -335,3 +335,27 @@ def test_validating_on_an_empty_split_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="split is empty"):
         prune_run(cfg, log=lambda *_: None)
     assert not cfg.run_dir.exists()                          # refused before the run folder is made
+
+
+def test_two_ranks_with_replacement_load_the_global_batch_of_one_process(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from test_distributed import _fake_ranks, _Indexed
+    from prunelens.pruning.runner import _Loaders
+
+    def loaders():
+        cfg = resolve_runs(tiny_config_dict(tmp_path, train={"batch_size": 16,
+                                                             "sampler": "with_replacement"}))[0]
+        data = SimpleNamespace(split=lambda s: _Indexed(203 if s == "train" else 10),
+                               entry=SimpleNamespace(splits=("train", "val", "test")))
+        return _Loaders(cfg, data)
+
+    single = [y.tolist() for _, y in loaders().for_epoch(1)(2)]
+    assert len(single) == 203 // 16
+    shards = []
+    for r in (0, 1):
+        _fake_ranks(monkeypatch, r, 2)
+        shards.append([y.tolist() for _, y in loaders().for_epoch(1)(2)])
+    for i, step in enumerate(single):
+        assert len(shards[0][i]) == len(shards[1][i]) == 8
+        assert sorted(shards[0][i] + shards[1][i]) == sorted(step)
