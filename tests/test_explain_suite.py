@@ -269,7 +269,7 @@ def test_paper_preset_equals_the_papers_own_pipeline(tmp_path, resnet):
     quantus = pytest.importorskip("quantus")
     options = _options(preset="paper", methods=["gradcam", "integrated_gradients"], ig_steps=8,
                        n_images=6, batch_size=4, figure_images=0, ig_noise_samples=0)
-    assert options.scoring == ("minmax", "zero", False, "paper", "score", 0)
+    assert options.scoring == ("minmax", "zero", False, "paper", "score", 0, "paper_first_window")
     assert _options(preset="paper", guide_gelu=True).scoring.guide_gelu  # one choice overridden
     frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
     spec, data = spec_for(resnet), _Data()

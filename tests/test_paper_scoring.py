@@ -122,8 +122,8 @@ def test_an_empty_mask_stays_nan_with_either_blank_map_rule():
 # ---- the preset --------------------------------------------------------------------------------------
 def test_paper_preset_resolves_to_the_papers_choices():
     paper = InterpretabilityOptions(preset="paper")
-    assert paper.scoring == ("minmax", "zero", False, "paper", "score", 2)
-    assert InterpretabilityOptions().scoring == ("none", "black", True, "expected", "nan", 0)
+    assert paper.scoring == ("minmax", "zero", False, "paper", "score", 2, "paper_first_window")
+    assert InterpretabilityOptions().scoring == ("none", "black", True, "expected", "nan", 0, "received")
     assert InterpretabilityOptions(preset="paper", ig_noise_samples=0).scoring.ig_noise_samples == 0
     assert InterpretabilityOptions(preset="paper", rra_ties="index").scoring.rra_ties == "index"
     # the noise std is Captum NoiseTunnel's default stdevs, which the paper's call leaves in place
@@ -133,6 +133,7 @@ def test_paper_preset_resolves_to_the_papers_choices():
     assert paper.ig_noise_std == stdevs == 1.0
     text = InterpretabilitySuite.describe(paper)
     assert "SmoothGrad over 2 copies (std 1)" in text and "later first" in text and "RMA 0" in text
+    assert "Swin attention of the first window (the paper)" in text
 
 
 def test_options_stored_before_blank_maps_keep_their_meaning():
@@ -141,11 +142,24 @@ def test_options_stored_before_blank_maps_keep_their_meaning():
     assert from_old({"preset": "default", "ig_noise_samples": 0}) == InterpretabilityOptions()
     # an old paper-preset result ranked ties by index, gave blank maps NaN, and had no noise
     old = from_old({"preset": "paper", "ig_noise_samples": 0})
-    assert old.scoring == ("minmax", "zero", False, "index", "nan", 0)
+    assert old.scoring == ("minmax", "zero", False, "index", "nan", 0, "received")
     assert old != InterpretabilityOptions(preset="paper")
     # options stored by this version are read as they are
     now = InterpretabilityOptions(preset="paper").model_dump(mode="json")
     assert from_old(now) == InterpretabilityOptions(preset="paper")
+
+
+def test_options_stored_before_swin_attention_keep_their_meaning():
+    """Before ``swin_attention`` every preset mapped the attention Swin's tokens receive: an old
+    paper-preset result is recomputed (its Swin map changed), an old default one is still current."""
+    from_old = InterpretabilitySuite.options_from
+    stored = InterpretabilityOptions(preset="paper").model_dump(mode="json")
+    stored.pop("swin_attention")
+    old = from_old(stored)
+    assert old.scoring.swin_attention == "received" and old != InterpretabilityOptions(preset="paper")
+    stored = InterpretabilityOptions().model_dump(mode="json")
+    stored.pop("swin_attention")
+    assert from_old(stored) == InterpretabilityOptions()
 
 
 def test_smoothgrad_ig_equals_captum_noise_tunnel_called_as_the_paper_calls_it(monkeypatch):

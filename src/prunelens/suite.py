@@ -40,7 +40,7 @@ from torch import nn
 
 from prunelens.config import RunConfig, validate_section
 from prunelens.data.provider import RunData
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, DataError
 from prunelens.models.spec import ArchSpec
 from prunelens.options import Options
 from prunelens.results import Record
@@ -229,12 +229,18 @@ class Suite:
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
     #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
     claims: ClassVar[tuple[Claim, ...]] = ()
-    #: measured at every matched sparsity of `prunelens compare-schedules` (gradual vs one-shot)
+    #: measured on the dense and final levels by ``prunelens compare-schedules``
     in_schedule_comparison: ClassVar[bool] = False
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         """Why this suite does not apply to this run (None: it applies)."""
         return None
+
+    @classmethod
+    def check_data(cls, options: SuiteOptions) -> None:
+        """Raise :class:`~prunelens.errors.DataError`, naming the option and the fix, when a data
+        folder the options name is missing or not in its dataset's layout. Cheap (no image is
+        read): :func:`check_suite_data` calls it before a run trains and before an evaluation."""
 
     def not_applicable(self, ctx: RunContext) -> dict[str, str]:
         """Parts of the suite that do not apply to this run (e.g. a method the architecture cannot
@@ -352,6 +358,53 @@ def suite_options(config: RunConfig, name: str) -> SuiteOptions:
 def resolved_suite_options(config: RunConfig) -> dict[str, dict]:
     """Every registered suite's options in ``config``, resolved (:meth:`Suite.resolved_options`)."""
     return {suite.name: suite.resolved_options(suite_options(config, suite.name)) for suite in all_suites()}
+
+
+class DataFolderError(DataError):
+    """A data folder a suite's option names is missing or not in its dataset's layout."""
+
+    def __init__(self, key: str, flag: str, problem: str) -> None:
+        self.key, self.flag, self.problem = key, flag, problem
+        super().__init__(f"{key}: {problem}. Give the folder with {flag} DIR (prunelens run / "
+                         f"evaluate) or --set {key}=DIR")
+
+
+def data_folder_error(suite: str, option: str, flag: str, problem: str) -> DataFolderError:
+    """The one message for a data folder a suite's option names wrongly: the option, what is
+    wrong, and how to give the folder."""
+    return DataFolderError(f"evaluate.{suite}.{option}", flag, problem)
+
+
+def require_folder(suite: str, option: str, flag: str, root: str) -> None:
+    """:func:`data_folder_error` unless ``root`` is a folder (e.g. a config's placeholder path)."""
+    if not Path(root).expanduser().is_dir():
+        raise data_folder_error(suite, option, flag, f"folder '{root}' does not exist")
+
+
+def check_suite_data(config: RunConfig, names: list[str] | None = None) -> None:
+    """Check the data folders the options of suites ``names`` (default: the config's suites, or
+    every suite) name, so that a missing VOC or model-vs-human folder stops a run before it trains,
+    not hours later when the suite reads it. Every problem is named in one message."""
+    problems: list[DataError] = []
+    for name in names if names is not None else (config.evaluate.suites or available_suites()):
+        try:
+            get_suite(name).check_data(suite_options(config, name))
+        except DataError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:  # one flag often fixes several options (--voc-root): group them
+        grouped: dict[tuple[str, str], list[str]] = {}
+        parts = []
+        for exc in problems:
+            if isinstance(exc, DataFolderError):
+                grouped.setdefault((exc.flag, exc.problem), []).append(exc.key)
+            else:
+                parts.append(str(exc))
+        parts[:0] = [f"{', '.join(keys)}: {problem} (give it with {flag} DIR)"
+                     for (flag, problem), keys in grouped.items()]
+        raise DataError("; ".join(parts) + ". The flags work with prunelens run and evaluate; "
+                        "--set KEY=DIR sets one option")
 
 
 def check_evaluate(config: RunConfig) -> RunConfig:

@@ -29,10 +29,11 @@ import torch
 from pydantic import Field, model_validator
 
 from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation, iter_batches
-from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
+from prunelens.data.voc import VOC_CLASSES, VOCSegmentation, find_voc2012, read_split
 from prunelens.errors import DataError, PrunelensError
 from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
-                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
+                             ReportSection, RunContext, Suite, SuiteOptions, data_folder_error,
+                             register_suite)
 from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
 from prunelens.runfolder import Layout, saved_per_level
@@ -41,6 +42,7 @@ from prunelens.explain.metrics import BLANK_MAPS, POOLINGS, TIE_RULES, localisat
 from prunelens.explain.pipeline import (ATTRIBUTION_METHODS, METHODS, IGSettings, applicable_methods,
                                        explain_batch)
 from prunelens.io import atomic_save_tensors, atomic_write_json
+from prunelens.models.spec import WINDOW_ATTENTION_MAPS
 from prunelens.results import Record
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class Scoring(NamedTuple):
     rra_ties: str         # expected | index | paper
     blank_maps: str       # nan | score (metrics.BLANK_MAPS)
     ig_noise_samples: int  # SmoothGrad copies around IG (0: plain IG)
+    swin_attention: str   # received | paper_first_window (models.spec.WINDOW_ATTENTION_MAPS)
 
 
 #: ``default``: scores that do not depend on an arbitrary floor, baseline, pixel order or noise;
@@ -66,13 +69,17 @@ class Scoring(NamedTuple):
 #: first (L295; *not* Quantus' ``index``, which ranks the earlier first), blank maps scored RMA 0
 #: and kept in the mean (the eps of L290, L297), and IG wrapped in SmoothGrad with 2 noisy copies
 #: (``integrated_gradients``: ``NoiseTunnel(ig).attribute(..., nt_samples=2, nt_type='smoothgrad')``,
-#: Captum's default ``stdevs=1.0`` = ``ig_noise_std``'s default)
-PRESETS = {"default": Scoring("none", "black", True, "expected", "nan", 0),
-           "paper": Scoring("minmax", "zero", False, "paper", "score", 2)}
+#: Captum's default ``stdevs=1.0`` = ``ig_noise_std``'s default); Swin's attention map is their
+#: first window's first query row (``build_attention_image``, SwinSpec.first_window_map), not the
+#: attention tokens receive
+PRESETS = {"default": Scoring("none", "black", True, "expected", "nan", 0, "received"),
+           "paper": Scoring("minmax", "zero", False, "paper", "score", 2, "paper_first_window")}
 
 #: options an earlier version stored before ``blank_maps`` existed meant these choices when left
 #: unset (``Suite.options_from`` pins them, so such results count as made with other options)
 _BEFORE_BLANK_MAPS = {"default": {}, "paper": {"rra_ties": "index", "blank_maps": "nan"}}
+#: and before ``swin_attention`` existed, every preset mapped the attention Swin's tokens receive
+_BEFORE_SWIN_ATTENTION = "received"
 
 
 class InterpretabilityOptions(SuiteOptions):
@@ -115,6 +122,10 @@ class InterpretabilityOptions(SuiteOptions):
     blank_maps: Literal[BLANK_MAPS] | None = Field(
         None, description=("an all-zero map (after min-max): nan, or score (RMA 0 and RRA by the tie "
                            "rule, kept in the mean, as the paper's eps terms do)"))
+    swin_attention: Literal[WINDOW_ATTENTION_MAPS] | None = Field(
+        None, description=("Swin's attention map: received (attention each token receives, shifts "
+                           "undone) or paper_first_window (the paper's first window's first query, "
+                           "summed over heads, stretched over the image)"))
 
     @property
     def scoring(self) -> Scoring:
@@ -174,6 +185,21 @@ class InterpretabilitySuite(Suite):
     def __init__(self) -> None:
         self._data_key: tuple | None = None
         self._data = None
+
+    @classmethod
+    def check_data(cls, options: InterpretabilityOptions) -> None:
+        """VOC: ``voc_root`` holds VOC2012's JPEGImages/ and SegmentationClass/, and ``voc_split``'s
+        list file exists."""
+        if options.source != "voc":
+            return
+        try:
+            voc = find_voc2012(options.voc_root)
+        except DataError as exc:
+            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+        try:
+            read_split(voc, options.voc_split)
+        except DataError as exc:
+            raise DataError(f"evaluate.{cls.name}.voc_split: {exc}") from None
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         if ctx.options.source == "synthetic" and not ctx.data.provides("masks"):
@@ -235,7 +261,7 @@ class InterpretabilitySuite(Suite):
             _check_input_size(ctx.model, ctx.spec, x, opts)
             result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling,
                                    amp=ctx.amp, channels_last=ctx.channels_last,
-                                   guide_gelu=scoring.guide_gelu)
+                                   guide_gelu=scoring.guide_gelu, window_attention=scoring.swin_attention)
             gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
             ignore = batch.ignore.to(ctx.device)
             pooled = {m: result.pooled(m) for m in methods}
@@ -295,7 +321,8 @@ class InterpretabilitySuite(Suite):
                 f"IG {noise}, "
                 f"guided backprop {'also guides' if s.guide_gelu else 'leaves'} GELU, "
                 f"RRA ties {ties}, "
-                f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}")
+                f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}, "
+                f"Swin attention {'of the first window (the paper)' if s.swin_attention == 'paper_first_window' else 'received'}")
 
     @classmethod
     def resolved_options(cls, options: InterpretabilityOptions) -> dict:
@@ -306,7 +333,12 @@ class InterpretabilitySuite(Suite):
     def options_from(cls, stored: dict) -> InterpretabilityOptions | None:
         """As :meth:`Suite.options_from`; options stored before ``blank_maps`` existed are read
         with the meaning they had then: ``ig_noise_samples`` was a plain number (0 by default) and
-        the ``paper`` preset ranked ties by ``index`` and gave blank maps NaN."""
+        the ``paper`` preset ranked ties by ``index`` and gave blank maps NaN; options stored before
+        ``swin_attention`` existed mapped Swin's attention received, whatever the preset."""
+        if isinstance(stored, dict) and "swin_attention" not in stored:
+            preset = PRESETS.get(stored.get("preset", "default"), PRESETS["default"])
+            if preset.swin_attention != _BEFORE_SWIN_ATTENTION:  # the paper preset's changed
+                stored = {**stored, "swin_attention": _BEFORE_SWIN_ATTENTION}
         if isinstance(stored, dict) and "blank_maps" not in stored:
             stored = dict(stored)
             preset = stored.get("preset", "default")
