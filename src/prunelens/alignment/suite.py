@@ -35,9 +35,11 @@ from prunelens.alignment.trials import read_human_trials, write_trials
 from prunelens.data.distortions import DISTORTIONS, REFERENCE_SIZE, distort
 from prunelens.data.model_vs_human import (CATEGORIES, DATASETS, ModelVsHumanDataset, find_datasets,
                                            image_id)
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, DataError
 from prunelens.suite import (SPARSITY, Claim, FigureSpec, LevelContext, Metric, Quantity,
-                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
+                             ReportSection, RunContext, Suite, SuiteOptions, data_folder_error,
+                             require_folder,
+                             register_suite)
 from prunelens.io import atomic_write_bytes
 from prunelens.results import Record
 
@@ -312,6 +314,23 @@ class AlignmentSuite(Suite):
               y=Quantity(SUITE, ("accuracy",)), x=SPARSITY, statistic="slope", expected=None,
               unit="levels", between="size", between_expected=1),
     )
+
+    @classmethod
+    def check_data(cls, options: AlignmentOptions) -> None:
+        """``mvh_root`` is a folder holding at least one of the datasets asked for (a missing one
+        is a note when the level is evaluated)."""
+        if options.mvh_root is None:
+            return
+        require_folder(cls.name, "mvh_root", "--mvh-root", options.mvh_root)
+        try:
+            present, _ = find_datasets(options.mvh_root, options.mvh_datasets)
+        except DataError as exc:
+            raise data_folder_error(cls.name, "mvh_root", "--mvh-root", str(exc)) from None
+        if not present:
+            wanted = options.mvh_datasets or DATASETS
+            raise data_folder_error(cls.name, "mvh_root", "--mvh-root", (
+                f"none of the model-vs-human datasets {', '.join(wanted)} is a folder under "
+                f"{options.mvh_root}; it must hold the toolbox's datasets/ folders (colour/, edge/, …)"))
 
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         opts: AlignmentOptions = ctx.options

@@ -33,6 +33,7 @@ from prunelens.data.voc import VOC_CLASSES, VOCSegmentation, find_voc2012, read_
 from prunelens.errors import DataError, PrunelensError
 from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
                              ReportSection, RunContext, Suite, SuiteOptions, data_folder_error,
+                             require_folder,
                              register_suite)
 from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
@@ -192,6 +193,7 @@ class InterpretabilitySuite(Suite):
         list file exists."""
         if options.source != "voc":
             return
+        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
         try:
             voc = find_voc2012(options.voc_root)
         except DataError as exc:
