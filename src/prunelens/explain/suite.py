@@ -79,6 +79,9 @@ PRESETS = {"default": Scoring("none", "black", True, "expected", "nan", 0, "rece
 #: options an earlier version stored before ``blank_maps`` existed meant these choices when left
 #: unset (``Suite.options_from`` pins them, so such results count as made with other options)
 _BEFORE_BLANK_MAPS = {"default": {}, "paper": {"rra_ties": "index", "blank_maps": "nan"}}
+#: how the report's note names each Swin attention map
+_SWIN_MAPS = {"received": "received (every window, shifts undone)",
+              "paper_first_window": "of the first window (the paper)"}
 #: and before ``swin_attention`` existed, every preset mapped the attention Swin's tokens receive
 _BEFORE_SWIN_ATTENTION = "received"
 
@@ -324,7 +327,7 @@ class InterpretabilitySuite(Suite):
                 f"guided backprop {'also guides' if s.guide_gelu else 'leaves'} GELU, "
                 f"RRA ties {ties}, "
                 f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}, "
-                f"Swin attention {'of the first window (the paper)' if s.swin_attention == 'paper_first_window' else 'received'}")
+                f"Swin attention {_SWIN_MAPS[s.swin_attention]}")
 
     @classmethod
     def resolved_options(cls, options: InterpretabilityOptions) -> dict:
