@@ -72,16 +72,23 @@ def _policy(options: ImageFolderOptions, interpolation):
     return T.AutoAugment(policy=T.AutoAugmentPolicy(name), interpolation=interpolation)
 
 
+#: interpolations whose resize of uint8 tensors (antialiased) gives Pillow's within a few grey
+#: levels (tests/test_input_paths.py); torch's ``nearest`` picks other pixels than Pillow's
+TENSOR_RESAMPLING = ("bilinear", "bicubic")
 #: interpolations torchvision's tensor affine ops (the policies' rotate/shear/translate) take
-TENSOR_AFFINE_INTERPOLATIONS = ("bilinear", "nearest")
+TENSOR_AFFINE = ("bilinear", "nearest")
 
 
 def gpu_problem(options: ImageFolderOptions, train: bool) -> str | None:
-    """Why these transforms cannot run on tensors (so not on the GPU), or None: a policy with an
-    interpolation torchvision's tensor affine ops refuse runs on Pillow images."""
-    if train and options.auto_augment is not None and options.interpolation not in TENSOR_AFFINE_INTERPOLATIONS:
+    """Why these transforms run on Pillow images, so not on the GPU (None when they run on
+    tensors): an interpolation whose tensor resize is not Pillow's, or a policy with an
+    interpolation torchvision's tensor affine ops refuse."""
+    if options.interpolation not in TENSOR_RESAMPLING:
+        return (f"interpolation {options.interpolation} resamples tensors differently from Pillow, "
+                f"so it runs on Pillow images (tensors: {' or '.join(TENSOR_RESAMPLING)})")
+    if train and options.auto_augment is not None and options.interpolation not in TENSOR_AFFINE:
         return (f"auto_augment {options.auto_augment} with interpolation {options.interpolation} runs on "
-                f"Pillow images (torchvision's tensor affine ops take {' or '.join(TENSOR_AFFINE_INTERPOLATIONS)})")
+                f"Pillow images (torchvision's tensor affine ops take {' or '.join(TENSOR_AFFINE)})")
     return None
 
 
@@ -89,23 +96,24 @@ def transforms(options: ImageFolderOptions, train: bool):
     """The reference presets, one definition for both input paths: the first step, ``PILToTensor``,
     turns a Pillow image (decoded on the CPU) into a uint8 tensor and passes a tensor (decoded on
     the GPU) through; every later step runs on uint8 tensors on either device, resampling with
-    ``interpolation`` and antialiasing, then scales to float in [0, 1] (and erases). A policy whose
-    interpolation tensors cannot take (:func:`gpu_problem`) runs on the Pillow image, before the
-    conversion, as the reference's Pillow backend does."""
+    ``interpolation`` and antialiasing, then scales to float in [0, 1] (and erases). Where tensors
+    cannot do what Pillow does (:func:`gpu_problem`), the resampling steps run on the Pillow image
+    before the conversion, as the reference's Pillow backend does."""
     torchvision()  # the CPU-build workaround must run before any torchvision submodule import
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import v2 as T
     interpolation = InterpolationMode(options.interpolation)
     if not train:
-        return T.Compose([T.PILToTensor(), T.Resize(options.val_resize_size, interpolation, antialias=True),
-                          T.CenterCrop(options.val_crop_size), T.ToDtype(torch.float32, scale=True)])
-    steps = [T.RandomResizedCrop(options.train_crop_size, interpolation=interpolation, antialias=True),
-             T.RandomHorizontalFlip()]
-    if options.auto_augment is not None:
-        steps.append(_policy(options, interpolation))
+        steps = [T.Resize(options.val_resize_size, interpolation, antialias=True),
+                 T.CenterCrop(options.val_crop_size)]
+    else:
+        steps = [T.RandomResizedCrop(options.train_crop_size, interpolation=interpolation, antialias=True),
+                 T.RandomHorizontalFlip()]
+        if options.auto_augment is not None:
+            steps.append(_policy(options, interpolation))
     steps.insert(len(steps) if gpu_problem(options, train) else 0, T.PILToTensor())
     steps.append(T.ToDtype(torch.float32, scale=True))
-    if options.random_erase > 0:
+    if train and options.random_erase > 0:
         # the reference erases normalised images with 0; in [0, 1] that is the normalisation mean
         steps.append(T.RandomErasing(p=options.random_erase, value=list(IMAGENET_MEAN)))
     return T.Compose(steps)
