@@ -20,6 +20,8 @@ the val split and ``evaluate_model``. Each measurement is an epoch timed whole, 
 included (the runner restarts its training workers every epoch), after one untimed epoch (warm-up,
 compilation). Each line prints ``ratio_vs_in_memory=``; on CUDA also ``gpu_busy=``, the mean of
 ``torch.cuda.utilization()`` (nvidia-smi's SM-busy percentage) sampled every 0.1 s during it.
+Last, ``per_image_call``: the fixed cost of one transform call on the device (tiny images), which
+bounds the GPU path's per-image loop in the main process.
 
     PYTHONPATH=src python benchmarks/input_pipeline.py      # CPU: small models at 64 px, ~1-2 min
     PYTHONPATH=src python benchmarks/input_pipeline.py --device cuda --train-images 16000 \\
@@ -254,6 +256,29 @@ def bench_evaluation(args, root: Path, device: torch.device, busy: BusySampler, 
         print(f"  evaluate gpu_path skipped: {gpu_skip_reason(device)}")
 
 
+def per_image_overhead(args, device: torch.device) -> None:
+    """The GPU path transforms one image per call in the main process: the fixed cost of a call
+    (Python dispatch, and kernel launches on CUDA), measured on tiny 3×32×32 images so the pixels
+    cost nothing, bounds the main process at 1e6 / µs images per second."""
+    from prunelens.data.imagefolder import transforms
+    for recipe in ("resnet50", "vit_b_32"):
+        options = recipe_config(args, recipe, Path(tempfile.gettempdir()), "cpu").data.options
+        options = options.model_copy(update={"train_crop_size": 16, "val_resize_size": 18, "val_crop_size": 16})
+        for part, transform in (("train", transforms(options, True)), ("eval", transforms(options, False))):
+            if recipe == "vit_b_32" and part == "eval":
+                continue  # the same eval transform as resnet50's
+            image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, device=device)
+            for _ in range(20):
+                transform(image)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(300):
+                transform(image)
+            sync(device)
+            us = (time.perf_counter() - t0) / 300 * 1e6
+            print(f"  per_image_call {recipe} {part} us={us:.0f} main_process_bound_img_s={1e6 / us:.0f}")
+
+
 def gpu_skip_reason(device: torch.device) -> str:
     return gpu_decode_problem(device) or "not requested"
 
@@ -271,7 +296,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64, help="crop side of the small CPU models")
     ap.add_argument("--full-models", action="store_true",
                     help="resnet50 / vit_b_32 at 224 px (default on CUDA)")
-    ap.add_argument("--recipes", default="resnet50,vit_b_32")
+    ap.add_argument("--recipes", default="resnet50,vit_b_32", help="comma-separated; empty: none")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation measurement")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast (the vit_b_32 recipe has it anyway)")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile (CUDA only)")
@@ -299,9 +325,12 @@ def main() -> None:
               f"val_images={args.val_images} classes={args.classes} workers={args.workers} "
               f"loadavg_before={load_before:.2f}")
         print(f"jpeg_folder={root} written_or_reused_in_s={written:.1f}")
-        for recipe in args.recipes.split(","):
+        for recipe in filter(None, args.recipes.split(",")):
             bench_training(args, recipe, root, device, busy, paths)
-        bench_evaluation(args, root, device, busy, paths)
+        if not args.no_eval:
+            bench_evaluation(args, root, device, busy, paths)
+        print(f"transforms one image per call on {device} (the GPU path's main-process loop):")
+        per_image_overhead(args, device)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
