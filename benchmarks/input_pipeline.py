@@ -2,8 +2,9 @@
 GPU (nvJPEG) path of ``data.decode``, for training with two paper recipes and for evaluation, in
 one run (issue #21).
 
-It writes an ImageNet-layout folder of JPEGs (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``; 500×375
-and 375×500 like most ImageNet photos, with some 500×333 and 333×500), then measures img/s of:
+It writes an ImageNet-layout folder of JPEGs (``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG``; half
+500×375 or 375×500 like most ImageNet photos, half with one side 500 and the other 250-500), then
+measures img/s of:
 
 * ``in_memory``: the same model and training step (or evaluation pass) on uint8 batches already
   in host memory (pinned on CUDA): ``benchmarks/train.py``'s setting, what the GPU side can take;
@@ -58,8 +59,9 @@ RECIPES = {"resnet50": REPO / "configs/paper/resnet50_imagenet.yaml",
 #: on the CPU the recipes run with a small model of the same family at --size (a ResNet-50 step
 #: on two shared cores would measure the model, not the input)
 SMALL = {"resnet50": ("small_resnet", {}), "vit_b_32": ("small_vit", {"patch_size": 8})}
-#: (width, height) of the written photos, most as ImageNet's most common sizes
-SHAPES = ((500, 375), (500, 375), (500, 375), (375, 500), (500, 333), (333, 500))
+#: (width, height) of half the written photos, ImageNet's most common sizes; the other half have
+#: one side 500 and the other drawn from 250-500 (so evaluation's groups of equal size stay small)
+SHAPES = ((500, 375), (500, 375), (500, 375), (375, 500))
 
 
 # ---- the JPEG folder ---------------------------------------------------------------------------------
@@ -68,7 +70,9 @@ def _write_one(job: tuple[str, int, int]) -> None:
     from PIL import Image
     path, index, seed = job
     rng = np.random.default_rng(seed * 1_000_003 + index)
-    w, h = SHAPES[index % len(SHAPES)]
+    w, h = SHAPES[index // 2 % len(SHAPES)]
+    if index % 2:
+        w, h = (500, int(rng.integers(250, 501)))[:: 1 if index % 4 == 1 else -1]
     low = rng.integers(0, 256, (h // 25 + 2, w // 25 + 2, 3), dtype=np.uint8)
     image = Image.fromarray(low).resize((w, h), Image.BICUBIC)
     grain = rng.normal(0, 12, (h, w, 3))
@@ -257,9 +261,11 @@ def bench_evaluation(args, root: Path, device: torch.device, busy: BusySampler, 
 
 
 def per_image_overhead(args, device: torch.device) -> None:
-    """The GPU path transforms one image per call in the main process: the fixed cost of a call
-    (Python dispatch, and kernel launches on CUDA), measured on tiny 3×32×32 images so the pixels
-    cost nothing, bounds the main process at 1e6 / µs images per second."""
+    """The GPU path transforms training images one per call in the main process: the fixed cost of
+    a call (Python dispatch and kernel launches on CUDA), measured on tiny 3×32×32 images so the
+    pixels cost little, bounds the main process at 1e6 / µs images per second. On the CPU the
+    resize kernel itself is most of it, so only the CUDA figure bounds the GPU path. (Evaluation
+    runs one call per group of equal-size images: this bound applies per group.)"""
     from prunelens.data.imagefolder import transforms
     for recipe in ("resnet50", "vit_b_32"):
         options = recipe_config(args, recipe, Path(tempfile.gettempdir()), "cpu").data.options

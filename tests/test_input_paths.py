@@ -174,6 +174,23 @@ def test_decoder_falls_back_to_pillow_for_a_jpeg_the_gpu_refuses_and_names_a_cor
         DeviceDecoder(lambda x: x, torch.device("cpu"), decode).decode([broken], ["/x/broken.JPEG"])
 
 
+def test_deterministic_transforms_run_once_per_size_group_with_each_images_result(tmp_path):
+    rng = np.random.default_rng(5)
+    options = ImageFolderOptions(root=str(tmp_path), val_resize_size=36, val_crop_size=32)
+    shapes = [(40, 60), (60, 40), (40, 60), (45, 50), (40, 60), (60, 40)]
+    blobs = [_jpeg_bytes(_photo(rng, h, w)) for h, w in shapes]
+    calls = []
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        return transforms(options, False)(x)
+
+    grouped = DeviceDecoder(counted, torch.device("cpu"), _pil_batch, random=False)(blobs, ["?"] * 6)
+    assert sorted(calls) == sorted([(3, 3, 40, 60), (2, 3, 60, 40), (1, 3, 45, 50)])
+    alone = torch.stack([transforms(options, False)(pil_decode(b, "?")) for b in blobs])
+    assert torch.equal(grouped, alone)
+
+
 def _tree(root, n=5, png_every=4):
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

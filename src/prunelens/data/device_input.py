@@ -8,9 +8,11 @@ GPU path: workers only read each file's bytes (:class:`EncodedImages`); the main
 batch's JPEGs in one call of ``torchvision.io.decode_jpeg(list, device="cuda")`` (nvJPEG), other
 files (PNG in some datasets, or a JPEG nvJPEG refuses, e.g. CMYK) with Pillow, and runs the *same*
 transform object on each image on the device, then stacks the batch (:class:`DeviceDecodedLoader`).
-One image at a time: a v2 random transform draws one set of parameters per call, so a batch
-tensor would share one crop, one flip and one policy op; the eval transforms are deterministic,
-but the decoded images differ in size, so they cannot be stacked before the resize either.
+Random transforms (training) run one image per call: a v2 random transform draws one set of
+parameters per call, so a batch tensor would share one crop, one flip and one policy op.
+Deterministic transforms (evaluation) run once per group of images of the same decoded size
+(stacked), which gives each image what it would get alone (the kernels work image by image) in
+fewer calls: a call's fixed cost (dispatch, kernel launches) is paid per group, not per image.
 
 Random draws: transforms v2 draw their parameters from the CPU's global torch RNG whatever the
 image's device. On the GPU path they run in the main process, whose RNG the training loop reseeds
@@ -97,11 +99,14 @@ class DeviceDecoder:
     :func:`nvjpeg_decode`; tests inject another to run this on the CPU)."""
 
     def __init__(self, transform: Callable, device: torch.device,
-                 decode_jpeg: Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]] | None = None
-                 ) -> None:
+                 decode_jpeg: Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]] | None = None,
+                 random: bool = True) -> None:
         self.transform = transform
         self.device = torch.device(device)
         self.decode_jpeg = decode_jpeg or nvjpeg_decode
+        #: whether ``transform`` draws random parameters (then one image per call, else one call
+        #: per group of images of the same size)
+        self.random = random
 
     def decode(self, blobs: list[torch.Tensor], paths: list[str]) -> list[torch.Tensor]:
         """Each file as a uint8 (3, H, W) tensor on the device: the JPEGs in one batched call (one
@@ -125,7 +130,19 @@ class DeviceDecoder:
         return images
 
     def __call__(self, blobs: list[torch.Tensor], paths: list[str]) -> torch.Tensor:
-        return torch.stack([self.transform(img) for img in self.decode(blobs, paths)])
+        images = self.decode(blobs, paths)
+        if self.random:
+            return torch.stack([self.transform(img) for img in images])
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(img.shape), []).append(i)
+        out = None
+        for members in groups.values():
+            done = self.transform(torch.stack([images[i] for i in members]))
+            if out is None:
+                out = done.new_empty((len(images), *done.shape[1:]))
+            out[members] = done
+        return out
 
 
 class DeviceDecodedLoader:
@@ -183,8 +200,9 @@ def input_path(dataset, device: torch.device | None) -> tuple[str, str | None]:
     dataset without the choice (it decodes in its own way, on the CPU).
 
     A dataset offers the GPU path by having ``decode`` (its ``data.decode`` choice), ``encoded()``
-    (its files as :class:`EncodedImages`), ``transform`` (taking uint8 tensors) and
-    ``gpu_problem`` (why its transforms cannot run on tensors, or None). ``data.decode gpu`` where
+    (its files as :class:`EncodedImages`), ``transform`` (taking uint8 tensors),
+    ``random_transform`` (whether it draws random parameters) and ``gpu_problem`` (why its
+    transforms cannot run on tensors, or None). ``data.decode gpu`` where
     the GPU path cannot run is a ConfigError; ``auto`` then takes the CPU path and says why."""
     base = _base(dataset)
     choice = getattr(base, "decode", None)
@@ -211,4 +229,5 @@ def image_loader(dataset, device: torch.device | None, collate_fn: Callable | No
     if input_path(dataset, device)[0] == "cpu":
         return DataLoader(dataset, collate_fn=collate_fn, **loader_kw)
     loader = DataLoader(encoded(dataset), collate_fn=collate_encoded, **loader_kw)
-    return DeviceDecodedLoader(loader, DeviceDecoder(_base(dataset).transform, device), mix)
+    base = _base(dataset)
+    return DeviceDecodedLoader(loader, DeviceDecoder(base.transform, device, random=base.random_transform), mix)

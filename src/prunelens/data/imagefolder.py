@@ -122,9 +122,11 @@ def transforms(options: ImageFolderOptions, train: bool):
 class ImageFolderSplit(torch.utils.data.Dataset):
     """One split folder: items ``(image in [0, 1], label)``; ``class_names`` from the folder names."""
 
-    def __init__(self, folder: Path, transform, decode: str = "cpu", gpu_problem: str | None = None) -> None:
+    def __init__(self, folder: Path, transform, decode: str = "cpu", gpu_problem: str | None = None,
+                 random_transform: bool = True) -> None:
         #: the GPU input path's protocol (:func:`prunelens.data.device_input.input_path`)
         self.transform, self.decode, self.gpu_problem = transform, decode, gpu_problem
+        self.random_transform = random_transform
         if not folder.is_dir():
             raise DataError(f"split folder {folder} does not exist (expected one folder per class in it)")
         torchvision()
@@ -155,7 +157,8 @@ def _build(options: ImageFolderOptions, split: str, seed: int, augment: bool = T
     folder = root / (options.train_dir if split == "train" else options.val_dir)
     try:
         train = split == "train" and augment
-        return ImageFolderSplit(folder, transforms(options, train), options.decode, gpu_problem(options, train))
+        return ImageFolderSplit(folder, transforms(options, train), options.decode, gpu_problem(options, train),
+                                random_transform=train)
     except (FileNotFoundError, RuntimeError) as exc:  # ImageFolder: no class folders / no images
         raise DataError(f"cannot read {folder}: {exc}") from None
 
