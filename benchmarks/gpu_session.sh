@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 SCRATCH="$(mktemp -d "${TMPDIR:-/tmp}/prunelens-gpu-session.XXXXXX")"
 trap 'rm -rf "$SCRATCH"; [ -n "${DMON:-}" ] && kill "$DMON" 2>/dev/null' EXIT
 export PYTHONPATH=src
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python}"  # e.g. PYTHON=.venv/bin/python
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME.txt and the console
   local name=$1 limit=$2; shift 2

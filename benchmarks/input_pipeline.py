@@ -20,7 +20,8 @@ average, label smoothing, clipping). Evaluation is the accuracy suite's loop: ``
 the val split and ``evaluate_model``. Each measurement is an epoch timed whole, worker start
 included (the runner restarts its training workers every epoch), after one untimed epoch (warm-up,
 compilation). Each line prints ``ratio_vs_in_memory=``; on CUDA also ``gpu_busy=``, the mean of
-``torch.cuda.utilization()`` (nvidia-smi's SM-busy percentage) sampled every 0.1 s during it.
+``torch.cuda.utilization()`` (NVML's busy percentage, as nvidia-smi's; nvidia-smi itself where
+NVML's Python binding is missing) sampled every 0.1 s during it.
 Last, ``per_image_call``: the fixed cost of one transform call on the device (tiny images), which
 bounds the GPU path's per-image loop in the main process.
 
@@ -35,6 +36,7 @@ import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -98,33 +100,42 @@ def write_folder(root: Path, n_train: int, n_val: int, classes: int, workers: in
 
 # ---- GPU busy ----------------------------------------------------------------------------------------
 class BusySampler:
-    """Mean of ``torch.cuda.utilization()`` sampled every 0.1 s while active (None off CUDA or when
-    NVML is unavailable)."""
+    """Mean GPU busy percentage sampled every 0.1 s while active: ``torch.cuda.utilization()`` (NVML),
+    else ``nvidia-smi --query-gpu=utilization.gpu``; none off CUDA or when neither works."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.samples, self._stop = device, [], threading.Event()
-        self.available = device.type == "cuda"
-        if self.available:
+        self.read = None
+        if device.type != "cuda":
+            return
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        smi = ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        for name, read in (("torch.cuda.utilization", lambda: torch.cuda.utilization(device)),
+                           ("nvidia-smi", lambda: float(subprocess.run(smi, capture_output=True, text=True,
+                                                                       check=True).stdout.split()[0]))):
             try:
-                torch.cuda.utilization(device)
-            except Exception as exc:  # noqa: BLE001 - no NVML: say so, measure the rest
-                print(f"note: gpu_busy unavailable ({type(exc).__name__}: {exc})")
-                self.available = False
+                read()
+            except Exception as exc:  # noqa: BLE001 - try the next reader
+                print(f"note: {name} unavailable ({type(exc).__name__}: {exc})")
+                continue
+            self.read, self.source = read, name
+            print(f"gpu_busy from {name}")
+            break
 
     def __enter__(self):
         self.samples, self._stop = [], threading.Event()
-        if self.available:
+        if self.read is not None:
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.samples.append(torch.cuda.utilization(self.device))
+            self.samples.append(self.read())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self.available:
+        if self.read is not None:
             self._thread.join()
 
     def text(self) -> str:
