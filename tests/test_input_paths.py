@@ -252,6 +252,30 @@ def test_gpu_path_mixes_after_decoding_as_the_cpu_path_mixes_when_collating(tmp_
         assert yc.shape == (len(yc), 2) and torch.equal(xc, xg) and torch.equal(yc, yg)
 
 
+def test_run_data_loader_takes_the_gpu_path_and_says_so(tmp_path, fake_gpu):
+    """The suites' loader (``ctx.loader`` → ``RunData.loader``): the accuracy suite's pass gives the
+    same per-image results on both paths; the path is logged once, with its reason."""
+    from prunelens.models import create_model, spec_for
+    from prunelens.pruning.train import evaluate_model
+    _tree(tmp_path / "imagenet")
+    torch.manual_seed(0)
+    model = create_model("small_resnet", 2, widths=[4, 8])
+    correct, said = {}, []
+    for decode in ("cpu", "gpu"):
+        cfg = resolve_runs({"data": {"name": "imagenet", "root": str(tmp_path / "imagenet"), "decode": decode,
+                                     "train_crop_size": 24, "val_resize_size": 28, "val_crop_size": 24}})[0]
+        data = RunData(cfg.data, 0, num_workers=0, device=torch.device("cpu"), log=said.append)
+        loader = data.loader(data.split("val"), 4)
+        assert data.loader(data.split("val"), 4) is loader  # kept across levels
+        assert isinstance(loader, DeviceDecodedLoader) == (decode == "gpu")
+        result = evaluate_model(model, loader, spec_for(model), torch.device("cpu"))
+        correct[decode] = result["correct"]
+        assert result["loss"] == result["loss"]  # finite
+    assert torch.equal(correct["cpu"], correct["gpu"])
+    assert said == ["images of imagenet decoded on the CPU (data.decode cpu)",
+                    "images of imagenet decoded on the GPU (data.decode gpu)"]
+
+
 def test_encoded_dataset_reads_bytes_only_and_collates_lists(tmp_path):
     _tree(tmp_path / "imagenet")
     split = _data(tmp_path, "cpu").split("val")
