@@ -104,7 +104,7 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
         log = _rank_log(log, distributed.rank())
     workers = config.evaluate.num_workers
     data = RunData(config.data, config.seed, config.train.num_workers if workers is None else workers,
-                   pin_memory=device.type == "cuda")
+                   pin_memory=device.type == "cuda", device=device, log=log)
     spec = spec_of(config.model.name, config.model.options)
     instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
     with contextlib.ExitStack() as stack:

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from prunelens import distributed
+from prunelens.data.device_input import image_loader, input_path
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors
@@ -69,9 +70,11 @@ class _Loaders:
                            pin_memory=device is not None and device.type == "cuda")
         mixing = cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0
         self.collate = mixing_collate(cfg.train, num_classes or data.num_classes) if mixing else None
-        self.train = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                                drop_last=self.drop_last, generator=self.generator,
-                                collate_fn=self.collate, **self.common)
+        self.device = device
+        #: where the images are decoded (:func:`~prunelens.data.device_input.input_path`): cpu or gpu, why
+        self.input_path = input_path(self.train_set, device)
+        self.train = self._loader(self.train_set, shuffle=True, drop_last=self.drop_last,
+                                  generator=self.generator)
         self.steps_per_epoch = len(self._single(0, 0) if not distributed.active() else self._sharded(0, 0))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
@@ -80,9 +83,16 @@ class _Loaders:
                     "epoch (train.ra_sampler takes the largest multiple of 256, as torchvision's)"
                     if cfg.train.ra_sampler else f"{len(self.train_set)} training samples")
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves no training step for {used}")
-        eval_kw = dict(batch_size=cfg.train.eval_batch_size, **self.common)
-        self.eval = {s: DataLoader(self._shard(data.split(s)), **eval_kw)
+        self.eval = {s: image_loader(self._shard(data.split(s)), device, batch_size=cfg.train.eval_batch_size,
+                                     **self.common)
                      for s in ("val", "test") if s in data.entry.splits}
+
+    def _loader(self, dataset, **kw):
+        """A training loader of ``dataset``: batches mixed (MixUp / CutMix) as they are collated on
+        the CPU path, after they are decoded on the GPU path."""
+        return image_loader(dataset, self.device, collate_fn=self.collate,
+                            mix=self.collate.mix if self.collate is not None else None,
+                            batch_size=self.batch_size, **kw, **self.common)
 
     def _seed(self, level: int, epoch: int) -> None:
         self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
@@ -103,9 +113,7 @@ class _Loaders:
             self._seed(level, epoch)
             return self.train
         order = self.epoch_order(level, epoch)  # leaves the generator seeded for the worker seeds
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=order,
-                          drop_last=self.drop_last, generator=self.generator, collate_fn=self.collate,
-                          **self.common)
+        return self._loader(self.train_set, sampler=order, drop_last=self.drop_last, generator=self.generator)
 
     def _sharded(self, level: int, epoch: int) -> DataLoader:
         sampler = DistributedSampler(Subset(self.train_set, self.epoch_order(level, epoch)),
@@ -114,9 +122,7 @@ class _Loaders:
         # the generator seeds this rank's workers (augmentations): the sampler does not shuffle
         workers = torch.Generator().manual_seed(
             derived_seed(self.cfg.seed, "workers", level, epoch, distributed.rank()))
-        return DataLoader(sampler.dataset, batch_size=self.batch_size, sampler=sampler,
-                          drop_last=self.drop_last, generator=workers, collate_fn=self.collate,
-                          **self.common)
+        return self._loader(sampler.dataset, sampler=sampler, drop_last=self.drop_last, generator=workers)
 
     @staticmethod
     def _shard(dataset):
@@ -225,6 +231,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
             log(f"{cfg.name}: pool complete, every level verified: nothing to do")
             return RunFolder(cfg.run_dir)
         loaders = _Loaders(cfg, data, device, num_classes)
+        if loaders.input_path[1] is not None:  # a dataset with the choice (data.decode)
+            log(f"{cfg.name}: images decoded on the {loaders.input_path[0].upper()} ({loaders.input_path[1]})")
         if not distributed.is_main():
             done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
         masks = dense_masks(params)
