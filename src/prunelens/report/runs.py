@@ -5,12 +5,14 @@ figures the suites drew themselves (``results/<suite>/*.png``) and why a suite w
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from prunelens.errors import PoolError
+from prunelens.pruning.store import paper_sparsity
 from prunelens.runfolder import RunFolder, check_name, read_json
 
 
@@ -38,8 +40,12 @@ def seed_groups(runs: Sequence[RunFolder]) -> dict[str, str]:
 
 
 def pool_table(run: RunFolder) -> pd.DataFrame:
-    """The pool table of a run (:meth:`RunFolder.table`) as a DataFrame."""
-    return pd.DataFrame(run.table())
+    """The pool table of a run (:meth:`RunFolder.table`) as a DataFrame, with the paper's sparsity
+    count (``sparsity_paper``, :func:`prunelens.pruning.store.paper_sparsity`; NaN when the
+    architecture cannot be built) after prunelens's two."""
+    paper = paper_sparsity(run)
+    rows = [{**row, "sparsity_paper": paper.get(row["level"], math.nan)} for row in run.table()]
+    return pd.DataFrame(rows)
 
 
 def pool_accuracy_rows(run: RunFolder) -> pd.DataFrame:
