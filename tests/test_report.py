@@ -171,7 +171,8 @@ def test_figures_drawn_from_results_as_png_and_svg(report):
     names = {p.stem for p in figures.glob("*.png")}
     assert names == {p.stem for p in figures.glob("*.svg")}
     assert names == {"accuracy", "interpretability", "interpretability_overlay", "discovery",
-                     "alignment_ood", "shape_bias", "consistency", "connectivity", "psp_entropy"}
+                     "alignment_ood", "alignment_datasets", "shape_bias", "consistency",
+                     "connectivity", "psp_entropy"}
     for name in names:
         with Image.open(figures / f"{name}.png") as png:
             assert png.size[0] > 300

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run's evaluate.n_boot)")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="level of the confidence "
                    "intervals, between 0 and 1 (default 0.95)")
+    p.add_argument("--references", action="store_true", help="also draw the reference values the "
+                   "suites' figures declare: the humans' accuracy per model-vs-human dataset in "
+                   "Figure 6 (default: off, as the paper draws it)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("claims", help="test the papers' claims on one or several runs: statistic, "
@@ -328,7 +331,8 @@ def cmd_results(args) -> int:
 def cmd_report(args) -> int:
     from prunelens.report import build_report
 
-    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
+    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence,
+                        references=args.references)
     print(f"report: {path}")
     return 0
 
