@@ -5,7 +5,8 @@ several, see :mod:`prunelens.stats`); runs are overlaid in one panel (colour per
 per run group). Each suite declares its figures and which metrics they show
 (:class:`prunelens.suite.FigureSpec`, :class:`prunelens.suite.Metric`): RMA/RRA per attribution
 method with accuracy on a twin axis and sweet spots marked (Cassano et al. Fig. 3/4), CorLoc per
-model (Fig. 5), accuracy per OOD dataset (Fig. 6), shape bias, error consistency,
+model (Fig. 5), accuracy per model-vs-human dataset and model against the pruning level, the
+humans' accuracy on request (Fig. 6), accuracy per OOD dataset with runs overlaid, shape bias, error consistency,
 connectivity/locality, PSP-entropy, sharpness. A metric no figure names gets a generic figure of its
 suite, so nothing measured goes undrawn.
 """
