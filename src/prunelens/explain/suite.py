@@ -183,9 +183,8 @@ class InterpretabilitySuite(Suite):
     )
     figures = (
         FigureSpec("interpretability", "Relevance Mass / Rank Accuracy vs sparsity per attribution "
-                   "method (Cassano et al. Fig. 3/4; with several presets, line style: the "
-                   "preset)", panels=("group", "dataset", "metric"), lines=("method", "condition"),
-                   styles=("condition",)),
+                   "method (Cassano et al. Fig. 3/4)", panels=("group", "dataset", "metric"),
+                   lines=("method", "condition"), styles=("condition",)),  # condition: the preset
         FigureSpec("interpretability_overlay", "Relevance Mass / Rank Accuracy vs sparsity: runs "
                    "overlaid", panels=("dataset", "metric", "method"), lines=("group", "condition"),
                    accuracy_axis=False, multi_group_only=True),

@@ -190,6 +190,11 @@ def _caption(spec: Plot, summary: pd.DataFrame, confidence: float, referenced: b
             "single value).")
     if spec.accuracy_axis and spec.suite != "accuracy":
         text += " Dashed grey (right axis, in panels showing one run): its test accuracy."
+    styled = [c for c in spec.styles if c != "group" and summary[c].nunique() > 1]
+    if styled:
+        values = summary[styled].drop_duplicates().itertuples(index=False, name=None)
+        text += (f" Line style: the {' · '.join(styled)} "
+                 f"({', '.join(' · '.join(map(str, v)) for v in sorted(values, key=_natural))}).")
     if spec.x == "level":
         text += " x: pruning level (step); top axis: the sparsity of those levels."
     if referenced:
