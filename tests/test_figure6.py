@@ -194,3 +194,48 @@ def test_a_missing_human_reference_is_listed_not_drawn(runs, tmp_path):
     assert missing == [("alignment", "humans in figure 'alignment_datasets' of resnet50",
                         "suite 'alignment' wrote no human_reference.csv for this run (with "
                         "evaluate.alignment.mvh_root)")]
+
+
+def _toolbox_images(root, dataset: str, contains_sessions: bool) -> list[tuple[str, str]]:
+    """(image name, target) of every image the toolbox's loader yields for a dataset, transcribed
+    from bethgelab/model-vs-human (commit 2921634): ``datasets/base.py`` ``Dataset.__init__``
+    (``path = pjoin(params.path, "dnn/")`` when ``contains_sessions``, else the dataset folder);
+    ``datasets/dataloaders.py`` ``ImageFolderWithPaths`` (torchvision ``ImageFolder`` over it, the
+    target replaced by the info mapping's category); ``datasets/info_mappings.py``
+    ``InfoMappingWithSessions`` (``img_name.split("_")[4]``) / ``ImageNetInfoMapping`` (the parent
+    folder's name)."""
+    from prunelens._compat import torchvision
+
+    ImageFolder = torchvision().datasets.ImageFolder
+    path = root / dataset / "dnn" if contains_sessions else root / dataset
+    out = []
+    for file, _ in ImageFolder(str(path)).imgs:
+        name = file.split("/")[-1]
+        out.append((name, name.split("_")[4] if contains_sessions else file.split("/")[-2]))
+    return out
+
+
+def test_the_trials_are_the_images_the_toolbox_counts(tmp_path):
+    """Every image of every session (or category folder), each with the toolbox's target: the
+    trials whose accuracy Figure 6 pools are the ones the toolbox's ``Accuracy`` counts."""
+    from PIL import Image
+
+    from prunelens.data.model_vs_human import list_stimuli
+
+    humans = read_human_trials("colour")
+    sample = humans[humans["subj"] == "subject-01"].iloc[::80]  # both conditions, 16 images
+    for k, name in enumerate(sample["imagename"]):
+        fields = name.split("_")
+        fields[2] = "dnn"
+        session = f"session-{1 + k % 2}"
+        path = tmp_path / "colour" / "dnn" / session / "_".join(fields)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (k, 0, 0)).save(path)
+    for category, name in (("oven", "oven10.png"), ("cat", "cat3.png"), ("cat", "cat7.png")):
+        path = tmp_path / "edge" / category / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(path)
+    for dataset, sessions in (("colour", True), ("edge", False)):
+        ours = sorted((s.imagename, s.category) for s in list_stimuli(tmp_path, dataset))
+        assert ours == sorted(_toolbox_images(tmp_path, dataset, sessions))
+    assert {s.condition for s in list_stimuli(tmp_path, "colour")} == {"cr", "bw"}

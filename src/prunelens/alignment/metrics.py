@@ -69,8 +69,10 @@ def dataset_accuracy(trials: pd.DataFrame) -> pd.Series:
     every batch of a dataset's loader to ``Accuracy.update`` (``evaluation/metrics.py``: the
     number of targets in the top-1 decision over the number of predictions) and writes its
     ``value`` per dataset (``print_performance_to_csv``); Cassano et al. plot that value per
-    dataset and pruning step (``mvh_performance_plot.py``). The per-trial ``accuracy`` records
-    pooled by dataset give the same number.
+    dataset and pruning step (``mvh_performance_plot.py``). Its loader yields every image of every
+    ``dnn/session-*`` folder (or category folder), the stimuli
+    :func:`prunelens.data.model_vs_human.list_stimuli` reads, so the per-trial ``accuracy``
+    records pooled by dataset give the same number (tests/test_figure6.py).
     """
     return correct(trials).groupby(trials["dataset"], sort=False).mean().rename("dataset_accuracy")
 
