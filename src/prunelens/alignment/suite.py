@@ -310,8 +310,8 @@ class AlignmentSuite(Suite):
                    "overlaid", panels=("dataset",), lines=("group",), first_present=True),
         # mvh_performance_plot.py: one line per dataset (its 17 rows of the toolbox's CSV), ylim 0..1
         FigureSpec("alignment_datasets", "Cassano et al. Fig. 6: accuracy per model-vs-human dataset "
-                   "(16-class decision, all conditions) vs pruning level", panels=("group",), lines=("dataset",), x="level", styles=(),
-                   ylim=(0.0, 1.0), accuracy_axis=False, max_lines=len(DATASETS),
+                   "(16-class decision, all conditions) vs pruning level", panels=("group",),
+                   lines=("dataset",), x="level", styles=(), ylim=(0.0, 1.0), accuracy_axis=False, max_lines=len(DATASETS),
                    prefer=("dataset", DATASETS),
                    reference=FigureReference(HUMAN_REFERENCE_FILE, "dataset_accuracy", "humans",
                                              written_when="with evaluate.alignment.mvh_root")),

@@ -1,13 +1,13 @@
 """Figures across pruning levels, drawn from whatever the results hold (PNG + SVG).
 
 Every curve is a mean over items with its bootstrap CI band (two-stage over seeds where a group has
-several, see :mod:`prunelens.stats`); runs are overlaid in one panel (colour per line, line style
-per run group). Each suite declares its figures and which metrics they show
+several, see :mod:`prunelens.stats`); runs are overlaid in one panel (by default colour per line,
+line style per run group; a figure may name other style columns). Each suite declares its figures and which metrics they show
 (:class:`prunelens.suite.FigureSpec`, :class:`prunelens.suite.Metric`): RMA/RRA per attribution
 method with accuracy on a twin axis and sweet spots marked (Cassano et al. Fig. 3/4), CorLoc per
 model (Fig. 5), accuracy per model-vs-human dataset and model against the pruning level, the
-humans' accuracy on request (Fig. 6), accuracy per OOD dataset with runs overlaid, shape bias, error consistency,
-connectivity/locality, PSP-entropy, sharpness. A metric no figure names gets a generic figure of its
+humans' accuracy on request (Fig. 6), accuracy per OOD dataset with runs overlaid, shape bias,
+error consistency, connectivity/locality, PSP-entropy, sharpness. A metric no figure names gets a generic figure of its
 suite, so nothing measured goes undrawn.
 """
 from __future__ import annotations

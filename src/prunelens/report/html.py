@@ -149,8 +149,8 @@ def _pool_tables(c: ReportContent) -> str:
                  f'<span title="{esc(t.masks_sha256)}">{esc(str(t.masks_sha256)[:12])}</span>')
                 for t in table.itertuples()]
         parts.append(f"<h3>Pool of {esc(r.name)}</h3>" + _table(
-            ("level", "sparsity", "of all parameters", "paper's count", "train acc", "val acc", "test acc", "test loss",
-             "epochs", "steps", "wall time (s)", "model sha256", "masks sha256"), rows))
+            ("level", "sparsity", "of all parameters", "paper's count", "train acc", "val acc",
+             "test acc", "test loss", "epochs", "steps", "wall time (s)", "model sha256", "masks sha256"), rows))
     if parts:
         parts.append('<p class="muted">Sparsity three ways: of the pruned weights, of all parameters, '
                      "and as Cassano et al.'s code counts it (pruned weights over every Conv2d and "

@@ -111,7 +111,8 @@ def _reference_table(path: Path, ref: FigureReference) -> pd.DataFrame:
         table = table[table["metric"] == ref.metric][[ref.match, "value"]]
         table["value"] = table["value"].astype(float)
     except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
-        raise PoolError(f"{path} is not a table of {ref.match}, metric and value ({exc}): {_REWRITE}") from None
+        raise PoolError(f"{path} is not a table of {ref.match}, metric and value ({exc}): "
+                        f"{_REWRITE}") from None
     return table
 
 
