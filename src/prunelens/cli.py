@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run's evaluate.n_boot)")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="level of the confidence "
                    "intervals, between 0 and 1 (default 0.95)")
+    p.add_argument("--references", action="store_true", help="also draw the reference values the "
+                   "suites' figures declare: the humans' accuracy per model-vs-human dataset in "
+                   "Figure 6 (default: off, as the paper draws it)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("claims", help="test the papers' claims on one or several runs: statistic, "
@@ -354,7 +357,8 @@ def cmd_results(args) -> int:
 def cmd_report(args) -> int:
     from prunelens.report import build_report
 
-    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
+    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence,
+                        references=args.references)
     print(f"report: {path}")
     return 0
 
@@ -469,11 +473,13 @@ def cmd_config(args) -> int:
 def format_pool_table(pool) -> str:
     """The pool table (:meth:`prunelens.runfolder.RunFolder.table`) as text. Sparsity three ways:
     of the pruned weights, of all parameters, and as Cassano et al.'s code counts it (``paper``:
-    of the Conv2d and Linear weights, :func:`prunelens.pruning.masks.conv_linear_sparsity`)."""
+    of the Conv2d and Linear weights, :func:`prunelens.pruning.store.paper_sparsity`)."""
+    from prunelens.pruning.store import paper_sparsity
+
     def pct(v):
         return "    -" if v is None or v != v else f"{v:6.1%}"
     cfg = pool.config
-    paper = _paper_sparsity(pool)
+    paper = paper_sparsity(pool)
     head = (f"{pool.name}: {cfg.model.name} on {cfg.data.name}, {cfg.prune.scope} {cfg.prune.retrain}, "
             f"{pool.run_dir}" + ("" if pool.complete else "  [incomplete]"))
     lines = [head, f"{'level':>5} {'sparsity':>9} {'of all':>7} {'paper':>7} {'train':>7} {'val':>7} "
@@ -484,22 +490,6 @@ def format_pool_table(pool) -> str:
                      f"{pct(row['train_acc']):>7} {pct(row['val_acc']):>7} {pct(row['test_acc']):>7} "
                      f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s")
     return "\n".join(lines)
-
-
-def _paper_sparsity(pool) -> dict[int, float]:
-    """Level -> the paper's sparsity count; empty when the architecture cannot be built."""
-    import torch
-
-    from prunelens.models import create_model
-    from prunelens.pruning.masks import conv_linear_sparsity
-
-    cfg = pool.config
-    try:
-        with torch.device("meta"):  # the shapes only: nothing allocated
-            model = create_model(cfg.model.name, pool.num_classes, **cfg.model.options)
-    except (PrunelensError, RuntimeError, TypeError, ValueError, NotImplementedError):
-        return {}
-    return {lv.index: conv_linear_sparsity(model, lv.layer_sparsity) for lv in pool.levels}
 
 
 # commands that share their work among torchrun's ranks; the others run on rank 0 alone

@@ -46,7 +46,7 @@ from prunelens.options import Options
 from prunelens.results import Record
 from prunelens.runfolder import Level, PoolNote, RunFolder
 
-__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
+__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureReference", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
            "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
            "suite_options"]
@@ -91,6 +91,22 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class FigureReference:
+    """Reference values a suite writes beside its results, drawn in a figure only when the report
+    is asked for them (``prunelens report --references``): the rows of ``metric`` in the CSV
+    ``file`` of the suite's artifacts folder (``RUN_DIR/results/<suite>/``, columns ``match``,
+    ``metric``, ``value``), one dashed line per figure line whose ``match`` column has that
+    row's value, labelled ``label`` (e.g. the humans' accuracy per model-vs-human dataset).
+    ``written_when`` says when the suite writes the file (for the report's note when it did not)."""
+
+    file: str
+    metric: str
+    label: str
+    match: str = "dataset"
+    written_when: str = ""
+
+
+@dataclass(frozen=True)
 class FigureSpec:
     """A figure across pruning levels: one panel per value of the ``panels`` columns, one line per
     value of the ``lines`` columns (columns in neither are pooled); its metrics are the suite's
@@ -103,6 +119,16 @@ class FigureSpec:
     first_present: bool = False    # draw only the first of its metrics that has rows
     accuracy_axis: bool = True     # test accuracy on a twin axis (panels holding one run group)
     multi_group_only: bool = False  # an overlay that only makes sense for several run groups
+    #: the x-axis: sparsity, or the pruning level (step; the sparsity of its levels on a top axis)
+    x: Literal["sparsity", "level"] = "sparsity"
+    #: columns whose value picks a line's style; the other ``lines`` columns pick its colour
+    styles: tuple[str, ...] = ("group",)
+    ylim: tuple[float, float] | None = None  # fixed y-range (None: matplotlib's)
+    max_lines: int | None = None   # lines per panel before the busiest line column moves into the
+    #                                panels (None: the report's default)
+    #: (column, values): draw only the rows with those values when there are any, else all rows
+    prefer: tuple[str, tuple[str, ...]] | None = None
+    reference: FigureReference | None = None  # drawn when the report is asked for references
 
 
 @dataclass(frozen=True)
