@@ -339,8 +339,8 @@ def test_paper_preset_reaches_the_scoring_and_ig(tmp_path, resnet, monkeypatch):
 def test_a_list_of_presets_is_validated_and_one_preset_stays_the_plain_option():
     both = _options(preset=["paper", "default"])
     assert both.presets == ("paper", "default")
-    assert both.scorings == {"paper": ("minmax", "zero", False, "paper", "score", 2),
-                             "default": ("none", "black", True, "expected", "nan", 0)}
+    assert both.scorings == {"paper": ("minmax", "zero", False, "paper", "score", 2, "paper_first_window"),
+                             "default": ("none", "black", True, "expected", "nan", 0, "received")}
     assert _options(preset=["paper", "default"], ig_noise_samples=0).scorings["paper"].ig_noise_samples == 0
     # a list of one is the plain option: the same options, hence the same stored results
     assert _options(preset=["paper"]) == _options(preset="paper")
