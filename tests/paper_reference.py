@@ -13,6 +13,10 @@ commit 77e7758caac92f8a0dbc95192d5b6180b430c5ce, file ``explainations_evaluation
 * L295-302: RRA ranks pixels by ``np.argsort(np.ravel(h))[::-1]``, takes the first
   ``int(|GT| + eps)`` = |GT| of them and divides the GT pixels among them by ``|GT| + eps``.
 
+``paper_swin_attention_image`` transcribes the Swin attention map of the same file
+(``get_attention_map`` + ``build_attention_image``, ≈L374-425; ``patch_size = 4`` in ``main()``'s
+swin branch). It needs torch (``nn.functional.interpolate``), as their code does.
+
 Only the 3-D heatmap path (GradCAM's (1, H, W), IG's (3, H, W)) is written here; the ViT 2-D path
 (the GT zero-padded in normalised space) is not needed by these tests.
 
@@ -62,3 +66,38 @@ def paper_scores(heatmap: np.ndarray, ground_truth: np.ndarray, pooling: str | N
     n = np.sum(gt_flat) + EPS
     rank = np.sum(gt_flat[ranked[:int(n)]]) / n
     return {"mass": float(mass), "rank": float(rank)}
+
+
+def paper_swin_attention_image(attention, patch_size: int, original_h: int, original_w: int):
+    """The (H, W) map ``build_attention_image`` draws before its RGBA colouring, from ``attention``
+    = the (nW, heads, N, N) softmax probabilities their modified torchvision Swin saved for one image
+    (``torch.load('/home/cassano/last_attention_swin.pt')``: each block overwrites it, so the last
+    block's):
+
+    * ``get_attention_map``: ``w_featmap = int(math.sqrt(attention.shape[-2]))`` (8 for swin_v2_t),
+      ``h_featmap`` likewise from ``shape[-1]``; ``original_w, original_h`` are the PIL image size
+      (``get_image``: ``(original_w, original_h) = original_image.size``), i.e. W and H;
+    * ``build_attention_image``: ``attention[0, :, 0, :]`` ("Swin non ha il CLS quindi parto da
+      zero": batch·window 0, query token 0, every key, per head), reshaped to (heads, w_featmap,
+      h_featmap), ``interpolate(..., scale_factor=patch_size, mode="nearest")``, ``torch.sum(...,
+      dim=0)`` over heads, then ``interpolate(..., size=(original_h, original_w), mode='bilinear',
+      align_corners=False)`` and ``squeeze()``.
+
+    ``main()`` never scores this map (its swin branch saves the RGBA PNG, and the code after it uses
+    ``heatmap_gc``, undefined for swin), so its later ``np.transpose(hat)`` is not part of it.
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    number_of_heads = attention.shape[1]
+    w_featmap = int(math.sqrt(attention.shape[-2]))
+    h_featmap = int(math.sqrt(attention.shape[-1]))
+    attention = attention[0, :, 0, :].reshape(number_of_heads, -1)
+    attention = attention.reshape(number_of_heads, w_featmap, h_featmap)
+    attention = nn.functional.interpolate(attention.unsqueeze(0), scale_factor=patch_size, mode="nearest")[0].cpu()
+    attention = torch.sum(attention, dim=0)
+    image = nn.functional.interpolate(attention.unsqueeze(0).unsqueeze(0), size=(original_h, original_w),
+                                      mode="bilinear", align_corners=False)
+    return image.squeeze()

@@ -8,6 +8,7 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from _explain_helpers import lively
@@ -269,7 +270,7 @@ def test_paper_preset_equals_the_papers_own_pipeline(tmp_path, resnet):
     quantus = pytest.importorskip("quantus")
     options = _options(preset="paper", methods=["gradcam", "integrated_gradients"], ig_steps=8,
                        n_images=6, batch_size=4, figure_images=0, ig_noise_samples=0)
-    assert options.scoring == ("minmax", "zero", False, "paper", "score", 0)
+    assert options.scoring == ("minmax", "zero", False, "paper", "score", 0, "paper_first_window")
     assert _options(preset="paper", guide_gelu=True).scoring.guide_gelu  # one choice overridden
     frame = records_frame(Suite().evaluate_level(_context(tmp_path, resnet, options)))
     spec, data = spec_for(resnet), _Data()
@@ -332,3 +333,83 @@ def test_paper_preset_reaches_the_scoring_and_ig(tmp_path, resnet, monkeypatch):
         rows = frame[(frame["method"] == "gradcam") & (frame["metric"] == metric)]
         ref = [paper_scores(zeros, m, None)[key] for m in masks]
         np.testing.assert_allclose(rows["value"].to_numpy(), ref, rtol=1e-6, atol=0)  # float32 maps
+
+
+# ---- both presets in one run -------------------------------------------------------------------------
+def test_a_list_of_presets_is_validated_and_one_preset_stays_the_plain_option():
+    both = _options(preset=["paper", "default"])
+    assert both.presets == ("paper", "default")
+    assert both.scorings == {"paper": ("minmax", "zero", False, "paper", "score", 2, "paper_first_window"),
+                             "default": ("none", "black", True, "expected", "nan", 0, "received")}
+    assert _options(preset=["paper", "default"], ig_noise_samples=0).scorings["paper"].ig_noise_samples == 0
+    # a list of one is the plain option: the same options, hence the same stored results
+    assert _options(preset=["paper"]) == _options(preset="paper")
+    assert _options(preset=["paper"]).model_dump() == _options(preset="paper").model_dump()
+    assert Suite.options_from(_options(preset="paper").model_dump(mode="json")) == _options(preset="paper")
+    assert Suite.options_from(both.model_dump(mode="json")) == both
+    for bad in ([], ["paper", "paper"], ["paper", "nope"]):
+        with pytest.raises(ConfigError, match="evaluate.interpretability.preset"):
+            _options(preset=bad)
+    resolved = Suite.resolved_options(both)
+    assert resolved["rra_ties"] == {"paper": "paper", "default": "expected"}
+    assert resolved["ig_noise_samples"] == {"paper": 2, "default": 0}
+    text = Suite.describe(both)
+    assert "scoring preset 'paper'" in text and "scoring preset 'default'" in text
+    with pytest.raises(ValueError, match="several presets"):
+        both.scoring  # noqa: B018 - one scoring does not exist for two presets
+
+
+def test_both_presets_in_one_run_equal_two_single_preset_runs(tmp_path, resnet):
+    """Records carry their preset as condition; each preset's values (SmoothGrad noise included)
+    equal those of a run with that preset alone, whose records keep an empty condition."""
+    common = dict(methods=["gradcam", "integrated_gradients"], ig_steps=2, n_images=5, batch_size=4,
+                  figure_images=0, seed=3)
+    both = records_frame(Suite().evaluate_level(
+        _context(tmp_path / "both", resnet, _options(preset=["paper", "default"], **common))))
+    assert sorted(set(both["condition"])) == ["default", "paper"]
+    key = ["metric", "method", "item"]
+    for preset in ("paper", "default"):
+        alone = records_frame(Suite().evaluate_level(
+            _context(tmp_path / preset, resnet, _options(preset=preset, **common))))
+        assert (alone["condition"] == "").all()
+        mine = both[both["condition"] == preset].sort_values(key).reset_index(drop=True)
+        alone = alone.sort_values(key).reset_index(drop=True)
+        assert len(mine) == len(alone) == 2 * 2 * 5
+        pd.testing.assert_frame_equal(mine[key], alone[key])
+        np.testing.assert_array_equal(mine["value"].to_numpy(), alone["value"].to_numpy())
+    # the presets differ where the paper's choices matter (here: IG's baseline and noise)
+    ig = both[(both["method"] == "integrated_gradients") & (both["metric"] == "rma")]
+    assert not np.allclose(ig[ig["condition"] == "paper"]["value"], ig[ig["condition"] == "default"]["value"])
+    summary = json.loads((tmp_path / "both/results/interpretability/level_00/summary.json").read_text())
+    assert set(summary["counts"]) == {"paper", "default"}
+
+
+def test_report_overlays_the_presets_in_the_interpretability_figures():
+    """The figure's data holds one line per (method, preset); the preset picks the line style and
+    the method the colour, so a reader sees what the paper's scoring changes."""
+    from prunelens.report.figures import _at_resolution, _draw, _fit_lines, _rows, plots_for
+    from prunelens.stats import summarize
+
+    rng = np.random.default_rng(0)
+    rows = [{"run": "r", "model": "m", "level": level, "sparsity": 1 - 0.8 ** level,
+             "suite": "interpretability", "metric": metric, "method": method, "dataset": "voc12",
+             "condition": preset, "item": str(i), "value": float(rng.random())}
+            for level in range(3) for metric in ("rma", "rra") for method in ("gradcam", "integrated_gradients")
+            for preset in ("paper", "default") for i in range(8)]
+    frame = pd.DataFrame(rows)
+    spec = next(p for p in plots_for(frame) if p.name == "interpretability")
+    picked, exact = _at_resolution(_rows(frame, spec), spec)
+    assert exact  # the preset is a line, not pooled away
+    summary = summarize(picked, n_boot=50)
+    spec = _fit_lines(spec, summary)
+    fig = _draw(spec, summary, summary.iloc[:0], None, ["r"])
+    ax = next(a for a in fig.axes if a.get_title() == "voc12 · rma")
+    lines = {line.get_label(): line for line in ax.lines if " · " in line.get_label()}
+    assert sorted(lines) == ["gradcam · default", "gradcam · paper", "integrated_gradients · default",
+                             "integrated_gradients · paper"]
+    want = summary[(summary["metric"] == "rma") & (summary["method"] == "gradcam")
+                   & (summary["condition"] == "paper")].sort_values("level")["mean"]
+    np.testing.assert_allclose(lines["gradcam · paper"].get_ydata(), want)
+    assert lines["gradcam · paper"].get_color() == lines["gradcam · default"].get_color()
+    assert lines["gradcam · paper"].get_linestyle() != lines["gradcam · default"].get_linestyle()
+    assert lines["gradcam · paper"].get_linestyle() == lines["integrated_gradients · paper"].get_linestyle()

@@ -126,6 +126,47 @@ def test_voc_images_of_mixed_sizes(tmp_path):
         assert together.loc[i, "xmax"] <= w and together.loc[i, "ymax"] <= h
 
 
+def test_several_voc_image_sets_in_one_run(tmp_path):
+    """``image_set: [trainval, val]`` (the paper's run_lost_pruning_iterations.sh runs main_lost.py on
+    both): each set's records are those a run on that set alone gives, its condition naming the set;
+    summary.json keeps each set's CorLoc, the figure draws the first set."""
+    make_voc(tmp_path / "voc", "2012")
+    model, root = small_resnet(), str(tmp_path / "voc")
+    suite = DiscoverySuite()
+    ctx = level_ctx(tmp_path / "both", model, None, voc_root=root, image_set=["trainval", "val"],
+                    figure_levels=2, figure_images=2)
+    both = pd.DataFrame([asdict(r) for r in suite.evaluate_level(ctx)])
+    assert list(dict.fromkeys(both["condition"])) == ["trainval", "val"] and set(both["dataset"]) == {"voc12"}
+    for image_set in ("trainval", "val"):
+        alone = pd.DataFrame([asdict(r) for r in DiscoverySuite().evaluate_level(
+            level_ctx(tmp_path / image_set, model, None, voc_root=root, image_set=image_set))])
+        assert set(alone["condition"]) == {image_set}
+        pd.testing.assert_frame_equal(both[both["condition"] == image_set].reset_index(drop=True), alone)
+    assert list(both.loc[(both.condition == "val") & (both.metric == "corloc"), "item"]) == ["000007"]
+    summary = json.loads((ctx.level_artifacts / "summary.json").read_text())
+    assert [(s["condition"], s["n"]) for s in summary["image_sets"]] == [("trainval", 4), ("val", 1)]
+    assert summary["image_sets"][1]["corloc"] == both.loc[(both.condition == "val") & (both.metric == "corloc"),
+                                                          "value"].mean()
+    boxes = pd.read_csv(ctx.level_artifacts / "boxes.csv", dtype={"item": str})
+    assert list(boxes["condition"]) == ["trainval"] * 4 + ["val"]
+    run_ctx = RunContext(**{k: getattr(ctx, k) for k in RunContext.__dataclass_fields__})
+    suite.after_levels(run_ctx)
+    assert (ctx.artifacts / "boxes_across_levels.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_image_set_keeps_the_options_and_records_of_earlier_versions():
+    """A string image_set validates, dumps and compares as before the list form existed, so results
+    an earlier version stored stay current (their sidecar options equal today's)."""
+    stored = DiscoveryOptions().model_dump(mode="json")
+    assert stored["image_set"] == "trainval"
+    assert DiscoverySuite.options_from(stored) == DiscoveryOptions()
+    assert DiscoverySuite.condition(DiscoveryOptions(voc_root="x", no_hard=True)) == "trainval-no_hard"
+    with pytest.raises(ValueError, match="each set once"):
+        DiscoveryOptions(image_set=["val", "val"])
+    with pytest.raises(ValueError, match="at least one"):
+        DiscoveryOptions(image_set=[])
+
+
 def test_seed_in_background_is_an_error_or_a_miss(tmp_path, data):
     dead = small_resnet()
     with torch.no_grad():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _explain_helpers import images, small
-from paper_reference import paper_scores
+from paper_reference import paper_scores, paper_swin_attention_image
 
 from prunelens.explain import integrated_gradients, localisation_scores
 from prunelens.explain.suite import PRESETS, InterpretabilityOptions, InterpretabilitySuite
@@ -122,8 +122,8 @@ def test_an_empty_mask_stays_nan_with_either_blank_map_rule():
 # ---- the preset --------------------------------------------------------------------------------------
 def test_paper_preset_resolves_to_the_papers_choices():
     paper = InterpretabilityOptions(preset="paper")
-    assert paper.scoring == ("minmax", "zero", False, "paper", "score", 2)
-    assert InterpretabilityOptions().scoring == ("none", "black", True, "expected", "nan", 0)
+    assert paper.scoring == ("minmax", "zero", False, "paper", "score", 2, "paper_first_window")
+    assert InterpretabilityOptions().scoring == ("none", "black", True, "expected", "nan", 0, "received")
     assert InterpretabilityOptions(preset="paper", ig_noise_samples=0).scoring.ig_noise_samples == 0
     assert InterpretabilityOptions(preset="paper", rra_ties="index").scoring.rra_ties == "index"
     # the noise std is Captum NoiseTunnel's default stdevs, which the paper's call leaves in place
@@ -133,6 +133,7 @@ def test_paper_preset_resolves_to_the_papers_choices():
     assert paper.ig_noise_std == stdevs == 1.0
     text = InterpretabilitySuite.describe(paper)
     assert "SmoothGrad over 2 copies (std 1)" in text and "later first" in text and "RMA 0" in text
+    assert "Swin attention of the first window (the paper)" in text
 
 
 def test_options_stored_before_blank_maps_keep_their_meaning():
@@ -141,11 +142,24 @@ def test_options_stored_before_blank_maps_keep_their_meaning():
     assert from_old({"preset": "default", "ig_noise_samples": 0}) == InterpretabilityOptions()
     # an old paper-preset result ranked ties by index, gave blank maps NaN, and had no noise
     old = from_old({"preset": "paper", "ig_noise_samples": 0})
-    assert old.scoring == ("minmax", "zero", False, "index", "nan", 0)
+    assert old.scoring == ("minmax", "zero", False, "index", "nan", 0, "received")
     assert old != InterpretabilityOptions(preset="paper")
     # options stored by this version are read as they are
     now = InterpretabilityOptions(preset="paper").model_dump(mode="json")
     assert from_old(now) == InterpretabilityOptions(preset="paper")
+
+
+def test_options_stored_before_swin_attention_keep_their_meaning():
+    """Before ``swin_attention`` every preset mapped the attention Swin's tokens receive: an old
+    paper-preset result is recomputed (its Swin map changed), an old default one is still current."""
+    from_old = InterpretabilitySuite.options_from
+    stored = InterpretabilityOptions(preset="paper").model_dump(mode="json")
+    stored.pop("swin_attention")
+    old = from_old(stored)
+    assert old.scoring.swin_attention == "received" and old != InterpretabilityOptions(preset="paper")
+    stored = InterpretabilityOptions().model_dump(mode="json")
+    stored.pop("swin_attention")
+    assert from_old(stored) == InterpretabilityOptions()
 
 
 def test_smoothgrad_ig_equals_captum_noise_tunnel_called_as_the_paper_calls_it(monkeypatch):
@@ -177,3 +191,71 @@ def test_smoothgrad_ig_equals_captum_noise_tunnel_called_as_the_paper_calls_it(m
     assert next(noise, None) is None  # both noise samples were used
     rel = (ours - theirs).abs().max() / theirs.abs().max()
     assert rel <= 1e-6
+
+
+# ---- Swin's attention map -------------------------------------------------------------------------
+def _last_softmax(model, x, monkeypatch):
+    """The probabilities of the last softmax a forward pass computes: the last Swin block's window
+    attention, as the authors' modified torchvision Swin saved it (each block overwrote the file)."""
+    seen = []
+    softmax = torch.nn.functional.softmax
+
+    def recording(*args, **kwargs):
+        seen.append(softmax(*args, **kwargs))
+        return seen[-1]
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.functional, "softmax", recording)
+        with torch.no_grad():
+            model(x)
+    return seen[-1]
+
+
+def test_paper_swin_attention_map_is_the_papers_first_window_row(monkeypatch):
+    """``swin_attention: paper_first_window`` against build_attention_image (tests/paper_reference.py),
+    image by image as the paper ran it, on a batch of two non-square images whose last stage has 2x2
+    windows (9x11 tokens padded to 16x16) and a cyclic shift."""
+    from prunelens.explain import explain_batch
+    from prunelens.models import create_model, spec_for
+
+    torch.manual_seed(0)
+    swin = create_model("swin_v2_t", 5).eval()
+    x = torch.randn(2, 3, 288, 352, generator=torch.Generator().manual_seed(3))
+    last = [m for m in swin.features[-1].modules() if type(m).__name__ == "ShiftedWindowAttentionV2"][-1]
+    assert last.shift_size == [4, 4]
+    got = explain_batch(swin, x, ["attention"], window_attention="paper_first_window").heatmaps["attention"]
+    for i in range(2):
+        attention = _last_softmax(swin, x[i:i + 1], monkeypatch)
+        assert attention.shape == (4, 24, 64, 64)                 # 4 windows, 24 heads, 8x8 tokens
+        expected = paper_swin_attention_image(attention, 4, 288, 352)
+        torch.testing.assert_close(got[i], expected, rtol=1e-5, atol=1e-6)
+    # the default map is another object: the attention tokens receive
+    received = explain_batch(swin, x, ["attention"]).heatmaps["attention"]
+    assert not torch.allclose(received, got)
+    assert spec_for(swin).window_attention_map(swin, x[:1], "paper_first_window").shape == (1, 32, 32)
+
+
+def test_the_paper_preset_asks_for_the_papers_swin_map(monkeypatch, tmp_path):
+    """The suite hands the preset's choice to the attention method (default: received)."""
+    import prunelens.explain.suite as suite_module
+    from prunelens.explain.suite import InterpretabilitySuite
+
+    asked = []
+
+    def stop(*args, window_attention, **kwargs):
+        asked.append(window_attention)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(suite_module, "explain_batch", stop)
+    from test_explain_suite import _context, _options
+
+    for preset, expected in (("paper", "paper_first_window"), ("default", "received")):
+        ctx = _context(tmp_path, small("small_resnet", torch.float32), _options(preset=preset, n_images=2))
+        with pytest.raises(KeyboardInterrupt):
+            list(InterpretabilitySuite().evaluate_level(ctx))
+        assert asked[-1] == expected
+    ctx = _context(tmp_path, small("small_resnet", torch.float32),
+                   _options(preset="paper", swin_attention="received", n_images=2))
+    with pytest.raises(KeyboardInterrupt):
+        list(InterpretabilitySuite().evaluate_level(ctx))
+    assert asked[-1] == "received"

@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,33 @@ def test_read_run_reads_manifest_and_levels(tmp_path):
     assert table["model_sha256"][1] == sha256_file(run_dir / "level_01" / "model.safetensors")
 
 
+def test_pool_table_has_the_papers_sparsity_count(tmp_path):
+    """The report's pool table carries the sparsity Cassano et al.'s code reports (train.py
+    ``compute_sparsity_global``: zeros / numel over every Conv2d and Linear weight), computed by the
+    same function as ``prunelens pool show``."""
+    from torch import nn
+
+    from prunelens.cli import format_pool_table
+    from prunelens.models import create_model
+    from prunelens.report.html import _pool_tables
+
+    run_dir, _ = make_run(tmp_path, "r")
+    run = RunFolder(run_dir)
+    table = pool_table(run)
+    for level in run.levels:  # the paper's count on a model whose fc is pruned as level.json says
+        model = create_model("small_resnet", run.num_classes)
+        fc = model.fc.weight.data.view(-1)
+        fc[:round(level.layer_sparsity["fc.weight"] * fc.numel())] = 0
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        papers = sum(int((m.weight == 0).sum()) for m in layers) / sum(m.weight.numel() for m in layers)
+        assert table["sparsity_paper"][level.index] == pytest.approx(papers, abs=1e-12)
+    assert table["sparsity_paper"][2] > 0 and table["sparsity_paper"][2] < table["sparsity"][2]
+    shown = format_pool_table(run).splitlines()[4].split()   # level 2: the CLI prints the same count
+    assert shown[3] == f"{table['sparsity_paper'][2]:.1%}"
+    page = _pool_tables(SimpleNamespace(runs=[run], pools={"r": table}))
+    assert "paper&#x27;s count" in page and f"<td>{table['sparsity_paper'][2]:.1%}</td>" in page
+
+
 def test_read_run_errors_name_the_file(tmp_path):
     with pytest.raises(PoolError, match="nothing does not exist"):
         RunFolder(tmp_path / "nothing")
@@ -143,7 +171,8 @@ def test_figures_drawn_from_results_as_png_and_svg(report):
     names = {p.stem for p in figures.glob("*.png")}
     assert names == {p.stem for p in figures.glob("*.svg")}
     assert names == {"accuracy", "interpretability", "interpretability_overlay", "discovery",
-                     "alignment_ood", "shape_bias", "consistency", "connectivity", "psp_entropy"}
+                     "alignment_ood", "alignment_datasets", "shape_bias", "consistency",
+                     "connectivity", "psp_entropy"}
     for name in names:
         with Image.open(figures / f"{name}.png") as png:
             assert png.size[0] > 300

@@ -53,6 +53,31 @@ def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
                    help="if a run folder was made by a different config, move it aside and start over")
 
 
+#: evaluation data folders given by a flag: option -> (the suites whose option it sets, help)
+DATA_ROOT_FLAGS = {
+    "voc_root": (("interpretability", "discovery"), "PASCAL VOC folder (VOCdevkit or VOC2012/VOC2007) "
+                 "for the interpretability and discovery suites"),
+    "mvh_root": (("alignment",), "model-vs-human datasets folder for the alignment suite"),
+}
+
+
+def _data_root_args(p: argparse.ArgumentParser) -> None:
+    for option, (suites, text) in DATA_ROOT_FLAGS.items():
+        p.add_argument(f"--{option.replace('_', '-')}", metavar="PATH", help=(
+            f"{text} (sets {', '.join(f'evaluate.{s}.{option}' for s in suites)})"))
+
+
+def _data_root_overrides(args, suites: list[str] | None = None) -> list[str]:
+    """``--set`` overrides for the data folders given by flag, for ``suites`` (default: all)."""
+    overrides = []
+    for option, (names, _) in DATA_ROOT_FLAGS.items():
+        value = getattr(args, option, None)
+        if value:  # paths as JSON strings: the override parser reads YAML, where '#' starts a comment
+            overrides += [f"evaluate.{s}.{option}={json.dumps(value)}" for s in names
+                          if suites is None or s in suites]
+    return overrides
+
+
 def _resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-unknown-options", action="store_true", help=(
         "resume a pool whose pool.json records options this version does not know (written by a "
@@ -67,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="prune → evaluate → report, on a config or the embedded demo")
     _config_args(p, optional=True)
+    _data_root_args(p)
     _resume_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -88,9 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an evaluation option, e.g. --set evaluate.interpretability.n_images=32")
     p.add_argument("--device", help="cpu, cuda, cuda:1 … (default: evaluate.device of the config)")
-    p.add_argument("--voc-root", metavar="PATH", help="PASCAL VOC folder (VOCdevkit or VOC2012/VOC2007) "
-                   "for the interpretability and discovery suites")
-    p.add_argument("--mvh-root", metavar="PATH", help="model-vs-human datasets folder for the alignment suite")
+    _data_root_args(p)
     p.add_argument("--force", action="store_true", help="recompute results that are already complete")
     p.set_defaults(func=cmd_evaluate)
 
@@ -108,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the run's evaluate.n_boot)")
     p.add_argument("--confidence", type=_confidence, default=0.95, help="level of the confidence "
                    "intervals, between 0 and 1 (default 0.95)")
+    p.add_argument("--references", action="store_true", help="also draw the reference values the "
+                   "suites' figures declare: the humans' accuracy per model-vs-human dataset in "
+                   "Figure 6 (default: off, as the paper draws it)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("claims", help="test the papers' claims on one or several runs: statistic, "
@@ -167,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config (defaults filled in)")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _data_root_args(p)
     p.set_defaults(func=cmd_config)
     return parser
 
@@ -243,11 +271,13 @@ def cmd_run(args) -> int:
     from prunelens.evaluate import evaluate_run
     from prunelens.pruning import prune_run
     from prunelens.report import build_report
-    from prunelens.suite import load_configs
+    from prunelens.suite import check_suite_data, load_configs
 
     from prunelens import distributed
 
-    configs = load_configs(args.config, args.overrides)
+    configs = load_configs(args.config, args.overrides + _data_root_overrides(args))
+    for cfg in configs:  # a missing VOC / model-vs-human folder is named now, not after training
+        check_suite_data(cfg)
     stages = _Stages()
     pools = [stages.timed(f"prune {cfg.name}", prune_run, cfg, force=args.force,
                           ignore_unknown_options=args.ignore_unknown_options) for cfg in configs]
@@ -289,12 +319,7 @@ def cmd_evaluate(args) -> int:
     overrides = list(args.overrides)
     if args.device:
         overrides.append(f"evaluate.device={args.device}")
-    # paths as JSON strings: the override parser reads YAML, where '#' would start a comment
-    if args.voc_root:
-        overrides += [f"evaluate.{s}.voc_root={json.dumps(args.voc_root)}"
-                      for s in ("interpretability", "discovery") if args.suites is None or s in args.suites]
-    if args.mvh_root:
-        overrides.append(f"evaluate.alignment.mvh_root={json.dumps(args.mvh_root)}")
+    overrides += _data_root_overrides(args, args.suites)
     evaluate_run(args.run_dir, suites=args.suites, levels=args.levels, overrides=overrides,
                  force=args.force)
     return 0
@@ -332,7 +357,8 @@ def cmd_results(args) -> int:
 def cmd_report(args) -> int:
     from prunelens.report import build_report
 
-    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence)
+    path = build_report(args.run_dirs, args.out, n_boot=args.n_boot, confidence=args.confidence,
+                        references=args.references)
     print(f"report: {path}")
     return 0
 
@@ -432,7 +458,7 @@ def cmd_config(args) -> int:
 
     from prunelens.suite import load_configs, resolved_suite_options
 
-    for cfg in load_configs(args.config, args.overrides):
+    for cfg in load_configs(args.config, args.overrides + _data_root_overrides(args)):
         raw = cfg.model_dump(mode="json")
         # every suite's options as it will run them, not only the keys the file gives
         extra = set(cfg.evaluate.model_extra or {})
@@ -447,13 +473,15 @@ def cmd_config(args) -> int:
 def format_pool_table(pool) -> str:
     """The pool table (:meth:`prunelens.runfolder.RunFolder.table`) as text. Sparsity three ways:
     of the pruned weights, of all parameters, and as Cassano et al.'s code counts it (``paper``:
-    of the Conv2d and Linear weights, :func:`prunelens.pruning.masks.conv_linear_sparsity`).
+    of the Conv2d and Linear weights, :func:`prunelens.pruning.store.paper_sparsity`).
     A pool trained with ``train.validate_every`` adds the minimum error of the periodic validation
     (Pellegrini & Biroli's level error), headed by its split."""
+    from prunelens.pruning.store import paper_sparsity
+
     def pct(v):
         return "    -" if v is None or v != v else f"{v:6.1%}"
     cfg = pool.config
-    paper = _paper_sparsity(pool)
+    paper = paper_sparsity(pool)
     rows = pool.table()
     periodic = any(r["min_validation_error"] == r["min_validation_error"] for r in rows)
     min_head = f"min err ({cfg.train.validate_split})" if periodic else ""
@@ -468,22 +496,6 @@ def format_pool_table(pool) -> str:
                      f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s"
                      + (f" {pct(row['min_validation_error']):>15}" if periodic else ""))
     return "\n".join(lines)
-
-
-def _paper_sparsity(pool) -> dict[int, float]:
-    """Level -> the paper's sparsity count; empty when the architecture cannot be built."""
-    import torch
-
-    from prunelens.models import create_model
-    from prunelens.pruning.masks import conv_linear_sparsity
-
-    cfg = pool.config
-    try:
-        with torch.device("meta"):  # the shapes only: nothing allocated
-            model = create_model(cfg.model.name, pool.num_classes, **cfg.model.options)
-    except (PrunelensError, RuntimeError, TypeError, ValueError, NotImplementedError):
-        return {}
-    return {lv.index: conv_linear_sparsity(model, lv.layer_sparsity) for lv in pool.levels}
 
 
 # commands that share their work among torchrun's ranks; the others run on rank 0 alone

@@ -301,12 +301,13 @@ class RunConfig(Section):
 
     def identity(self) -> dict[str, Any]:
         """What decides the pool a config builds: :meth:`resolved` without the run's name, output
-        folder, evaluation settings, dataset location and the settings that only say where or how
+        folder, evaluation settings, dataset location and decoding (:data:`DATA_RUNTIME_KEYS`) and the settings that only say where or how
         fast it trains (:data:`RUNTIME_KEYS`)."""
         d = self.resolved()
         for key in ("name", "output_dir", "evaluate"):
             d.pop(key)
-        d["data"].pop("root", None)  # where the dataset lies is not what it is
+        for key in DATA_RUNTIME_KEYS:  # where the dataset lies and where it is decoded are not what it is
+            d["data"].pop(key, None)
         # where a control's source lies neither: the source's identity is this one without control
         d["prune"].pop("control_source", None)
         for key in RUNTIME_KEYS:
@@ -339,7 +340,7 @@ class RunConfig(Section):
                 "model": _json({"name": ModelConfig().name, "num_classes": None, "weights": None,
                                 **option_defaults(self.model.name)}),
                 "data": _json({"name": DataConfig().name, **{k: f.default for k, f in data_options.items()
-                                                            if not f.is_required() and k != "root"}}),
+                                                            if not f.is_required() and k not in DATA_RUNTIME_KEYS}}),
                 "train": {k: v for k, v in TrainConfig().model_dump(mode="json").items()
                           if k not in RUNTIME_KEYS},
                 "prune": PruneConfig().model_dump(mode="json")}
@@ -347,6 +348,8 @@ class RunConfig(Section):
 
 #: train settings that change where or how fast a run computes, not what it trains
 RUNTIME_KEYS = ("device", "num_workers", "eval_batch_size", "compile")
+#: dataset options that say where the data lies or where it is decoded, not what it is
+DATA_RUNTIME_KEYS = ("root", "decode")
 _MISSING = object()
 
 

@@ -26,7 +26,8 @@ from prunelens.results import load_results, read_sidecar, write_level
 from prunelens.runfolder import Layout, RunFolder, RunLock
 from prunelens.stats import summarize
 from prunelens.suite import (LevelContext, RunContext, Suite, SuiteOptions, available_suites,
-                             check_evaluate, get_suite, suite_options, without_unknown_options)
+                             check_evaluate, check_suite_data, get_suite, suite_options,
+                             without_unknown_options)
 
 
 def _same_options(suite: type[Suite], meta: dict, options: SuiteOptions) -> bool:
@@ -103,15 +104,19 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
         log = _rank_log(log, distributed.rank())
     workers = config.evaluate.num_workers
     data = RunData(config.data, config.seed, config.train.num_workers if workers is None else workers,
-                   pin_memory=device.type == "cuda")
+                   pin_memory=device.type == "cuda", device=device, log=log)
     spec = spec_of(config.model.name, config.model.options)
     instances = {name: get_suite(name)() for name in names}  # one per suite: they may cache data
     with contextlib.ExitStack() as stack:
         def plan() -> dict:  # rank 0: list the work; lock the run folder only if there is some
             args = (run_dir, pool, config, instances, wanted, spec, data, device, force)
-            if _plan_work(*args, write=False)["idle"] and summary_is_current(run_dir, config.evaluate.n_boot):
+            pending = _plan_work(*args, write=False)
+            if pending["idle"] and summary_is_current(run_dir, config.evaluate.n_boot):
                 log(f"{pool.name}: every result is up to date")
                 return {"up_to_date": True}
+            # a missing VOC / model-vs-human folder is named before any level is computed
+            with_work = {name for name, _ in pending["work"]}
+            check_suite_data(config, [name for name in names if name in with_work])
             stack.enter_context(RunLock(run_dir))
             for name, reason in unavailable:
                 log(f"{pool.name}: suite {name} skipped: {reason}")

@@ -40,13 +40,13 @@ from torch import nn
 
 from prunelens.config import RunConfig, validate_section
 from prunelens.data.provider import RunData
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, DataError
 from prunelens.models.spec import ArchSpec
 from prunelens.options import Options
 from prunelens.results import Record
 from prunelens.runfolder import Level, PoolNote, RunFolder
 
-__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
+__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureReference", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
            "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
            "suite_options"]
@@ -91,6 +91,22 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class FigureReference:
+    """Reference values a suite writes beside its results, drawn in a figure only when the report
+    is asked for them (``prunelens report --references``): the rows of ``metric`` in the CSV
+    ``file`` of the suite's artifacts folder (``RUN_DIR/results/<suite>/``, columns ``match``,
+    ``metric``, ``value``), one dashed line per figure line whose ``match`` column has that
+    row's value, labelled ``label`` (e.g. the humans' accuracy per model-vs-human dataset).
+    ``written_when`` says when the suite writes the file (for the report's note when it did not)."""
+
+    file: str
+    metric: str
+    label: str
+    match: str = "dataset"
+    written_when: str = ""
+
+
+@dataclass(frozen=True)
 class FigureSpec:
     """A figure across pruning levels: one panel per value of the ``panels`` columns, one line per
     value of the ``lines`` columns (columns in neither are pooled); its metrics are the suite's
@@ -103,6 +119,16 @@ class FigureSpec:
     first_present: bool = False    # draw only the first of its metrics that has rows
     accuracy_axis: bool = True     # test accuracy on a twin axis (panels holding one run group)
     multi_group_only: bool = False  # an overlay that only makes sense for several run groups
+    #: the x-axis: sparsity, or the pruning level (step; the sparsity of its levels on a top axis)
+    x: Literal["sparsity", "level"] = "sparsity"
+    #: columns whose value picks a line's style; the other ``lines`` columns pick its colour
+    styles: tuple[str, ...] = ("group",)
+    ylim: tuple[float, float] | None = None  # fixed y-range (None: matplotlib's)
+    max_lines: int | None = None   # lines per panel before the busiest line column moves into the
+    #                                panels (None: the report's default)
+    #: (column, values): draw only the rows with those values when there are any, else all rows
+    prefer: tuple[str, tuple[str, ...]] | None = None
+    reference: FigureReference | None = None  # drawn when the report is asked for references
 
 
 @dataclass(frozen=True)
@@ -229,12 +255,18 @@ class Suite:
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
     #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
     claims: ClassVar[tuple[Claim, ...]] = ()
-    #: measured at every matched sparsity of `prunelens compare-schedules` (gradual vs one-shot)
+    #: measured on the dense and final levels by ``prunelens compare-schedules``
     in_schedule_comparison: ClassVar[bool] = False
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         """Why this suite does not apply to this run (None: it applies)."""
         return None
+
+    @classmethod
+    def check_data(cls, options: SuiteOptions) -> None:
+        """Raise :class:`~prunelens.errors.DataError`, naming the option and the fix, when a data
+        folder the options name is missing or not in its dataset's layout. Cheap (no image is
+        read): :func:`check_suite_data` calls it before a run trains and before an evaluation."""
 
     def not_applicable(self, ctx: RunContext) -> dict[str, str]:
         """Parts of the suite that do not apply to this run (e.g. a method the architecture cannot
@@ -352,6 +384,53 @@ def suite_options(config: RunConfig, name: str) -> SuiteOptions:
 def resolved_suite_options(config: RunConfig) -> dict[str, dict]:
     """Every registered suite's options in ``config``, resolved (:meth:`Suite.resolved_options`)."""
     return {suite.name: suite.resolved_options(suite_options(config, suite.name)) for suite in all_suites()}
+
+
+class DataFolderError(DataError):
+    """A data folder a suite's option names is missing or not in its dataset's layout."""
+
+    def __init__(self, key: str, flag: str, problem: str) -> None:
+        self.key, self.flag, self.problem = key, flag, problem
+        super().__init__(f"{key}: {problem}. Give the folder with {flag} DIR (prunelens run / "
+                         f"evaluate) or --set {key}=DIR")
+
+
+def data_folder_error(suite: str, option: str, flag: str, problem: str) -> DataFolderError:
+    """The one message for a data folder a suite's option names wrongly: the option, what is
+    wrong, and how to give the folder."""
+    return DataFolderError(f"evaluate.{suite}.{option}", flag, problem)
+
+
+def require_folder(suite: str, option: str, flag: str, root: str) -> None:
+    """:func:`data_folder_error` unless ``root`` is a folder (e.g. a config's placeholder path)."""
+    if not Path(root).expanduser().is_dir():
+        raise data_folder_error(suite, option, flag, f"folder '{root}' does not exist")
+
+
+def check_suite_data(config: RunConfig, names: list[str] | None = None) -> None:
+    """Check the data folders the options of suites ``names`` (default: the config's suites, or
+    every suite) name, so that a missing VOC or model-vs-human folder stops a run before it trains,
+    not hours later when the suite reads it. Every problem is named in one message."""
+    problems: list[DataError] = []
+    for name in names if names is not None else (config.evaluate.suites or available_suites()):
+        try:
+            get_suite(name).check_data(suite_options(config, name))
+        except DataError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:  # one flag often fixes several options (--voc-root): group them
+        grouped: dict[tuple[str, str], list[str]] = {}
+        parts = []
+        for exc in problems:
+            if isinstance(exc, DataFolderError):
+                grouped.setdefault((exc.flag, exc.problem), []).append(exc.key)
+            else:
+                parts.append(str(exc))
+        parts[:0] = [f"{', '.join(keys)}: {problem} (give it with {flag} DIR)"
+                     for (flag, problem), keys in grouped.items()]
+        raise DataError("; ".join(parts) + ". The flags work with prunelens run and evaluate; "
+                        "--set KEY=DIR sets one option")
 
 
 def check_evaluate(config: RunConfig) -> RunConfig:

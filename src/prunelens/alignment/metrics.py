@@ -6,6 +6,9 @@ Definitions and aggregation follow the benchmark (``modelvshuman/plotting/analys
 * accuracy: fraction of trials with ``object_response == category`` (``na`` is wrong);
 * OOD accuracy of a dataset: accuracy over all its trials in the non-excluded conditions
   (:data:`~prunelens.data.model_vs_human.CONDITIONS`), pooled, not averaged per condition;
+* dataset accuracy: accuracy over every trial of a dataset, all conditions pooled, as the
+  toolbox's evaluator counts it (``evaluation/metrics.py`` ``Accuracy``), the number Cassano et
+  al.'s Figure 6 plots;
 * for a model against each human subject, per non-excluded condition: accuracy difference
   (acc_model − acc_human)², observed consistency (fraction of trials, matched by image, that
   both get right or both get wrong) and error consistency (Cohen's κ of that agreement,
@@ -57,6 +60,21 @@ def ood_accuracy(trials: pd.DataFrame) -> pd.Series:
     """OOD accuracy per dataset: accuracy pooled over the trials of its non-excluded conditions."""
     selected = ood_selection(trials)
     return correct(selected).groupby(selected["dataset"], sort=False).mean().rename("ood_accuracy")
+
+
+def dataset_accuracy(trials: pd.DataFrame) -> pd.Series:
+    """Accuracy per dataset over every trial, all conditions pooled (excluded ones included).
+
+    The model-vs-human toolbox's evaluator (``model_evaluator.py`` ``_pytorch_evaluator``) feeds
+    every batch of a dataset's loader to ``Accuracy.update`` (``evaluation/metrics.py``: the
+    number of targets in the top-1 decision over the number of predictions) and writes its
+    ``value`` per dataset (``print_performance_to_csv``); Cassano et al. plot that value per
+    dataset and pruning step (``mvh_performance_plot.py``). Its loader yields every image of every
+    ``dnn/session-*`` folder (or category folder), the stimuli
+    :func:`prunelens.data.model_vs_human.list_stimuli` reads, so the per-trial ``accuracy``
+    records pooled by dataset give the same number (tests/test_figure6.py).
+    """
+    return correct(trials).groupby(trials["dataset"], sort=False).mean().rename("dataset_accuracy")
 
 
 def shape_bias(trials: pd.DataFrame, texture: pd.Series | None = None) -> float:
@@ -167,10 +185,15 @@ def human_reference(human_trials: pd.DataFrame) -> pd.DataFrame:
     """The same metrics for humans: each subject against the others, averaged over subjects.
 
     As the benchmark's "humans" entry: the mean over all pairs of subjects (the metrics are
-    symmetric) and, for accuracy, the OOD accuracy pooled over all subjects' trials.
+    symmetric) and, for accuracy, the OOD accuracy pooled over all subjects' trials; plus
+    ``dataset_accuracy`` (:func:`dataset_accuracy` of all subjects' trials, every condition), the
+    humans' counterpart of the models' Figure 6 curves.
     """
     per_subject = human_benchmark(human_trials, human_trials)
     out = per_subject.groupby(["dataset", "metric"], sort=False)["value"].mean().reset_index()
     pooled = ood_accuracy(human_trials)
     out.loc[out["metric"] == "accuracy", "value"] = out.loc[out["metric"] == "accuracy", "dataset"].map(pooled)
+    every = dataset_accuracy(human_trials)
+    out = pd.concat([out, pd.DataFrame({"dataset": every.index, "metric": "dataset_accuracy",
+                                        "value": every.to_numpy()})], ignore_index=True)
     return out.assign(subj="humans")[["subj", "dataset", "metric", "value"]]

@@ -11,10 +11,16 @@ Per level of the pool:
   benchmark's 16-class rule (1000-class ImageNet models) or ``mvh_decision_mapping``, and compared
   with the real human trials (accuracy difference, observed and error consistency).
 
-Records (see :class:`prunelens.results.Record`): ``accuracy`` per image (item = image id), ``ood_accuracy``
-per dataset, ``shape_bias`` per cue-conflict dataset and the human metrics per model-vs-human
-dataset. Each dataset's responses are saved in the benchmark's CSV format under
-``level_artifacts/<dataset>/<dataset>_<observer>_session-1.csv``.
+Records (see :class:`prunelens.results.Record`): ``accuracy`` per image (item = image id,
+condition = the trial's condition), ``ood_accuracy`` per dataset, ``shape_bias`` per cue-conflict
+dataset and the human metrics per model-vs-human dataset. Each dataset's responses are saved in the
+benchmark's CSV format under ``level_artifacts/<dataset>/<dataset>_<observer>_session-1.csv``; with
+``mvh_root``, the humans' own values in :data:`HUMAN_REFERENCE_FILE`.
+
+Figure 6 of Cassano et al. (``alignment_datasets``) is the per-image ``accuracy`` pooled by
+dataset over every condition, the toolbox's per-dataset accuracy
+(:func:`prunelens.alignment.metrics.dataset_accuracy`), one line per dataset and one panel per
+model against the pruning level; ``prunelens report --references`` adds the humans' accuracy.
 """
 from __future__ import annotations
 
@@ -35,13 +41,16 @@ from prunelens.alignment.trials import read_human_trials, write_trials
 from prunelens.data.distortions import DISTORTIONS, REFERENCE_SIZE, distort
 from prunelens.data.model_vs_human import (CATEGORIES, DATASETS, ModelVsHumanDataset, find_datasets,
                                            image_id)
-from prunelens.errors import ConfigError
-from prunelens.suite import (SPARSITY, Claim, FigureSpec, LevelContext, Metric, Quantity,
-                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
+from prunelens.errors import ConfigError, DataError
+from prunelens.suite import (SPARSITY, Claim, FigureReference, FigureSpec, LevelContext, Metric,
+                             Quantity, ReportSection, RunContext, Suite, SuiteOptions,
+                             data_folder_error, register_suite, require_folder)
 from prunelens.io import atomic_write_bytes
 from prunelens.results import Record
 
 SUITE = "alignment"
+#: the humans' values of the metrics per model-vs-human dataset (``after_levels``, with ``mvh_root``)
+HUMAN_REFERENCE_FILE = "human_reference.csv"
 #: variants of the run's dataset that stand for model-vs-human datasets (synthetic data has them)
 VARIANTS = {"silhouette": "silhouette", "edge": "edge", "cue_conflict": "cue-conflict"}
 
@@ -285,7 +294,7 @@ class AlignmentSuite(Suite):
                             "(model-vs-human: OOD accuracy, shape bias, error consistency)?", order=30)
     metrics = (
         Metric("accuracy", "higher", "share of out-of-distribution images classified correctly",
-               unit="fraction", figure="alignment_ood"),
+               unit="fraction", figure=("alignment_ood", "alignment_datasets")),
         Metric("ood_accuracy", "higher", "share of out-of-distribution images classified correctly",
                unit="fraction", figure="alignment_ood"),
         Metric("shape_bias", "higher", "humans decide by shape (≈ 0.96, Geirhos et al.): higher is "
@@ -298,8 +307,15 @@ class AlignmentSuite(Suite):
                "human-like errors", unit="κ", figure="consistency"),
     )
     figures = (
-        FigureSpec("alignment_ood", "Accuracy per out-of-distribution dataset vs sparsity (Cassano et "
-                   "al. Fig. 6)", panels=("dataset",), lines=("group",), first_present=True),
+        FigureSpec("alignment_ood", "Accuracy per out-of-distribution dataset vs sparsity: runs "
+                   "overlaid", panels=("dataset",), lines=("group",), first_present=True),
+        # mvh_performance_plot.py: one line per dataset (its 17 rows of the toolbox's CSV), ylim 0..1
+        FigureSpec("alignment_datasets", "Cassano et al. Fig. 6: accuracy per model-vs-human dataset "
+                   "(16-class decision, all conditions) vs pruning level", panels=("group",),
+                   lines=("dataset",), x="level", styles=(), ylim=(0.0, 1.0), accuracy_axis=False, max_lines=len(DATASETS),
+                   prefer=("dataset", DATASETS),
+                   reference=FigureReference(HUMAN_REFERENCE_FILE, "dataset_accuracy", "humans",
+                                             written_when="with evaluate.alignment.mvh_root")),
         FigureSpec("shape_bias", "Shape bias vs sparsity (cue-conflict)", panels=("metric",),
                    lines=("group", "dataset")),
         FigureSpec("consistency", "Consistency with human decisions vs sparsity", panels=("metric",),
@@ -312,6 +328,23 @@ class AlignmentSuite(Suite):
               y=Quantity(SUITE, ("accuracy",)), x=SPARSITY, statistic="slope", expected=None,
               unit="levels", between="size", between_expected=1),
     )
+
+    @classmethod
+    def check_data(cls, options: AlignmentOptions) -> None:
+        """``mvh_root`` is a folder holding at least one of the datasets asked for (a missing one
+        is a note when the level is evaluated)."""
+        if options.mvh_root is None:
+            return
+        require_folder(cls.name, "mvh_root", "--mvh-root", options.mvh_root)
+        try:
+            present, _ = find_datasets(options.mvh_root, options.mvh_datasets)
+        except DataError as exc:
+            raise data_folder_error(cls.name, "mvh_root", "--mvh-root", str(exc)) from None
+        if not present:
+            wanted = options.mvh_datasets or DATASETS
+            raise data_folder_error(cls.name, "mvh_root", "--mvh-root", (
+                f"none of the model-vs-human datasets {', '.join(wanted)} is a folder under "
+                f"{options.mvh_root}; it must hold the toolbox's datasets/ folders (colour/, edge/, …)"))
 
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         opts: AlignmentOptions = ctx.options
@@ -340,7 +373,7 @@ class AlignmentSuite(Suite):
         present, _ = find_datasets(opts.mvh_root, opts.mvh_datasets)
         if present:
             ref = pd.concat([human_reference(read_human_trials(d)) for d in present], ignore_index=True)
-            atomic_write_bytes(ctx.artifacts / "human_reference.csv", ref.to_csv(index=False).encode())
+            atomic_write_bytes(ctx.artifacts / HUMAN_REFERENCE_FILE, ref.to_csv(index=False).encode())
 
 
 def _save(ctx: LevelContext, trials: pd.DataFrame, subj: str) -> None:

@@ -6,6 +6,7 @@ from functools import cached_property
 
 import torch
 
+from prunelens.data.device_input import image_loader, input_path
 from prunelens.data.registry import dataset_entry
 from prunelens.errors import DataError
 
@@ -13,30 +14,44 @@ from prunelens.errors import DataError
 class RunData:
     """Splits of the run's dataset: ``data.split("test")``, ``data.split("test", variant="edge")``."""
 
-    def __init__(self, data_config, seed: int, num_workers: int = 0, pin_memory: bool = False) -> None:
+    def __init__(self, data_config, seed: int, num_workers: int = 0, pin_memory: bool = False,
+                 device: torch.device | None = None, log=None) -> None:
         self.config = data_config
         self.seed = seed
         #: worker processes and pinned memory of the evaluation loaders (:meth:`loader`)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        #: the device the loaders' images are for: image folders may be decoded on it (``data.decode``)
+        self.device = device
+        self._log = log
+        self._paths_said: set[tuple[str, str]] = set()
         self._cache: dict[tuple, torch.utils.data.Dataset] = {}
         self._samples: dict[tuple, torch.utils.data.Dataset] = {}
         self._loaders: dict[tuple[int, int], torch.utils.data.DataLoader] = {}
 
     def loader(self, dataset: torch.utils.data.Dataset, batch_size: int) -> torch.utils.data.DataLoader:
         """An evaluation loader of ``dataset`` in its order, with the run's workers (pinned memory
-        on CUDA). A split or sample this object built keeps one loader, whose workers persist
+        on CUDA); an image folder's images may be decoded on :attr:`device` (``data.decode``: then
+        the batches' images are on the device). A split or sample this object built keeps one loader, whose workers persist
         across the levels of one ``evaluate``; any other dataset gets a loader of its own."""
         kept = any(dataset is d for d in (*self._cache.values(), *self._samples.values()))
         key = (id(dataset), batch_size)
         if kept and key in self._loaders:
             return self._loaders[key]
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=kept and self.num_workers > 0)
+        self._say_path(dataset)
+        loader = image_loader(dataset, self.device, batch_size=batch_size, shuffle=False,
+                              num_workers=self.num_workers, pin_memory=self.pin_memory,
+                              persistent_workers=kept and self.num_workers > 0)
         if kept:
             self._loaders[key] = loader
         return loader
+
+    def _say_path(self, dataset) -> None:
+        """Log where ``dataset``'s images are decoded (:func:`input_path`), once per distinct answer."""
+        said = input_path(dataset, self.device)
+        if self._log is not None and said[1] is not None and said not in self._paths_said:
+            self._paths_said.add(said)
+            self._log(f"images of {self.config.name} decoded on the {said[0].upper()} ({said[1]})")
 
     @cached_property
     def entry(self):

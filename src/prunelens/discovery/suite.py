@@ -1,12 +1,14 @@
 """Suite ``discovery`` (RQ2): LOST boxes from each level's features, scored by CorLoc and best IoU.
 
 Data: the run's synthetic split (one object per image, its mask's box; 64 images by default) or
-Pascal VOC07/VOC12 (``voc_root``; every image of ``image_set`` by default). Per level it yields, per
-image, ``corloc`` (0/1) and ``iou`` (best IoU with any ground-truth box), ``method="lost"``,
-``dataset`` = ``synthetic`` / ``voc07`` / ``voc12``, ``condition`` = the VOC image set (with
-``-no_hard``) or empty; writes the boxes (``boxes.csv``) and CorLoc with its 95 % bootstrap CI
-(``summary.json``) to the level's artifacts folder; after the last level, a figure of the boxes of
-sample images across levels (``boxes_across_levels.png``).
+Pascal VOC07/VOC12 (``voc_root``; every image of ``image_set`` by default, or of each of several
+sets: ``image_set: [trainval, val]``). Per level it yields, per image, ``corloc`` (0/1) and ``iou``
+(best IoU with any ground-truth box), ``method="lost"``, ``dataset`` = ``synthetic`` / ``voc07`` /
+``voc12``, ``condition`` = the VOC image set (with ``-no_hard``) or empty; writes the boxes
+(``boxes.csv``, a ``condition`` column naming the set) and CorLoc with its 95 % bootstrap CI
+(``summary.json``: one set's at the top level, several under ``image_sets``) to the level's
+artifacts folder; after the last level, a figure of the boxes of sample images of the first set
+across levels (``boxes_across_levels.png``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -30,8 +32,10 @@ from prunelens.discovery.corloc import (BoxDataset, SyntheticBoxes, best_iou, co
                                         pad_boxes, summarize_corloc)
 from prunelens.discovery.features import LayerNormMode, patch_features
 from prunelens.discovery.lost import SeedInBackgroundError, TieBreak, lost
+from prunelens.errors import DataError
 from prunelens.suite import (FigureSpec, LevelContext, Metric, ReportSection, RunContext, Suite,
-                             SuiteOptions, register_suite)
+                             SuiteOptions, data_folder_error, register_suite,
+                             require_folder)
 from prunelens.io import atomic_write_bytes, atomic_write_json
 from prunelens.results import Record
 from prunelens.runfolder import Layout, saved_per_level
@@ -46,7 +50,9 @@ class DiscoveryOptions(SuiteOptions):
         f"first n images; default {SYNTHETIC_DEFAULT_IMAGES} synthetic images, every VOC image"))
     voc_root: str | None = Field(None, description="Pascal VOC folder (VOCdevkit/VOC2007 or a parent)")
     voc_year: Literal[2007, 2012] | None = Field(None, description="default: from the folder name")
-    image_set: str = Field("trainval", description="VOC ImageSets/Main/<image_set>.txt")
+    image_set: str | list[str] = Field("trainval", description=(
+        "VOC ImageSets/Main/<image_set>.txt; a list evaluates each set in turn, the records' "
+        "condition naming it (the paper's run_lost_pruning_iterations.sh: [trainval, val])"))
     no_hard: bool = Field(False, description="drop truncated/difficult VOC objects (LOST --no_hard)")
     synthetic_split: str | None = Field(None, description="split of the run's dataset whose boxes are "
                                         "used (default: its evaluation split)")
@@ -59,6 +65,18 @@ class DiscoveryOptions(SuiteOptions):
         "reference does — a deeply pruned level can have dead feature maps"))
     figure_images: int = Field(6, ge=0, le=32)
     figure_levels: int = Field(8, ge=2, le=32)
+
+    @field_validator("image_set")
+    @classmethod
+    def _some_sets_once_each(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"a list of image sets names each set once, and at least one; got {value}")
+        return value
+
+    @property
+    def image_sets(self) -> list[str]:
+        """The VOC image sets evaluated, in order."""
+        return [self.image_set] if isinstance(self.image_set, str) else list(self.image_set)
 
 
 def _padded_grid(image: torch.Tensor, stride: int) -> tuple[int, int]:
@@ -154,15 +172,26 @@ class DiscoverySuite(Suite):
         self._datasets: dict[tuple, BoxDataset] = {}
 
     # ---- data --------------------------------------------------------------------------------
+    def datasets(self, ctx: RunContext) -> list[BoxDataset]:
+        """The box datasets the options name, one per VOC image set (built once per suite
+        instance); the run's synthetic split alone without ``voc_root``."""
+        opts: DiscoveryOptions = ctx.options
+        if opts.voc_root is None:
+            return [self._dataset(ctx, None)]
+        return [self._dataset(ctx, image_set) for image_set in opts.image_sets]
+
     def dataset(self, ctx: RunContext) -> BoxDataset:
-        """The box dataset the options name (built once per suite instance)."""
+        """The first of :meth:`datasets` (the one whose boxes are drawn across levels)."""
+        return self.datasets(ctx)[0]
+
+    def _dataset(self, ctx: RunContext, image_set: str | None) -> BoxDataset:
         opts: DiscoveryOptions = ctx.options
         split = None if opts.voc_root is not None else opts.synthetic_split or ctx.data.eval_split
-        key = (opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard, split)
+        key = (opts.voc_root, opts.voc_year, image_set, opts.no_hard, split)
         if key not in self._datasets:
             if opts.voc_root is not None:
                 from prunelens.data.voc_annotations import VOCBoxes
-                self._datasets[key] = VOCBoxes(opts.voc_root, opts.voc_year, opts.image_set, opts.no_hard)
+                self._datasets[key] = VOCBoxes(opts.voc_root, opts.voc_year, image_set, opts.no_hard)
             else:
                 self._datasets[key] = SyntheticBoxes(ctx.data.split(split))
         return self._datasets[key]
@@ -174,10 +203,28 @@ class DiscoverySuite(Suite):
         return None if opts.voc_root is not None else SYNTHETIC_DEFAULT_IMAGES
 
     @staticmethod
-    def condition(opts: DiscoveryOptions) -> str:
+    def condition(opts: DiscoveryOptions, image_set: str | None = None) -> str:
+        """The records' condition: the VOC image set (the first by default), empty for synthetic data."""
         if opts.voc_root is None:
             return ""
-        return opts.image_set + ("-no_hard" if opts.no_hard else "")
+        return (image_set or opts.image_sets[0]) + ("-no_hard" if opts.no_hard else "")
+
+    @classmethod
+    def check_data(cls, options: DiscoveryOptions) -> None:
+        """VOC: ``voc_root`` holds a VOC<year>/Annotations folder and every image set's list."""
+        if options.voc_root is None:
+            return
+        from prunelens.data.voc_annotations import resolve_voc_dir
+        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
+        try:
+            voc, _ = resolve_voc_dir(options.voc_root, options.voc_year)
+        except DataError as exc:
+            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+        missing = [s for s in options.image_sets if not (voc / "ImageSets" / "Main" / f"{s}.txt").is_file()]
+        if missing:
+            raise DataError(f"evaluate.{cls.name}.image_set: no list file for {', '.join(missing)} in "
+                            f"{voc / 'ImageSets' / 'Main'}; VOC image sets are train, val, trainval "
+                            "(and test for VOC2007)")
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         if not ctx.spec.has_spatial_features:
@@ -196,27 +243,32 @@ class DiscoverySuite(Suite):
     # ---- per level ---------------------------------------------------------------------------
     def evaluate_level(self, ctx: LevelContext) -> list[Record]:
         opts: DiscoveryOptions = ctx.options
-        dataset = self.dataset(ctx)
-        frame = discover(ctx.model, dataset, spec=ctx.spec, n_images=self.n_images(opts),
-                         batch_size=ctx.batch_size, device=ctx.device, k_patches=opts.k_patches,
-                         layernorm=opts.layernorm, tie_break=opts.tie_break,
-                         seed_in_background=opts.seed_in_background)
-        key = (ctx.pool.name, self.name, "corloc", "lost", dataset.name, self.condition(opts),
-               ctx.level.index)  # the bootstrap of prunelens.stats.summarize for this number
-        summary = summarize_corloc(frame["corloc"], frame["iou"], dataset.n_skipped,
-                                   n_boot=ctx.config.evaluate.n_boot, key=key)
+        image_sets = opts.image_sets if opts.voc_root is not None else [None]
+        frames, summaries, records = [], [], []
+        for image_set, dataset in zip(image_sets, self.datasets(ctx)):
+            condition = self.condition(opts, image_set)
+            frame = discover(ctx.model, dataset, spec=ctx.spec, n_images=self.n_images(opts),
+                             batch_size=ctx.batch_size, device=ctx.device, k_patches=opts.k_patches,
+                             layernorm=opts.layernorm, tie_break=opts.tie_break,
+                             seed_in_background=opts.seed_in_background)
+            key = (ctx.pool.name, self.name, "corloc", "lost", dataset.name, condition,
+                   ctx.level.index)  # the bootstrap of prunelens.stats.summarize for this number
+            summary = summarize_corloc(frame["corloc"], frame["iou"], dataset.n_skipped,
+                                       n_boot=ctx.config.evaluate.n_boot, key=key)
+            summaries.append(dict(summary.as_dict(), dataset=dataset.name, condition=condition,
+                                  n_seed_in_background=int((~frame["found"]).sum())))
+            frames.append(frame.assign(condition=condition))
+            common = dict(suite=self.name, method="lost", dataset=dataset.name, condition=condition)
+            for item, hit, iou in zip(frame["item"], frame["corloc"], frame["iou"]):
+                records.append(Record(metric="corloc", value=float(hit), item=item, **common))
+                records.append(Record(metric="iou", value=float(iou), item=item, **common))
         folder = Path(ctx.level_artifacts)
-        atomic_write_bytes(folder / "boxes.csv", frame.to_csv(index=False).encode())
-        atomic_write_json(folder / Layout.LEVEL_SUMMARY, dict(
-            summary.as_dict(), level=ctx.level.index, sparsity=ctx.level.sparsity, dataset=dataset.name,
-            condition=self.condition(opts), n_seed_in_background=int((~frame["found"]).sum()),
-            options=opts.model_dump(mode="json")))
-        common = dict(suite=self.name, method="lost", dataset=dataset.name,
-                      condition=self.condition(opts))
-        records = []
-        for item, hit, iou in zip(frame["item"], frame["corloc"], frame["iou"]):
-            records.append(Record(metric="corloc", value=float(hit), item=item, **common))
-            records.append(Record(metric="iou", value=float(iou), item=item, **common))
+        atomic_write_bytes(folder / "boxes.csv", pd.concat(frames).to_csv(index=False).encode())
+        level = dict(level=ctx.level.index, sparsity=ctx.level.sparsity,
+                     options=opts.model_dump(mode="json"))
+        # one image set: its summary at the top level; several: one entry per set
+        atomic_write_json(folder / Layout.LEVEL_SUMMARY, {**summaries[0], **level} if len(summaries) == 1
+                          else {**level, "image_sets": summaries})
         return records
 
     # ---- across levels -----------------------------------------------------------------------
@@ -225,12 +277,11 @@ class DiscoverySuite(Suite):
         if opts.figure_images == 0:
             return
         dataset = self.dataset(ctx)
+        condition = self.condition(opts)
         indices = {lv.index for lv in ctx.pool.levels}
-        # only levels measured on this data and still in the pool
-        levels = [(summary, boxes) for summary, boxes in _saved_levels(Path(ctx.artifacts))
-                  if summary.get("dataset") == dataset.name
-                  and summary.get("condition") == self.condition(opts)
-                  and summary.get("level") in indices]
+        # only levels measured on this data and still in the pool (the first image set's boxes)
+        levels = [(summary, boxes) for summary, boxes in _saved_levels(Path(ctx.artifacts), condition)
+                  if summary.get("dataset") == dataset.name and summary.get("level") in indices]
         if not levels:
             return
         if len(levels) > opts.figure_levels:
@@ -240,22 +291,37 @@ class DiscoverySuite(Suite):
         atomic_write_bytes(Path(ctx.artifacts) / "boxes_across_levels.png", png)
 
 
-def _saved_levels(folder: Path) -> list[tuple[dict, pd.DataFrame]]:
-    """(summary, boxes) of every level evaluated under ``folder``, by level index."""
+def _saved_levels(folder: Path, condition: str) -> list[tuple[dict, pd.DataFrame]]:
+    """(summary, boxes) of image set ``condition`` for every level evaluated under ``folder``, by
+    level index (the summary carries the level's index and sparsity)."""
     out = []
     for level, summary_file in saved_per_level(folder, Layout.LEVEL_SUMMARY).items():
         boxes_file = summary_file.with_name("boxes.csv")
         if boxes_file.is_file():
             try:
                 summary = json.loads(summary_file.read_text())
-                boxes = pd.read_csv(boxes_file, dtype={"item": str})
+                boxes = pd.read_csv(boxes_file, dtype={"item": str, "condition": str})
             except (ValueError, RecursionError, pd.errors.ParserError) as exc:
                 warnings.warn(f"{summary_file.parent} is damaged ({type(exc).__name__}): level {level} "
                               "is left out of the boxes figure; re-run `prunelens evaluate --suite "
                               "discovery --force` to write it again", stacklevel=2)
                 continue
-            out.append((summary if isinstance(summary, dict) else {}, boxes))
+            summary = _set_summary(summary if isinstance(summary, dict) else {}, condition)
+            if summary is None:
+                continue
+            if "condition" in boxes:  # written by a version that evaluates several image sets
+                boxes = boxes[boxes["condition"].fillna("") == condition]
+            out.append((summary, boxes))
     return out
+
+
+def _set_summary(summary: dict, condition: str) -> dict | None:
+    """One image set's summary from a level's summary.json (one set at the top level, several
+    under ``image_sets``), with the level's index and sparsity; None when that set is not in it."""
+    if "image_sets" not in summary:
+        return summary if summary.get("condition", "") == condition else None
+    found = [s for s in summary["image_sets"] if isinstance(s, dict) and s.get("condition") == condition]
+    return {**found[0], "level": summary.get("level"), "sparsity": summary.get("sparsity")} if found else None
 
 
 def boxes_figure(dataset: BoxDataset, levels: list[tuple[dict, pd.DataFrame]], n_images: int) -> bytes:

@@ -24,6 +24,7 @@ from prunelens.explain.gradients import _guided_backprop, gradcam_with_logits
 from prunelens.explain.integrated import integrated_gradients
 from prunelens.explain.metrics import POOLINGS, pool_heatmaps
 from prunelens.models import ArchSpec
+from prunelens.models.spec import WINDOW_ATTENTION_MAPS
 
 
 @dataclass
@@ -46,9 +47,10 @@ class SharedPasses:
     when no GradCAM is asked for, and the attention probabilities of every layer."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, spec: ArchSpec, methods, target,
-                 ig: IGSettings | None, guide_gelu: bool = True) -> None:
+                 ig: IGSettings | None, guide_gelu: bool = True,
+                 window_attention: str = "received") -> None:
         self.model, self.x, self.spec, self.target, self.ig = model, x, spec, target, ig or IGSettings()
-        self.guide_gelu = guide_gelu
+        self.guide_gelu, self.window_attention = guide_gelu, window_attention
         self.uses_gradcam = any(ATTRIBUTION_METHODS[m].needs == "spatial" for m in methods)
         self.completeness_gap: torch.Tensor | None = None
 
@@ -94,12 +96,13 @@ def _integrated_gradients(p: SharedPasses) -> torch.Tensor:
 
 
 def _attention(p: SharedPasses) -> torch.Tensor:
-    """The class token's last-layer attention (ViT), or the attention tokens receive in local
-    windows (Swin, :meth:`prunelens.models.spec.SwinSpec.window_attention_map`), upsampled."""
+    """The class token's last-layer attention (ViT), or a map of local window attention (Swin,
+    :meth:`prunelens.models.spec.SwinSpec.window_attention_map`: the attention tokens receive, or
+    the paper's first-window row), resized bilinearly to the image."""
     if p.spec.class_token_attention(p.model):
         return class_token_map(p.attention[-1].mean(1), p.x, p.spec)
     with torch.no_grad():
-        grid = p.spec.window_attention_map(p.model, p.x)
+        grid = p.spec.window_attention_map(p.model, p.x, p.window_attention)
     return F.interpolate(grid.unsqueeze(1), size=p.x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -173,10 +176,12 @@ def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[
                   spec: ArchSpec | None = None, target: torch.Tensor | int | None = None,
                   ig: IGSettings | None = None, pooling: dict[str, str] | None = None,
                   amp: bool = False, channels_last: bool = False,
-                  guide_gelu: bool = True) -> BatchExplanation:
+                  guide_gelu: bool = True, window_attention: str = "received") -> BatchExplanation:
     """Heatmaps of normalised images ``x`` for each of ``methods`` (predicted class when ``target``
     is None). ``guide_gelu``: guided backpropagation also guides GELU (see
     :mod:`prunelens.explain.gradients`); False leaves GELU alone, as Captum does.
+    ``window_attention``: which map local window attention gives (one of
+    :data:`prunelens.models.spec.WINDOW_ATTENTION_MAPS`).
 
     ``amp`` runs the model passes under bf16 autocast and ``channels_last`` converts the model and
     images to channels-last (GPU speed options); heatmaps are returned in float32 either way.
@@ -188,13 +193,13 @@ def explain_batch(model: nn.Module, x: torch.Tensor, methods: list[str] | tuple[
     autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if amp
                 else contextlib.nullcontext())
     with autocast:
-        result = _explain(model, x, methods, spec, target, ig, pooling, guide_gelu)
+        result = _explain(model, x, methods, spec, target, ig, pooling, guide_gelu, window_attention)
     result.heatmaps = {m: h.float() for m, h in result.heatmaps.items()}
     return result
 
 
 def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooling,
-             guide_gelu: bool = True) -> BatchExplanation:
+             guide_gelu: bool = True, window_attention: str = "received") -> BatchExplanation:
     spec = resolve_spec(model, spec)
     unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
     if unknown:
@@ -203,7 +208,10 @@ def _explain(model: nn.Module, x: torch.Tensor, methods, spec, target, ig, pooli
     bad = {m: p for m, p in pooling.items() if p not in POOLINGS}
     if bad:
         raise ConfigError(f"unknown pooling {bad}; choose from {', '.join(POOLINGS)}")
-    passes = SharedPasses(model, x, spec, methods, target, ig, guide_gelu)
+    if window_attention not in WINDOW_ATTENTION_MAPS:
+        raise ConfigError(f"unknown window attention map '{window_attention}'; choose from "
+                          f"{', '.join(WINDOW_ATTENTION_MAPS)}")
+    passes = SharedPasses(model, x, spec, methods, target, ig, guide_gelu, window_attention)
     maps = {m: ATTRIBUTION_METHODS[m].compute(passes) for m in methods}
     logits, targets = passes.logits_and_targets
     return BatchExplanation(predictions=logits.argmax(1), targets=targets, heatmaps=maps,

@@ -8,7 +8,8 @@ without it.
 
 Records: ``rma`` and ``rra`` per image (NaN when the mask is empty, or when the heatmap is all zero
 and ``blank_maps`` is ``nan``, the default preset's choice), method
-= attribution method, dataset = ``synthetic`` / ``voc12`` (``voc07`` when given a VOC2007 folder).
+= attribution method, dataset = ``synthetic`` / ``voc12`` (``voc07`` when given a VOC2007 folder),
+condition = the scoring preset (``paper`` / ``default``) when ``preset`` lists several, else empty.
 Default channel pooling per method: :data:`prunelens.explain.pipeline.ATTRIBUTION_METHODS`.
 
 Artifacts per level (``level_XX/``): ``heatmaps.safetensors`` — the pooled heatmaps, images and
@@ -26,13 +27,15 @@ from collections.abc import Iterator
 from typing import Literal, NamedTuple
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from prunelens.data.segmentation import SegmentationBatch, SyntheticSegmentation, iter_batches
-from prunelens.data.voc import VOC_CLASSES, VOCSegmentation
+from prunelens.data.voc import VOC_CLASSES, VOCSegmentation, find_voc2012, read_split
 from prunelens.errors import DataError, PrunelensError
 from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
-                             ReportSection, RunContext, Suite, SuiteOptions, register_suite)
+                             ReportSection, RunContext, Suite, SuiteOptions, data_folder_error,
+                             require_folder,
+                             register_suite)
 from prunelens.explain._common import forward
 from prunelens.explain.figure import HEATMAPS_FILE, figure_from_artifacts
 from prunelens.runfolder import Layout, saved_per_level
@@ -41,6 +44,7 @@ from prunelens.explain.metrics import BLANK_MAPS, POOLINGS, TIE_RULES, localisat
 from prunelens.explain.pipeline import (ATTRIBUTION_METHODS, METHODS, IGSettings, applicable_methods,
                                        explain_batch)
 from prunelens.io import atomic_save_tensors, atomic_write_json
+from prunelens.models.spec import WINDOW_ATTENTION_MAPS
 from prunelens.results import Record
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class Scoring(NamedTuple):
     rra_ties: str         # expected | index | paper
     blank_maps: str       # nan | score (metrics.BLANK_MAPS)
     ig_noise_samples: int  # SmoothGrad copies around IG (0: plain IG)
+    swin_attention: str   # received | paper_first_window (models.spec.WINDOW_ATTENTION_MAPS)
 
 
 #: ``default``: scores that do not depend on an arbitrary floor, baseline, pixel order or noise;
@@ -66,13 +71,21 @@ class Scoring(NamedTuple):
 #: first (L295; *not* Quantus' ``index``, which ranks the earlier first), blank maps scored RMA 0
 #: and kept in the mean (the eps of L290, L297), and IG wrapped in SmoothGrad with 2 noisy copies
 #: (``integrated_gradients``: ``NoiseTunnel(ig).attribute(..., nt_samples=2, nt_type='smoothgrad')``,
-#: Captum's default ``stdevs=1.0`` = ``ig_noise_std``'s default)
-PRESETS = {"default": Scoring("none", "black", True, "expected", "nan", 0),
-           "paper": Scoring("minmax", "zero", False, "paper", "score", 2)}
+#: Captum's default ``stdevs=1.0`` = ``ig_noise_std``'s default); Swin's attention map is their
+#: first window's first query row (``build_attention_image``, SwinSpec.first_window_map), not the
+#: attention tokens receive
+PRESETS = {"default": Scoring("none", "black", True, "expected", "nan", 0, "received"),
+           "paper": Scoring("minmax", "zero", False, "paper", "score", 2, "paper_first_window")}
+Preset = Literal[tuple(PRESETS)]
 
 #: options an earlier version stored before ``blank_maps`` existed meant these choices when left
 #: unset (``Suite.options_from`` pins them, so such results count as made with other options)
 _BEFORE_BLANK_MAPS = {"default": {}, "paper": {"rra_ties": "index", "blank_maps": "nan"}}
+#: how the report's note names each Swin attention map
+_SWIN_MAPS = {"received": "received (every window, shifts undone)",
+              "paper_first_window": "of the first window (the paper)"}
+#: and before ``swin_attention`` existed, every preset mapped the attention Swin's tokens receive
+_BEFORE_SWIN_ATTENTION = "received"
 
 
 class InterpretabilityOptions(SuiteOptions):
@@ -101,9 +114,11 @@ class InterpretabilityOptions(SuiteOptions):
                             "keep a whole batch's activations; IG is chunked by ig_memory_cap_mb)")
     figure_images: int = Field(4, ge=0, description="images whose heatmaps are saved for Figure 2")
     seed: int = 0
-    preset: Literal["default", "paper"] = Field("default", description=(
-        "scoring choices: default (principled) or paper (those of Cassano et al.'s code); "
-        "ig_noise_samples and the five options below override single choices"))
+    preset: Preset | list[Preset] = Field("default", description=(
+        "scoring choices: default (principled) or paper (those of Cassano et al.'s code), or a "
+        "list of both (e.g. [paper, default]) to score every image with each, side by side: the "
+        "records then carry the preset as their condition and the report overlays them; "
+        "ig_noise_samples and the five options below override single choices of every preset"))
     normalize_maps: Literal["none", "minmax"] | None = Field(
         None, description="min-max normalise one-channel maps (GradCAM, attention) before RMA/RRA")
     ig_baseline: Literal["black", "zero"] | None = Field(
@@ -115,12 +130,39 @@ class InterpretabilityOptions(SuiteOptions):
     blank_maps: Literal[BLANK_MAPS] | None = Field(
         None, description=("an all-zero map (after min-max): nan, or score (RMA 0 and RRA by the tie "
                            "rule, kept in the mean, as the paper's eps terms do)"))
+    swin_attention: Literal[WINDOW_ATTENTION_MAPS] | None = Field(
+        None, description=("Swin's attention map: received (attention each token receives, shifts "
+                           "undone) or paper_first_window (the paper's first window's first query, "
+                           "summed over heads, stretched over the image)"))
+
+    @field_validator("preset")
+    @classmethod
+    def _presets_once_each(cls, value):
+        if isinstance(value, list):
+            if not value or len(set(value)) != len(value):
+                raise ValueError(f"a list of presets names each of {', '.join(PRESETS)} at most once "
+                                 f"and at least one, got {value}")
+            if len(value) == 1:  # the same run as the plain name: same records, same options
+                return value[0]
+        return value
+
+    @property
+    def presets(self) -> tuple[str, ...]:
+        """The presets the suite scores with, in the order given."""
+        return tuple(self.preset) if isinstance(self.preset, list) else (self.preset,)
+
+    @property
+    def scorings(self) -> dict[str, Scoring]:
+        """Preset -> its choices with the options given explicitly in their place."""
+        chosen = {k: getattr(self, k) for k in Scoring._fields if getattr(self, k) is not None}
+        return {p: PRESETS[p]._replace(**chosen) for p in self.presets}
 
     @property
     def scoring(self) -> Scoring:
-        """The preset's choices with the options given explicitly in their place."""
-        chosen = {k: getattr(self, k) for k in Scoring._fields if getattr(self, k) is not None}
-        return PRESETS[self.preset]._replace(**chosen)
+        """The choices of the one preset (:attr:`scorings` when a list of presets is given)."""
+        if len(self.presets) > 1:
+            raise ValueError(f"preset {list(self.presets)}: several presets, see scorings")
+        return self.scorings[self.preset]
 
     @property
     def source(self) -> str:
@@ -157,9 +199,9 @@ class InterpretabilitySuite(Suite):
     figures = (
         FigureSpec("interpretability", "Relevance Mass / Rank Accuracy vs sparsity per attribution "
                    "method (Cassano et al. Fig. 3/4)", panels=("group", "dataset", "metric"),
-                   lines=("method",)),
+                   lines=("method", "condition"), styles=("condition",)),  # condition: the preset
         FigureSpec("interpretability_overlay", "Relevance Mass / Rank Accuracy vs sparsity: runs "
-                   "overlaid", panels=("dataset", "metric", "method"), lines=("group",),
+                   "overlaid", panels=("dataset", "metric", "method"), lines=("group", "condition"),
                    accuracy_axis=False, multi_group_only=True),
     )
     claims = (
@@ -168,12 +210,28 @@ class InterpretabilitySuite(Suite):
               "or rise (negative correlation with accuracy), ViTs' fall with it (positive)",
               y=Quantity("interpretability", ("rma", "rra")), x=ACCURACY, statistic="spearman",
               family_expected=(("convolutional", -1), ("transformer", 1)),
-              unit="levels", by=("metric", "method", "dataset"), between="family"),
+              unit="levels", by=("metric", "method", "dataset", "condition"), between="family"),
     )
 
     def __init__(self) -> None:
         self._data_key: tuple | None = None
         self._data = None
+
+    @classmethod
+    def check_data(cls, options: InterpretabilityOptions) -> None:
+        """VOC: ``voc_root`` holds VOC2012's JPEGImages/ and SegmentationClass/, and ``voc_split``'s
+        list file exists."""
+        if options.source != "voc":
+            return
+        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
+        try:
+            voc = find_voc2012(options.voc_root)
+        except DataError as exc:
+            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+        try:
+            read_split(voc, options.voc_split)
+        except DataError as exc:
+            raise DataError(f"evaluate.{cls.name}.voc_split: {exc}") from None
 
     def skip_reason(self, ctx: RunContext) -> str | None:
         if ctx.options.source == "synthetic" and not ctx.data.provides("masks"):
@@ -223,32 +281,32 @@ class InterpretabilitySuite(Suite):
         data = self.dataset(ctx)
         methods = [m for m in (opts.methods or METHODS) if m in applicable_methods(ctx.model, ctx.spec)]
         dataset_name = data.name if opts.source == "voc" else ctx.data.config.name
-        generator = torch.Generator().manual_seed(opts.seed)
-        scoring = opts.scoring
-        ig = IGSettings(opts.ig_steps, opts.ig_rule, scoring.ig_noise_samples, opts.ig_noise_std,
-                        opts.ig_memory_cap_mb, generator=generator, baseline=scoring.ig_baseline)
+        scorings = opts.scorings
+        # each preset draws its SmoothGrad noise from its own generator: the values of a preset
+        # scored beside another equal those of a run with that preset alone
+        igs = {preset: IGSettings(opts.ig_steps, opts.ig_rule, s.ig_noise_samples, opts.ig_noise_std,
+                                  opts.ig_memory_cap_mb, generator=torch.Generator().manual_seed(opts.seed),
+                                  baseline=s.ig_baseline) for preset, s in scorings.items()}
         sizes = data.sizes() if hasattr(data, "sizes") and opts.resize == "none" else None
-        tally = {m: {"n": 0, "nan_rma": 0, "nan_rra": 0} for m in methods}
+        tallies = {p: {m: {"n": 0, "nan_rma": 0, "nan_rra": 0} for m in methods} for p in scorings}
         gaps, relative_gaps, figure = [], [], []
         for batch in _progress(iter_batches(data, opts.batch_size, sizes), ctx):
             x = ctx.spec.normalize(batch.images01(ctx.device))
             _check_input_size(ctx.model, ctx.spec, x, opts)
-            result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=ig, pooling=opts.pooling,
-                                   amp=ctx.amp, channels_last=ctx.channels_last,
-                                   guide_gelu=scoring.guide_gelu)
-            gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
             ignore = batch.ignore.to(ctx.device)
-            pooled = {m: result.pooled(m) for m in methods}
-            for method in methods:
-                minmax = scoring.normalize_maps == "minmax" and result.pooling[method] == "none"
-                scores = localisation_scores(pooled[method], gt, ignore, ties=scoring.rra_ties,
-                                             minmax=minmax, blank_maps=scoring.blank_maps)
-                scores = {k: v.tolist() for k, v in scores.items()}
-                for metric in ("rma", "rra"):
-                    for item, value in zip(batch.item_ids, scores[metric]):
-                        yield Record(self.name, metric, value, method=method, dataset=dataset_name, item=item)
-                    tally[method][f"nan_{metric}"] += sum(math.isnan(v) for v in scores[metric])
-                tally[method]["n"] += len(batch)
+            first = None  # the first preset's explanations: Figure 2 and the IG diagnostics
+            for preset, scoring in scorings.items():
+                result = explain_batch(ctx.model, x, methods, spec=ctx.spec, ig=igs[preset],
+                                       pooling=opts.pooling, amp=ctx.amp,
+                                       channels_last=ctx.channels_last, guide_gelu=scoring.guide_gelu,
+                                       window_attention=scoring.swin_attention)
+                gt = self._ground_truth(batch, result.targets, opts).to(ctx.device)
+                pooled = {m: result.pooled(m) for m in methods}
+                condition = preset if len(scorings) > 1 else ""  # one preset: records as before
+                yield from self._scores(batch, result, pooled, gt, ignore, scoring, condition,
+                                        dataset_name, tallies[preset])
+                first = first or (result, pooled)
+            result, pooled = first
             if result.completeness_gap is not None:
                 gaps += result.completeness_gap.tolist()
                 scale = result.heatmaps["integrated_gradients"].flatten(1).abs().sum(1).clamp(min=1e-12)
@@ -256,15 +314,35 @@ class InterpretabilitySuite(Suite):
             if (sum(len(f["items"]) for f in figure) < opts.figure_images
                     and (not figure or figure[0]["image"].shape[-2:] == batch.images.shape[-2:])):
                 figure.append(_figure_slice(batch, result, pooled, opts.figure_images))  # one size only
-        self._write_artifacts(ctx, methods, tally, gaps, relative_gaps, figure)
+        self._write_artifacts(ctx, methods, tallies, gaps, relative_gaps, figure)
 
-    def _write_artifacts(self, ctx: LevelContext, methods, tally, gaps, relative_gaps, figure) -> None:
-        for method, t in tally.items():
-            if t["nan_rma"] or t["nan_rra"]:
-                log.warning("interpretability level %s, %s: %d/%d RMA and %d/%d RRA scores are NaN "
-                            "(empty mask, or all-zero heatmap with blank_maps: nan)", _level_index(ctx), method,
-                            t["nan_rma"], t["n"], t["nan_rra"], t["n"])
-        summary = {"methods": methods, "counts": tally}
+    def _scores(self, batch: SegmentationBatch, result, pooled: dict[str, torch.Tensor],
+                gt: torch.Tensor, ignore: torch.Tensor, scoring: Scoring, condition: str,
+                dataset: str, tally: dict) -> Iterator[Record]:
+        """RMA and RRA of every method's maps of one batch, scored as ``scoring`` says."""
+        for method, maps in pooled.items():
+            minmax = scoring.normalize_maps == "minmax" and result.pooling[method] == "none"
+            scores = localisation_scores(maps, gt, ignore, ties=scoring.rra_ties, minmax=minmax,
+                                         blank_maps=scoring.blank_maps)
+            scores = {k: v.tolist() for k, v in scores.items()}
+            for metric in ("rma", "rra"):
+                for item, value in zip(batch.item_ids, scores[metric]):
+                    yield Record(self.name, metric, value, method=method, dataset=dataset,
+                                 condition=condition, item=item)
+                tally[method][f"nan_{metric}"] += sum(math.isnan(v) for v in scores[metric])
+            tally[method]["n"] += len(batch)
+
+    def _write_artifacts(self, ctx: LevelContext, methods, tallies, gaps, relative_gaps, figure) -> None:
+        """``tallies``: preset -> method -> NaN counts; summary.json keeps one preset's counts per
+        method, as before presets could be listed, and several presets' per preset."""
+        for preset, tally in tallies.items():
+            for method, t in tally.items():
+                if t["nan_rma"] or t["nan_rra"]:
+                    log.warning("interpretability level %s, %s (preset %s): %d/%d RMA and %d/%d RRA "
+                                "scores are NaN (empty mask, or all-zero heatmap with blank_maps: nan)",
+                                _level_index(ctx), method, preset, t["nan_rma"], t["n"], t["nan_rra"], t["n"])
+        summary = {"methods": methods,
+                   "counts": next(iter(tallies.values())) if len(tallies) == 1 else tallies}
         if gaps:
             summary["ig_completeness_gap"] = {"mean": sum(gaps) / len(gaps), "max": max(gaps),
                                               "mean_relative": sum(relative_gaps) / len(relative_gaps)}
@@ -284,29 +362,46 @@ class InterpretabilitySuite(Suite):
 
     @classmethod
     def describe(cls, options: InterpretabilityOptions) -> str:
-        s = options.scoring
+        if len(options.presets) > 1:
+            return ("presets scored side by side (each record's condition names its preset): "
+                    + "; ".join(cls._describe_preset(p, s, options) for p, s in options.scorings.items()))
+        return cls._describe_preset(options.preset, options.scoring, options)
+
+    @staticmethod
+    def _describe_preset(preset: str, s: Scoring, options: InterpretabilityOptions) -> str:
         ties = {"index": "by pixel index, earlier first (Quantus)",
                 "paper": "by pixel index, later first (the paper's argsort)"}.get(s.rra_ties, "by expected value")
         noise = (f"SmoothGrad over {s.ig_noise_samples} copies (std {options.ig_noise_std:g})"
                  if s.ig_noise_samples else "no SmoothGrad")
-        return (f"scoring preset '{options.preset}': one-channel maps "
+        return (f"scoring preset '{preset}': one-channel maps "
                 f"{'min-max normalised' if s.normalize_maps == 'minmax' else 'as computed'}, "
                 f"IG baseline {'0 in normalised space' if s.ig_baseline == 'zero' else 'black'}, "
                 f"IG {noise}, "
                 f"guided backprop {'also guides' if s.guide_gelu else 'leaves'} GELU, "
                 f"RRA ties {ties}, "
-                f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}")
+                f"blank maps {'scored RMA 0 and kept in the mean' if s.blank_maps == 'score' else 'NaN'}, "
+                f"Swin attention {_SWIN_MAPS[s.swin_attention]}")
 
     @classmethod
     def resolved_options(cls, options: InterpretabilityOptions) -> dict:
-        """The options with the preset's choices in place of the ones left unset."""
-        return {**options.model_dump(mode="json"), **options.scoring._asdict()}
+        """The options with the preset's choices in place of the ones left unset (with several
+        presets, each choice as ``{preset: value}``)."""
+        scorings = options.scorings
+        if len(scorings) == 1:
+            return {**options.model_dump(mode="json"), **options.scoring._asdict()}
+        return {**options.model_dump(mode="json"),
+                **{k: {p: getattr(s, k) for p, s in scorings.items()} for k in Scoring._fields}}
 
     @classmethod
     def options_from(cls, stored: dict) -> InterpretabilityOptions | None:
         """As :meth:`Suite.options_from`; options stored before ``blank_maps`` existed are read
         with the meaning they had then: ``ig_noise_samples`` was a plain number (0 by default) and
-        the ``paper`` preset ranked ties by ``index`` and gave blank maps NaN."""
+        the ``paper`` preset ranked ties by ``index`` and gave blank maps NaN; options stored before
+        ``swin_attention`` existed mapped Swin's attention received, whatever the preset."""
+        if isinstance(stored, dict) and "swin_attention" not in stored:
+            preset = PRESETS.get(stored.get("preset", "default"), PRESETS["default"])
+            if preset.swin_attention != _BEFORE_SWIN_ATTENTION:  # the paper preset's changed
+                stored = {**stored, "swin_attention": _BEFORE_SWIN_ATTENTION}
         if isinstance(stored, dict) and "blank_maps" not in stored:
             stored = dict(stored)
             preset = stored.get("preset", "default")

@@ -23,6 +23,9 @@ from prunelens.models.builtins import InputBatchNorm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: what a map of local window attention shows (:meth:`ArchSpec.window_attention_map`): the
+#: attention tokens *receive* (prunelens's definition) or the paper's first-window row
+WINDOW_ATTENTION_MAPS = ("received", "paper_first_window")
 
 
 @functools.lru_cache(maxsize=64)
@@ -93,9 +96,10 @@ class ArchSpec:
         empty for families without one."""
         return []
 
-    def window_attention_map(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-        """A relevance map (B, h, w) from local window attention, or None for families without
-        it (see :class:`SwinSpec`)."""
+    def window_attention_map(self, model: nn.Module, x: torch.Tensor, kind: str = "received"
+                             ) -> torch.Tensor | None:
+        """A relevance map (B, h, w) from local window attention, of ``kind`` (one of
+        :data:`WINDOW_ATTENTION_MAPS`), or None for families without it (see :class:`SwinSpec`)."""
         return None
 
     def attention_not_applicable(self, model: nn.Module, method: str) -> str:
@@ -422,8 +426,10 @@ class SwinSpec(ArchSpec):
     def attention_modules(self, model: nn.Module) -> list[nn.Module]:
         return [m for m in model.modules() if type(m).__name__.startswith("ShiftedWindowAttention")]
 
-    def window_attention_map(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Attention *received*, on the last stage's token grid (B, h, w).
+    def window_attention_map(self, model: nn.Module, x: torch.Tensor, kind: str = "received"
+                             ) -> torch.Tensor:
+        """``received`` (the default): attention *received*, on the last stage's token grid (B, h, w).
+        ``paper_first_window``: Cassano et al.'s map (:meth:`first_window_map`).
 
         For every block of the last stage, with P = softmax(attention) of each window (B·nW,
         heads, N, N), the attention token k receives is the mean over heads and over the window's
@@ -432,11 +438,36 @@ class SwinSpec(ArchSpec):
         blocks. Swin has no class token, so there is no class-specific row as in a ViT: this map
         says which tokens the model attends to, whatever the class.
         """
+        if kind not in WINDOW_ATTENTION_MAPS:
+            raise ModelError(f"unknown window attention map '{kind}'; one of {', '.join(WINDOW_ATTENTION_MAPS)}")
         blocks = [m for m in model.features[-1].modules()
                   if type(m).__name__.startswith("ShiftedWindowAttention")]
+        if kind == "paper_first_window":
+            return self.first_window_map(model, x, blocks[-1])
         captured = _capture_window_attention(blocks, lambda: self.forward(model, x))
         maps = [_received_on_grid(probs, shape, block) for block, (shape, probs) in captured.items()]
         return torch.stack(maps).mean(0)
+
+    def first_window_map(self, model: nn.Module, x: torch.Tensor, block: nn.Module) -> torch.Tensor:
+        """Cassano et al.'s Swin attention map, (B, wh·p, ww·p) for window size wh×ww and patch
+        size p (``explainations_evaluation_metrics.py`` ``build_attention_image``, EIDOSLAB/
+        pruning-for-vision-representation@77e7758): of the softmax probabilities (B·nW, heads, N, N)
+        ``block`` computes (their saved ``last_attention_swin.pt``: the last block), the first
+        window's first query row, ``attention[0, :, 0, :]``, per head, reshaped to (heads, wh, ww),
+        upsampled ×p nearest (``patch_size = 4`` in their ``main()``: swin_v2_t's patch size) and
+        summed over heads. Their code then resizes it bilinearly to the image, as the pipeline does
+        with every window map.
+
+        It covers the top-left window only (after the block's cyclic shift), stretched over the whole
+        image; it is kept as the paper's choice, not as a map of the image's relevance.
+        """
+        captured = _capture_window_attention([block], lambda: self.forward(model, x))
+        (b, _, _, _), probs = captured[block]
+        wh, ww = block.window_size
+        rows = probs[::probs.shape[0] // b, :, 0, :]                # window 0 of each image, query 0
+        grid = rows.reshape(b, probs.shape[1], wh, ww)
+        patch = int(model.features[0][0].stride[0])
+        return F.interpolate(grid, scale_factor=patch, mode="nearest").sum(1)
 
     def attention_not_applicable(self, model: nn.Module, method: str) -> str:
         if method == "rollout":

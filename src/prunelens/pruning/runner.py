@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from prunelens import distributed
+from prunelens.data.device_input import image_loader, input_path
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors
@@ -72,9 +73,11 @@ class _Loaders:
                            pin_memory=device is not None and device.type == "cuda")
         mixing = cfg.train.mixup_alpha > 0 or cfg.train.cutmix_alpha > 0
         self.collate = mixing_collate(cfg.train, num_classes or data.num_classes) if mixing else None
-        self.train = DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                                drop_last=self.drop_last, generator=self.generator,
-                                collate_fn=self.collate, **self.common)
+        self.device = device
+        #: where the images are decoded (:func:`~prunelens.data.device_input.input_path`): cpu or gpu, why
+        self.input_path = input_path(self.train_set, device)
+        self.train = self._loader(self.train_set, shuffle=True, drop_last=self.drop_last,
+                                  generator=self.generator)
         if cfg.train.sampler == "with_replacement":
             self.steps_per_epoch = max(1, len(self.train_set) // cfg.train.batch_size)
         else:
@@ -86,19 +89,26 @@ class _Loaders:
                     "epoch (train.ra_sampler takes the largest multiple of 256, as torchvision's)"
                     if cfg.train.ra_sampler else f"{len(self.train_set)} training samples")
             raise ConfigError(f"train.batch_size {cfg.train.batch_size} leaves no training step for {used}")
-        eval_kw = dict(batch_size=cfg.train.eval_batch_size, **self.common)
-        self.eval = {s: DataLoader(self._shard(data.split(s)), **eval_kw)
+        self.eval = {s: image_loader(self._shard(data.split(s)), device, batch_size=cfg.train.eval_batch_size,
+                                     **self.common)
                      for s in ("val", "test") if s in data.entry.splits}
-        self.validation, self.validation_images = self._validation(cfg.train, data, eval_kw)
+        self.validation, self.validation_images = self._validation(cfg.train, data)
 
-    def _validation(self, t, data: RunData, eval_kw: dict) -> tuple[DataLoader | None, int]:
+    def _validation(self, t, data: RunData) -> tuple[object | None, int]:
         """The loader of ``train.validate_every``: the first ``validate_images`` of its split."""
         if t.validate_every is None:
             return None, 0
         n = validation_images(self.cfg, data)
         # its own generator: a loader's iterator draws a seed, which must not come from the global RNG
-        return DataLoader(self._shard(Subset(data.split(t.validate_split), range(n))),
-                          generator=torch.Generator(), **eval_kw), n
+        return image_loader(self._shard(Subset(data.split(t.validate_split), range(n))), self.device,
+                            batch_size=t.eval_batch_size, generator=torch.Generator(), **self.common), n
+
+    def _loader(self, dataset, **kw):
+        """A training loader of ``dataset``: batches mixed (MixUp / CutMix) as they are collated on
+        the CPU path, after they are decoded on the GPU path."""
+        return image_loader(dataset, self.device, collate_fn=self.collate,
+                            mix=self.collate.mix if self.collate is not None else None,
+                            batch_size=self.batch_size, **kw, **self.common)
 
     def _seed(self, level: int, epoch: int) -> None:
         self.generator.manual_seed(derived_seed(self.cfg.seed, "shuffle", level, epoch))
@@ -113,7 +123,7 @@ class _Loaders:
             return ra_order(n, self.cfg.train.ra_reps, self.generator)
         return next(iter(DataLoader(range(n), batch_size=n, shuffle=True, generator=self.generator))).tolist()
 
-    def _with_replacement(self, level: int, epoch: int) -> DataLoader:
+    def _with_replacement(self, level: int, epoch: int):
         """The training loader of an epoch of ``train.sampler: with_replacement`` (each rank
         loads its share of every global batch)."""
         self._seed(level, epoch)  # the loader workers' seeds
@@ -121,8 +131,9 @@ class _Loaders:
                                          self.steps_per_epoch,
                                          derived_seed(self.cfg.seed, "with_replacement", level, epoch),
                                          distributed.rank(), distributed.world_size())
-        return DataLoader(self.train_set, batch_sampler=batches, generator=self.generator,
-                          collate_fn=self.collate, **self.common)
+        return image_loader(self.train_set, self.device, collate_fn=self.collate,
+                            mix=self.collate.mix if self.collate is not None else None,
+                            batch_sampler=batches, generator=self.generator, **self.common)
 
     def _single(self, level: int, epoch: int) -> DataLoader:
         """The single-process training loader of an epoch."""
@@ -132,9 +143,7 @@ class _Loaders:
             self._seed(level, epoch)
             return self.train
         order = self.epoch_order(level, epoch)  # leaves the generator seeded for the worker seeds
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=order,
-                          drop_last=self.drop_last, generator=self.generator, collate_fn=self.collate,
-                          **self.common)
+        return self._loader(self.train_set, sampler=order, drop_last=self.drop_last, generator=self.generator)
 
     def _sharded(self, level: int, epoch: int) -> DataLoader:
         sampler = DistributedSampler(Subset(self.train_set, self.epoch_order(level, epoch)),
@@ -143,9 +152,7 @@ class _Loaders:
         # the generator seeds this rank's workers (augmentations): the sampler does not shuffle
         workers = torch.Generator().manual_seed(
             derived_seed(self.cfg.seed, "workers", level, epoch, distributed.rank()))
-        return DataLoader(sampler.dataset, batch_size=self.batch_size, sampler=sampler,
-                          drop_last=self.drop_last, generator=workers, collate_fn=self.collate,
-                          **self.common)
+        return self._loader(sampler.dataset, sampler=sampler, drop_last=self.drop_last, generator=workers)
 
     @staticmethod
     def _shard(dataset):
@@ -316,6 +323,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
             log(f"{cfg.name}: pool complete, every level verified: nothing to do")
             return RunFolder(cfg.run_dir)
         loaders = _Loaders(cfg, data, device, num_classes)
+        if loaders.input_path[1] is not None:  # a dataset with the choice (data.decode)
+            log(f"{cfg.name}: images decoded on the {loaders.input_path[0].upper()} ({loaders.input_path[1]})")
         if not distributed.is_main():
             done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
         masks = dense_masks(params)

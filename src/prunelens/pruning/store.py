@@ -20,7 +20,7 @@ from torch import nn
 
 from prunelens.config import RunConfig, config_from_stored, flatten_keys
 from prunelens.data.provider import class_difference
-from prunelens.errors import ConfigError, DivergedError, PoolError
+from prunelens.errors import ConfigError, DivergedError, PoolError, PrunelensError
 from prunelens.io import atomic_save_tensors, atomic_write_json, naming, sha256_file
 from prunelens.pruning.train import DIVERGED_FIX
 from prunelens.runfolder import (FORMAT, Layout, Level, RunFolder, RunLock, check_level_info,
@@ -284,6 +284,24 @@ def _sparsity_all(model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
     total = sum(p.numel() for p in model.parameters())
     pruned = sum(int((~m.bool()).sum()) for m in masks.values())
     return pruned / total if total else math.nan
+
+
+def paper_sparsity(pool: RunFolder) -> dict[int, float]:
+    """Level -> the sparsity Cassano et al.'s code reports, pruned weights over every Conv2d and
+    Linear weight (:func:`prunelens.pruning.masks.conv_linear_sparsity`), computed from each
+    level's ``layer_sparsity`` and the architecture's shapes (built on the meta device: nothing
+    allocated). Empty when the architecture cannot be built. ``prunelens pool show`` and the
+    report's pool table both print this count."""
+    from prunelens.models import create_model
+    from prunelens.pruning.masks import conv_linear_sparsity
+
+    cfg = pool.config
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg.model.name, pool.num_classes, **cfg.model.options)
+    except (PrunelensError, RuntimeError, TypeError, ValueError, NotImplementedError):
+        return {}
+    return {lv.index: conv_linear_sparsity(model, lv.layer_sparsity) for lv in pool.levels}
 
 
 def remove_leftovers(layout: Layout) -> int:

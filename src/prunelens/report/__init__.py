@@ -28,8 +28,8 @@ from prunelens.io import atomic_write_bytes, current_umask, naming
 from prunelens.report.claims import evaluate_claims, run_facts
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
-from prunelens.report.runs import (not_applicable, pool_accuracy_rows, pool_table, seed_groups,
-                                   skip_reasons, suite_pngs)
+from prunelens.report.runs import (figure_references, not_applicable, pool_accuracy_rows,
+                                   pool_table, seed_groups, skip_reasons, suite_pngs)
 from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
 from prunelens.runfolder import Layout, RunFolder, RunLock, distinct_runs
@@ -46,11 +46,13 @@ INDEX = "index.html"
 
 
 def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Path | None = None,
-                 *, n_boot: int | None = None, confidence: float = 0.95, log=print) -> Path:
+                 *, n_boot: int | None = None, confidence: float = 0.95, references: bool = False,
+                 log=print) -> Path:
     """Write the report of ``run_dirs`` into ``out_dir`` (default ``RUN_DIR/report`` of the first
     run) and return the path of its ``index.html``. ``n_boot`` defaults to the first run's
-    ``evaluate.n_boot``. A report already built from the same inputs is kept as it is (and
-    ``log`` says so)."""
+    ``evaluate.n_boot``. ``references``: also draw the reference values the suites' figures declare
+    (:class:`prunelens.suite.FigureReference`: the humans' accuracy per dataset in Figure 6). A
+    report already built from the same inputs is kept as it is (and ``log`` says so)."""
     from prunelens.results import load_results
 
     if isinstance(run_dirs, (str, Path)):
@@ -60,15 +62,17 @@ def build_report(run_dirs: str | Path | Sequence[str | Path], out_dir: str | Pat
         run.levels  # noqa: B018 - every level.json verified before a report, built or kept, stands
     out_dir = _out_dir(runs, out_dir)
     n_boot = runs[0].config.evaluate.n_boot if n_boot is None else n_boot
-    inputs = report_inputs(runs, n_boot, confidence)
+    inputs = report_inputs(runs, n_boot, confidence, references)
     if _marker(out_dir).get("inputs") == inputs and (out_dir / INDEX).is_file():
         log(f"report: {out_dir / INDEX} is up to date (same runs, results and options): not rebuilt")
         return out_dir / INDEX
     frame = load_results([r.run_dir for r in runs])
-    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence, inputs=inputs)
+    return write_report(runs, frame, out_dir, n_boot=n_boot, confidence=confidence,
+                        references=references, inputs=inputs)
 
 
-def report_inputs(runs: Sequence[RunFolder], n_boot: int, confidence: float) -> str:
+def report_inputs(runs: Sequence[RunFolder], n_boot: int, confidence: float,
+                  references: bool = False) -> str:
     """A digest of everything a report is built from: prunelens's version, the options, and for
     each run its folder, its manifest's sha256 (which covers every level.json) and the sha256 of
     every file the report reads from its results (tables, sidecars, suite figures, skip reasons)."""
@@ -82,7 +86,7 @@ def report_inputs(runs: Sequence[RunFolder], n_boot: int, confidence: float) -> 
         parts.append({"run": str(run.run_dir.resolve()), "manifest": run.info["manifest_sha256"],
                       "results": files})
     return digest({"prunelens": prunelens.__version__, "n_boot": n_boot, "confidence": confidence,
-                   "runs": parts})
+                   "references": references, "runs": parts})
 
 
 def _out_dir(runs: Sequence[RunFolder], out_dir: str | Path | None) -> Path:
@@ -113,7 +117,8 @@ def build_claims(run_dirs: str | Path | Sequence[str | Path], *, n_boot: int | N
 
 
 def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | Path | None = None,
-                 *, n_boot: int | None = None, confidence: float = 0.95, inputs: str | None = None) -> Path:
+                 *, n_boot: int | None = None, confidence: float = 0.95, references: bool = False,
+                 inputs: str | None = None) -> Path:
     """:func:`build_report` on runs already read and their results frame (columns of
     :func:`prunelens.results.load_results`); ``inputs`` (:func:`report_inputs`) is recorded in the
     marker, so a later :func:`build_report` of the same inputs keeps this report."""
@@ -138,11 +143,12 @@ def write_report(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: str | 
     with RunLock(out_dir, out_dir / LOCK, f"report folder {out_dir}"):
         _check_out_dir(out_dir)
         return _build(runs, frame, out_dir, groups, comparisons, spots, not_evaluated, n_boot,
-                      confidence, inputs)
+                      confidence, inputs, references)
 
 
 def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups, comparisons, spots,
-           not_evaluated, n_boot: int, confidence: float, inputs: str | None) -> Path:
+           not_evaluated, n_boot: int, confidence: float, inputs: str | None,
+           references: bool = False) -> Path:
     """Build the report inside ``out_dir`` and swap it in (the caller holds its lock)."""
     _remove_leftovers(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".build-"))
@@ -150,8 +156,12 @@ def _build(runs: Sequence[RunFolder], frame: pd.DataFrame, out_dir: Path, groups
     try:
         summary = summarize(frame, groups, n_boot, confidence)
         claims = evaluate_claims(frame, groups, n_boot, confidence, facts=run_facts(runs))
+        refs = None
+        if references:
+            refs, lacking = figure_references(runs, groups, frame)
+            not_evaluated += lacking
         figures, skipped = draw_figures(frame, tmp / "figures", groups, spots, summary, n_boot,
-                                        confidence)
+                                        confidence, refs)
         not_evaluated += [(suite, f"figure '{name}'", why) for suite, name, why in skipped]
         files = {
             "per-level summary (CSV)": _write_csv(tmp / Layout.SUMMARY_CSV, summary),

@@ -141,6 +141,7 @@ def _pool_tables(c: ReportContent) -> str:
     for r in c.runs:
         table = c.pools[r.name]
         rows = [(esc(int(t.level)), esc(f"{t.sparsity:.1%}"), esc(_pct(t.sparsity_all)),
+                 esc(_pct(t.sparsity_paper)),
                  esc(_fmt(t.train_acc)), esc(_fmt(t.val_acc)),
                  esc(_fmt(t.test_acc)), esc(_fmt(t.test_loss)), esc(_fmt(t.epochs)), esc(_fmt(t.steps)),
                  esc(_fmt(t.wall_time_s, 1)),
@@ -148,8 +149,13 @@ def _pool_tables(c: ReportContent) -> str:
                  f'<span title="{esc(t.masks_sha256)}">{esc(str(t.masks_sha256)[:12])}</span>')
                 for t in table.itertuples()]
         parts.append(f"<h3>Pool of {esc(r.name)}</h3>" + _table(
-            ("level", "sparsity", "of all parameters", "train acc", "val acc", "test acc", "test loss",
-             "epochs", "steps", "wall time (s)", "model sha256", "masks sha256"), rows))
+            ("level", "sparsity", "of all parameters", "paper's count", "train acc", "val acc",
+             "test acc", "test loss", "epochs", "steps", "wall time (s)", "model sha256", "masks sha256"), rows))
+    if parts:
+        parts.append('<p class="muted">Sparsity three ways: of the pruned weights, of all parameters, '
+                     "and as Cassano et al.'s code counts it (pruned weights over every Conv2d and "
+                     "Linear weight, train.py <code>compute_sparsity_global</code>), the count to "
+                     "match the paper's x-axes.</p>")
     return "".join(parts)
 
 

@@ -1,17 +1,21 @@
 """What the report takes from a run folder besides its results, read through the one verified
 reader (:class:`prunelens.runfolder.RunFolder`): seed groups, the level.json accuracy stand-in,
-figures the suites drew themselves (``results/<suite>/*.png``) and why a suite was skipped
-(``results/<suite>/skipped.json``).
+the paper's sparsity count, figures the suites drew themselves (``results/<suite>/*.png``), the
+reference values their figures declare (:class:`prunelens.suite.FigureReference`) and why a suite
+was skipped (``results/<suite>/skipped.json``).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from prunelens.errors import PoolError
+from prunelens.errors import ConfigError, PoolError
+from prunelens.pruning.store import paper_sparsity
 from prunelens.runfolder import RunFolder, check_name, read_json
+from prunelens.suite import FigureReference, get_suite
 
 
 def seed_groups(runs: Sequence[RunFolder]) -> dict[str, str]:
@@ -38,8 +42,12 @@ def seed_groups(runs: Sequence[RunFolder]) -> dict[str, str]:
 
 
 def pool_table(run: RunFolder) -> pd.DataFrame:
-    """The pool table of a run (:meth:`RunFolder.table`) as a DataFrame."""
-    return pd.DataFrame(run.table())
+    """The pool table of a run (:meth:`RunFolder.table`) as a DataFrame, with the paper's sparsity
+    count (``sparsity_paper``, :func:`prunelens.pruning.store.paper_sparsity`; NaN when the
+    architecture cannot be built) after prunelens's two."""
+    paper = paper_sparsity(run)
+    rows = [{**row, "sparsity_paper": paper.get(row["level"], math.nan)} for row in run.table()]
+    return pd.DataFrame(rows)
 
 
 def pool_accuracy_rows(run: RunFolder) -> pd.DataFrame:
@@ -62,6 +70,50 @@ def suite_pngs(run: RunFolder) -> dict[str, list[Path]]:
 
 
 _REWRITE = "delete it and re-run `prunelens evaluate` on the run folder to write it again"
+
+
+def figure_references(runs: Sequence[RunFolder], groups: dict[str, str], frame: pd.DataFrame
+                      ) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
+    """The reference values the figures of each run's evaluated suites declare
+    (:class:`prunelens.suite.FigureReference`), as rows ``figure, group, key, value`` (key: the
+    value of the reference's ``match`` column), and ``(suite, what, why)`` for each one a run
+    lacks. A damaged file is a PoolError naming it."""
+    rows, missing = [], []
+    for run in runs:
+        for name in sorted(set(frame.loc[frame["run"] == run.name, "suite"])):
+            try:
+                suite = get_suite(name)
+            except ConfigError:
+                continue
+            for spec in suite.figures:
+                ref = spec.reference
+                if ref is None:
+                    continue
+                what = f"{ref.label} in figure '{spec.name}' of {run.name}"
+                path = run.layout.suite(name) / ref.file
+                if not path.is_file():
+                    when = f" ({ref.written_when})" if ref.written_when else ""
+                    missing.append((name, what, f"suite '{name}' wrote no {ref.file} for this run{when}"))
+                    continue
+                table = _reference_table(path, ref)
+                if table.empty:
+                    missing.append((name, what, f"{path} has no '{ref.metric}' rows (written by an "
+                                    f"earlier prunelens): {_REWRITE}"))
+                rows += [{"figure": spec.name, "group": groups.get(run.name, run.name), "key": key,
+                          "value": value} for key, value in zip(table[ref.match], table["value"])]
+    return pd.DataFrame(rows, columns=["figure", "group", "key", "value"]), missing
+
+
+def _reference_table(path: Path, ref: FigureReference) -> pd.DataFrame:
+    """The ``ref.metric`` rows of a reference CSV (columns ``ref.match``, ``metric``, ``value``)."""
+    try:
+        table = pd.read_csv(path, dtype={ref.match: str, "metric": str})
+        table = table[table["metric"] == ref.metric][[ref.match, "value"]]
+        table["value"] = table["value"].astype(float)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise PoolError(f"{path} is not a table of {ref.match}, metric and value ({exc}): "
+                        f"{_REWRITE}") from None
+    return table
 
 
 def _suite_folders(run: RunFolder) -> list[str]:
