@@ -46,7 +46,7 @@ from prunelens.options import Options
 from prunelens.results import Record
 from prunelens.runfolder import Level, PoolNote, RunFolder
 
-__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
+__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "DrawnFigure", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
            "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
            "suite_options"]
@@ -103,6 +103,18 @@ class FigureSpec:
     first_present: bool = False    # draw only the first of its metrics that has rows
     accuracy_axis: bool = True     # test accuracy on a twin axis (panels holding one run group)
     multi_group_only: bool = False  # an overlay that only makes sense for several run groups
+
+
+@dataclass(frozen=True)
+class DrawnFigure:
+    """A figure a suite draws itself from its saved artifacts once all levels are evaluated
+    (:meth:`Suite.after_levels`): ``results/<suite>/<name>.png``, with the numbers it shows beside
+    it as ``<name>.csv``. The report shows the declared figures of a run in its section, in the
+    order declared, with this title and caption, and links their data."""
+
+    name: str
+    title: str
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,8 @@ class Suite:
     section: ClassVar[ReportSection]
     metrics: ClassVar[tuple[Metric, ...]] = ()
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
+    #: figures across levels that :meth:`after_levels` draws from the suite's artifacts
+    drawn_figures: ClassVar[tuple[DrawnFigure, ...]] = ()
     #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
     claims: ClassVar[tuple[Claim, ...]] = ()
     #: measured on the dense and final levels by ``prunelens compare-schedules``
@@ -245,7 +259,8 @@ class Suite:
         raise NotImplementedError
 
     def after_levels(self, ctx: RunContext) -> None:
-        """Called once all levels are evaluated (figures across levels)."""
+        """Called once all levels are evaluated: figures across levels (those the report shows
+        are declared in :attr:`drawn_figures`)."""
 
     @classmethod
     def describe(cls, options: SuiteOptions) -> str | None:
