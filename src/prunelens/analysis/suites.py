@@ -151,7 +151,7 @@ class ConnectivitySuite(Suite):
     name = "connectivity"
     title = "first-layer connectivity, locality and translation structure of the masks"
     Options = ConnectivityOptions
-    section = ReportSection("connectivity", "Connectivity and locality (Pellegrini & Biroli)",
+    section = ReportSection("connectivity", "Connectivity and locality",
                             "Does local connectivity emerge in the surviving weights (Pellegrini & "
                             "Biroli)?", order=40)
     metrics = tuple(Metric(name, direction, why, unit=unit, figure="connectivity") for name, direction, why, unit in (

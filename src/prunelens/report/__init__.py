@@ -198,9 +198,12 @@ def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: 
         for suite in available_suites():
             measured = rows[rows["suite"] == suite]
             if measured.empty:
+                listed = run.config.evaluate.suites
+                why = (f"not in evaluate.suites of its config ({', '.join(listed)})"
+                       if listed is not None and suite not in listed else
+                       f"no results in {run.run_dir / 'results' / suite}")
                 out.append((suite, f"suite '{suite}' on {run.name}", reasons.get(
-                    suite, f"no results in {run.run_dir / 'results' / suite} — run `prunelens "
-                    f"evaluate {run.run_dir} --suite {suite}`")))
+                    suite, f"{why} — run `prunelens evaluate {run.run_dir} --suite {suite}`")))
             elif suite == ACCURACY["suite"] and (measured["item"] == "").all():
                 out.append((suite, f"per-image accuracy on {run.name}", "the accuracy suite has no "
                             "results; level.json test accuracy is used, one value per level, so no "
