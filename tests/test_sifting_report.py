@@ -188,3 +188,10 @@ def test_level_data_round_trip_and_gallery_rule():
     assert across_levels.shown_levels(list(range(10)), 4) == [0, 3, 6, 9]
     assert math.isclose(float(pairs.mask_similarity[0]),
                         float(conn.shift_similarity(first[:1], first[1:2])[0]))
+
+
+def test_a_damaged_level_file_is_named_and_left_out(tmp_path):
+    path = tmp_path / across_levels.LEVEL_FILE
+    path.write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="damaged .*re-run `prunelens evaluate --suite connectivity"):
+        assert across_levels.read_level(path) is None

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from prunelens.analysis import figures
 from prunelens.analysis.selectivity import PairWeights
@@ -112,7 +112,7 @@ def read_level(path: Path) -> dict | None:
         views = {role: (str(layers[role]), _unpack(tensors[f"{role}.masks"],
                                                    tensors[f"{role}.shape"].tolist()))
                  for role in ROLES if role in layers}
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         warnings.warn(f"{path} is damaged ({type(exc).__name__}): its level is left out of the "
                       "figures across levels; re-run `prunelens evaluate --suite connectivity "
                       "--force` to write it again", stacklevel=2)
@@ -189,6 +189,12 @@ def draw(folder: Path, sparsity: Mapping[int, float], frame: pd.DataFrame, *, n_
     is not drawn (and an old one of that name removed)."""
     frame = frame[frame["level"].isin(list(sparsity))]
     saved = {lv: p for lv, p in saved_per_level(folder, LEVEL_FILE).items() if lv in sparsity}
+    spatial = set(frame.loc[frame["metric"] == "locality_score", "level"])
+    if spatial - set(saved):
+        warnings.warn(f"{folder}: levels {sorted(spatial - set(saved))} have results but no "
+                      f"{LEVEL_FILE} (evaluated by an earlier prunelens, or with across_levels off): "
+                      "they are left out of the galleries; re-run `prunelens evaluate --suite "
+                      "connectivity --force` to save it", stacklevel=2)
     data = {lv: d for lv in shown_levels(list(saved), n_levels) if (d := read_level(saved[lv]))}
     gallery = lambda role: (_gallery_table(data, sparsity, role, n_units),  # noqa: E731
                             lambda spec, table: _gallery_figure(spec, table, data))

@@ -219,9 +219,6 @@ def tile_grid(title: str, cells: list[list[np.ndarray | None]], row_labels: Sequ
     pad_y = gap + (h * 2 // 5 if notes else 0)  # room for the notes above each row
     canvas = np.empty(((h + pad_y) * n_rows, (w + gap) * n_cols, 3), dtype=np.float32)
     canvas[:] = _SEPARATOR
-    if notes:
-        for r in range(n_rows):
-            canvas[r * (h + pad_y):r * (h + pad_y) + pad_y - gap] = 1.0
     for r, row in enumerate(cells):
         for c, tile in enumerate(row):
             if tile is not None:

@@ -223,10 +223,10 @@ class ConnectivitySuite(Suite):
         best_pairs = []
         for view in views:
             best_pairs.append((yield from self._layer(ctx, view, generator)))
-        if views and opts.across_levels and ctx.level_artifacts is not None:
-            first = views[0]
+        if views and views[0].spatial and opts.across_levels and ctx.level_artifacts is not None:
+            first = views[0]  # galleries of the views that have locality (as big as min_kernel)
             across_levels.save_level(ctx.level_artifacts / across_levels.LEVEL_FILE,
-                                     [(v.name, v.units) for v in views],
+                                     [(v.name, v.units) for v in views if v.spatial],
                                      self._translated_pairs(first, best_pairs[0], opts.figure_pairs),
                                      first.weights)
         if views and views[0].module is not None and opts.n_images > 0:
