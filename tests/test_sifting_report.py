@@ -195,3 +195,27 @@ def test_a_damaged_level_file_is_named_and_left_out(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.warns(UserWarning, match="damaged .*re-run `prunelens evaluate --suite connectivity"):
         assert across_levels.read_level(path) is None
+
+
+@pytest.mark.parametrize("min_kernel, expected", [
+    (3, {"connections_across_levels", "locality_across_levels", "masks_across_levels",
+         "translated_pairs", "class_independent_across_levels"}),
+    (5, {"connections_across_levels", "class_independent_across_levels"}),
+])
+def test_conv_kernels_get_the_figures_their_size_allows(tmp_path, min_kernel, expected):
+    """A CNN's 3 px kernels: galleries, locality and pairs only when min_kernel admits them; no
+    second layer (its masks do not compose)."""
+    from conftest import tiny_config_dict
+    from prunelens.config import resolve_runs
+    from prunelens.evaluate import evaluate_run
+    from prunelens.pruning import prune_run
+
+    raw = tiny_config_dict(tmp_path, prune={"max_sparsity": 0.75}, evaluate={
+        "suites": ["connectivity"], "connectivity": {
+            "n_images": 0, "selectivity_images": 32, "n_permutations": 10, "n_shift_pairs": 10,
+            "figures": False, "min_kernel": min_kernel}})
+    pool = prune_run(resolve_runs(raw)[0], log=lambda *_: None)
+    evaluate_run(pool.run_dir, log=lambda *_: None)
+    folder = pool.layout.suite("connectivity")
+    assert {p.stem for p in folder.glob("*.png")} == expected
+    assert {p.stem for p in folder.glob("*.csv")} - {f"level_{lv.index:02d}" for lv in pool.levels} == expected

@@ -260,19 +260,20 @@ def _copy_suite_images(runs: Sequence[RunFolder], dest: Path
                        ) -> dict[str, list[tuple[str, Path, Path | None]]]:
     """Copy the figures the suites drew (and the CSV of their data, where one lies beside them)
     into ``dest``: suite -> (run, figure, data or None), paths inside the report."""
+    def copy(source: Path, folder: Path) -> Path:
+        target = folder / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with naming(target):
+            shutil.copyfile(source, target)
+        return target.relative_to(dest.parent)
+
     images: dict[str, list[tuple[str, Path, Path | None]]] = {}
     for run in runs:
         for suite, paths in suite_pngs(run).items():
             for path in paths:
-                copied = []
-                for source in (path, path.with_suffix(".csv")):
-                    if source == path or source.is_file():
-                        target = dest / run.name / suite / source.name
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        with naming(target):
-                            shutil.copyfile(source, target)
-                        copied.append(target.relative_to(dest.parent))
-                images.setdefault(suite, []).append((run.name, copied[0], (copied[1:] or [None])[0]))
+                folder, data = dest / run.name / suite, path.with_suffix(".csv")
+                images.setdefault(suite, []).append(
+                    (run.name, copy(path, folder), copy(data, folder) if data.is_file() else None))
     return images
 
 
