@@ -46,7 +46,7 @@ from prunelens.options import Options
 from prunelens.results import Record
 from prunelens.runfolder import Level, PoolNote, RunFolder
 
-__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureReference", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
+__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "DrawnFigure", "FigureReference", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
            "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
            "suite_options"]
@@ -129,6 +129,18 @@ class FigureSpec:
     #: (column, values): draw only the rows with those values when there are any, else all rows
     prefer: tuple[str, tuple[str, ...]] | None = None
     reference: FigureReference | None = None  # drawn when the report is asked for references
+
+
+@dataclass(frozen=True)
+class DrawnFigure:
+    """A figure a suite draws itself from its saved artifacts once all levels are evaluated
+    (:meth:`Suite.after_levels`): ``results/<suite>/<name>.png``, with the numbers it shows beside
+    it as ``<name>.csv``. The report shows the declared figures of a run in its section, in the
+    order declared, with this title and caption, and links their data."""
+
+    name: str
+    title: str
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,8 @@ class Suite:
     section: ClassVar[ReportSection]
     metrics: ClassVar[tuple[Metric, ...]] = ()
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
+    #: figures across levels that :meth:`after_levels` draws from the suite's artifacts
+    drawn_figures: ClassVar[tuple[DrawnFigure, ...]] = ()
     #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
     claims: ClassVar[tuple[Claim, ...]] = ()
     #: measured on the dense and final levels by ``prunelens compare-schedules``
@@ -277,7 +291,8 @@ class Suite:
         raise NotImplementedError
 
     def after_levels(self, ctx: RunContext) -> None:
-        """Called once all levels are evaluated (figures across levels)."""
+        """Called once all levels are evaluated: figures across levels (those the report shows
+        are declared in :attr:`drawn_figures`)."""
 
     @classmethod
     def describe(cls, options: SuiteOptions) -> str | None:
