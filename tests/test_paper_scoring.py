@@ -162,6 +162,27 @@ def test_options_stored_before_swin_attention_keep_their_meaning():
     assert from_old(stored) == InterpretabilityOptions()
 
 
+def test_an_old_paper_result_stays_current_where_swin_attention_cannot_act():
+    """``evaluate``'s staleness check compares options as they act on the run's architecture: the
+    Swin map choice changes nothing on a ResNet or a ViT, so their old paper-preset results are not
+    recomputed; on a Swin they are. A stored list of presets is read too (no TypeError)."""
+    from prunelens.evaluate import _same_options
+    from prunelens.models.registry import spec_of
+
+    for preset in ("paper", ["paper", "default"]):
+        stored = InterpretabilityOptions(preset=preset).model_dump(mode="json")
+        stored.pop("swin_attention")
+        meta = {"options": stored}
+        now = InterpretabilityOptions(preset=preset)
+        assert _same_options(InterpretabilitySuite, meta, now, spec_of("resnet18"))
+        assert _same_options(InterpretabilitySuite, meta, now, spec_of("vit_b_32"))
+        assert not _same_options(InterpretabilitySuite, meta, now, spec_of("swin_v2_t"))
+    # an option that acts everywhere still makes results stale on every architecture
+    meta = {"options": InterpretabilityOptions(preset="default").model_dump(mode="json")}
+    assert not _same_options(InterpretabilitySuite, meta, InterpretabilityOptions(preset="paper"),
+                             spec_of("resnet18"))
+
+
 def test_smoothgrad_ig_equals_captum_noise_tunnel_called_as_the_paper_calls_it(monkeypatch):
     """``NoiseTunnel(IntegratedGradients(model)).attribute(nt_samples_batch_size=1, inputs=x,
     target=..., nt_samples=2, nt_type='smoothgrad')`` (the paper's ``integrated_gradients``): its

@@ -304,6 +304,13 @@ class Suite:
             return None
 
     @classmethod
+    def options_for(cls, options: SuiteOptions, spec: ArchSpec) -> SuiteOptions:
+        """``options`` as they act on an architecture: an option that cannot change this
+        architecture's results is set to its default, so that changing it (or a version that adds
+        it) does not make them stale (e.g. Swin's attention map on a ResNet)."""
+        return options
+
+    @classmethod
     def metric(cls, name: str) -> Metric | None:
         return next((m for m in cls.metrics if m.name == name), None)
 
