@@ -215,11 +215,11 @@ class DiscoverySuite(Suite):
         if options.voc_root is None:
             return
         from prunelens.data.voc_annotations import resolve_voc_dir
-        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
+        require_folder(cls, "voc_root", options.voc_root)
         try:
             voc, _ = resolve_voc_dir(options.voc_root, options.voc_year)
         except DataError as exc:
-            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+            raise data_folder_error(cls, "voc_root", str(exc)) from None
         missing = [s for s in options.image_sets if not (voc / "ImageSets" / "Main" / f"{s}.txt").is_file()]
         if missing:
             raise DataError(f"evaluate.{cls.name}.image_set: no list file for {', '.join(missing)} in "

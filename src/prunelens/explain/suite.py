@@ -223,11 +223,11 @@ class InterpretabilitySuite(Suite):
         list file exists."""
         if options.source != "voc":
             return
-        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
+        require_folder(cls, "voc_root", options.voc_root)
         try:
             voc = find_voc2012(options.voc_root)
         except DataError as exc:
-            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+            raise data_folder_error(cls, "voc_root", str(exc)) from None
         try:
             read_split(voc, options.voc_split)
         except DataError as exc:
