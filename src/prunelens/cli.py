@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from prunelens.options import DATA_ROOTS, MAX_N_BOOT, data_root_flag
+from prunelens.options import CONTROLS, DATA_ROOTS, MAX_N_BOOT, data_root_flag
 from prunelens.errors import ConfigError, PrunelensError
 
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="build (or resume) the pool of checkpoints of a config")
     _config_args(p, optional=False)
     _resume_args(p)
-    p.add_argument("--control", choices=("random_mask", "random_reinit"), help=(
+    p.add_argument("--control", choices=CONTROLS, help=(
         "then build the control pool <name>-random-mask (random masks with each layer's sparsity of "
         "the level) or <name>-random-reinit (the level's masks, fresh initial weights), each level "
         "retrained like the pool's"))

@@ -26,7 +26,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
-from prunelens.options import MAX_N_BOOT, MAX_SEED, Options
+from prunelens.options import CONTROLS, MAX_N_BOOT, MAX_SEED, Options
 
 #: run names (and every name read back from a run folder): no path separators, no leading dot
 #: (matched whole: ``re.fullmatch``, so a trailing newline is not a name either)
@@ -171,7 +171,7 @@ class PruneConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names")
     min_alive_units: float = Field(0.2, ge=0, lt=1, description=(
         "stop when some layer has fewer than this fraction of units with an incoming connection"))
-    control: Literal["random_mask", "random_reinit"] | None = Field(None, description=(
+    control: Literal[CONTROLS] | None = Field(None, description=(
         "build a control of the pool at control_source instead of pruning: random_mask — random "
         "masks with each layer's sparsity of the source's level; random_reinit — the source's masks "
         "with fresh initial weights; each retrained like the level"))

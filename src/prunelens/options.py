@@ -34,6 +34,11 @@ DATA_ROOTS = {
 }
 
 
+#: the controls a pool can be (``prune.control``, ``prunelens prune --control``): random masks with
+#: each layer's sparsity of the source's level, or the source's masks on fresh initial weights
+CONTROLS = ("random_mask", "random_reinit")
+
+
 def data_root_flag(option: str) -> str:
     """The command-line flag of a data-folder option (``voc_root`` → ``--voc-root``)."""
     return "--" + option.replace("_", "-")
