@@ -26,7 +26,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
-from prunelens.options import MAX_N_BOOT, MAX_SEED, Options
+from prunelens.options import CONTROLS, MAX_N_BOOT, MAX_SEED, Options
 
 #: run names (and every name read back from a run folder): no path separators, no leading dot
 #: (matched whole: ``re.fullmatch``, so a trailing newline is not a name either)
@@ -219,7 +219,7 @@ class PruneConfig(Section):
         "the layers min_alive_units counts: all pruned ones; or as IMP.py:87 indexes them, layer "
         "l-1 of each pruned layer l (cyclically: with the output layer unpruned, the last pruned "
         "layer is never counted)"))
-    control: Literal["random_mask", "random_reinit"] | None = Field(None, description=(
+    control: Literal[CONTROLS] | None = Field(None, description=(
         "build a control of the pool at control_source instead of pruning: random_mask — random "
         "masks with each layer's sparsity of the source's level; random_reinit — the source's masks "
         "with fresh initial weights; each retrained like the level"))
