@@ -74,6 +74,8 @@ def test_task_variants_differ_from_the_base_config_only_in_their_data_option(nam
         d["data"].pop("data_ratio", None)
         d["train"].pop("epochs")
         d["train"].pop("max_steps_per_epoch")
+    # val_size: basic.ini:13 validates on 1000 images, 10cl_meaning/10cl_modulo/0.3data.ini:14 on 10000
+    assert (a["train"].pop("validate_images"), b["train"].pop("validate_images")) == (1000, 10_000)
     assert a == b
     assert variant.identity_hash() != base.identity_hash()
 
