@@ -206,10 +206,10 @@ class PoolWriter:
         index = 0
         while index in present:
             try:
-                good.append(run.read_level(index, good[-1] if good else None, listed.get(index),
-                                           files=True))
+                level = run.read_level(index, good[-1] if good else None, listed.get(index), files=True)
                 if index == 0 and self.dense is not None:
-                    self._check_dense_copy(good[0])
+                    self._check_dense_copy(level)
+                good.append(level)
             except PoolError as exc:
                 failed = present[index].name
                 self.log(f"{self.config.name}: {failed} failed its check ({exc}); it is set aside in "
