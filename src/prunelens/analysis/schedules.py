@@ -4,23 +4,36 @@
 
 * ``<name>-gradual`` (``prune.schedule: gradual``, as configured): levels 1 … K at sparsities
   s_1 < … < s_K (its stop rule may end it before ``max_sparsity``);
-* ``<name>-one-shot-NN`` for every pruned level NN = k of the gradual pool (or the levels asked
-  for): pruned in one step from its dense level to s_k, then retrained once.
+* ``<name>-one-shot-NN`` for every pruned level k of the gradual pool (or the levels asked for;
+  NN = k in two digits: ``-one-shot-01``): pruned in one step from the dense level 0 to s_k, then
+  retrained once.
 
-**The same epoch budget.** Every pool trains its dense level 0 with the same seed and settings
-(``train.epochs``; identical on a CPU, where training is deterministic). To reach s_k the gradual
-pool then retrains k rounds of ``prune.epochs`` (default ``train.epochs``); the one-shot pool at
-s_k retrains once for k × ``prune.epochs``, the same total (``pruning/runner.py``, ``_level_plan``:
-``rounds: k``). Under ``retrain: finetune`` both train at ``prune.finetune_lr``; under ``lrr`` the
-one-shot pool replays the learning-rate schedule once over its k × epochs, the gradual pool k
-times. ``retrain: rewind`` has no equal-budget one-shot counterpart and is refused.
+**The same dense start.** Only the gradual pool trains a dense model (``train.epochs``). Each
+one-shot pool starts from it: its level 0 is a copy of the gradual pool's verified level 0 files
+(``prune.dense_source``, :func:`prunelens.pruning.runner.dense_source`), so both schedules prune the
+same network, also on a GPU where two trainings differ, and the paired Δ pairs the same dense
+model. A one-shot pool whose copy no longer matches the gradual pool's level 0 (the gradual pool
+rebuilt) has its levels set aside and is rebuilt from the new one, never mixed.
+
+**The same epoch budget.** To reach s_k the gradual pool retrains k rounds of ``prune.epochs``
+(default ``train.epochs``); the one-shot pool at s_k retrains once for k × ``prune.epochs``, the
+same total (``pruning/runner.py``, ``level_epochs``: ``rounds: k``), checked before the one-shot
+pool trains and again from what it recorded. Under ``retrain: finetune`` both train at
+``prune.finetune_lr``; under ``lrr`` the one-shot pool replays the learning-rate schedule once
+over its k × epochs, the gradual pool k times. ``retrain: rewind`` has no equal-budget one-shot
+counterpart and is refused.
+
+**Checked before any training**: the data folders of the compared suites
+(:func:`prunelens.suite.check_suite_data`); every ``levels`` value against the gradual pool before
+any one-shot pool is built. The pools are evaluated with the ``evaluate`` section of the config
+given (not the one pool.json recorded when a pool was first built).
 
 Each gradual level k ≥ 1 and level 1 of each one-shot pool are evaluated with the suites that
 declare themselves part of the comparison (``accuracy``, ``psp``, ``sharpness`` and ``transfer``:
 Tartaglione et al.'s measures and the abstract's transfer claim), and the gradual pool's dense
 level 0 as the common start. Written to ``OUT``:
 
-``comparison.csv`` — per matched level (``gradual_level`` k, ``sparsity_gradual``,
+``comparison.csv`` — per matched level (first columns: ``gradual_level`` k, ``sparsity_gradual``,
 ``sparsity_one_shot``, ``retrain_epochs``) and per (suite, metric, method, …): mean and bootstrap CI
 under each schedule, Δ = gradual − one-shot with its CI (paired over items when both pools measured
 the same items — images, neurons, noise draws of the same seed — unpaired otherwise);
@@ -139,7 +152,8 @@ def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[s
     atomic_write_bytes(out / "comparison.csv", table.to_csv(index=False).encode())
     atomic_write_json(out / "comparison.json", {
         "budget": "the one-shot pool at the sparsity of gradual level k retrains once for the "
-                  "epochs the gradual pool retrained in rounds 1 … k; both train the same dense level 0",
+                  "epochs the gradual pool retrained in rounds 1 … k; both start from the same dense "
+                  "level 0, the gradual pool's (copied into each one-shot pool, not retrained)",
         "gradual": {"run_dir": str(gradual.run_dir), "final_level": gradual.levels[-1].index,
                     "sparsity": {lv.index: lv.sparsity for lv in gradual.levels},
                     "retrain_epochs": {k: retrain_epochs(gradual, k) for k in matched},
