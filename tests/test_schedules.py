@@ -178,3 +178,17 @@ def test_compare_schedules_command_on_digits_with_fashion_mnist_transfer(tmp_pat
                  str(tmp_path / "runs" / "digits-one-shot-02"), "-o", str(report), "--n-boot", "100"]) == 0
     html = (report / "index.html").read_text()
     assert "evaluate.psp.conv_neurons: element" in html and "every output element" in html
+
+
+def test_pools_built_before_are_evaluated_with_the_evaluate_section_given(tiny_config, tmp_path):
+    """The evaluate section is no part of a pool's identity: a second comparison of the same pools
+    with other suite options measures with them, not with those pool.json recorded."""
+    transfer = {**SMALL_SUITES["transfer"], "n_test": 20}
+    setup = dict(train={"epochs": 1, "max_steps_per_epoch": 1},
+                 prune={"rate": 0.5, "max_sparsity": 0.5, "epochs": 1})
+    compare_schedules(tiny_config(**setup, evaluate={"transfer": transfer}), out_dir=tmp_path / "a",
+                      suites=["transfer"], n_boot=50, log=_quiet)
+    table = compare_schedules(tiny_config(**setup, evaluate={"transfer": {**transfer, "n_test": 40}}),
+                              out_dir=tmp_path / "b", suites=["transfer"], n_boot=50, log=_quiet)
+    probe = table[table.metric == "probe_accuracy"]
+    assert probe["n_gradual"].item() == probe["n_one_shot"].item() == 40
