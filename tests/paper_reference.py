@@ -14,8 +14,9 @@ commit 77e7758caac92f8a0dbc95192d5b6180b430c5ce, file ``explainations_evaluation
   ``int(|GT| + eps)`` = |GT| of them and divides the GT pixels among them by ``|GT| + eps``.
 
 ``paper_swin_attention_image`` transcribes the Swin attention map of the same file
-(``get_attention_map`` + ``build_attention_image``, ≈L374-425; ``patch_size = 4`` in ``main()``'s
-swin branch). It needs torch (``nn.functional.interpolate``), as their code does.
+(``get_attention_map`` ≈L429-443 + ``build_attention_image`` ≈L446-488, the map itself ≈L453-463;
+``patch_size = 4`` in ``main()``'s swin branch). The tensor it reads, ``last_attention_swin.pt``,
+was written by a modified Swin that is not in the repository: presumably the last block's. It needs torch (``nn.functional.interpolate``), as their code does.
 
 Only the 3-D heatmap path (GradCAM's (1, H, W), IG's (3, H, W)) is written here; the ViT 2-D path
 (the GT zero-padded in normalised space) is not needed by these tests.

@@ -103,3 +103,59 @@ def train_step(x, y, params, running, step, lr=0.1):
     grads = gradients(params, caches, probs, y)
     new = [{k: p[k] - lr * g[k] for k in p} for p, g in zip(params, grads)]
     return new, update_running(running, moments, step), loss
+
+
+# ---- the training loop's bookkeeping and IMP (src/IMP.py, src/Utils.py, src/Data.py) ----------------
+def getbatch_indices(rng: np.random.RandomState, train_size: int, batch_size: int) -> np.ndarray:
+    """Data.py:72-73: ``batch_ind = np.random.choice(self.train_size, batch_size)`` — uniform, with
+    replacement (the global RandomState, seeded by the clock at IMP.py:80; here a given one)."""
+    return rng.choice(train_size, batch_size)
+
+
+def validation_steps(steps: int, val_each: int) -> list[int]:
+    """IMP.py:146, 152, 158-161: the loop ``for st in range(steps+1)`` validates where
+    ``st % val_each == 0``, before that step's update (so step st = after st updates)."""
+    return [st for st in range(steps + 1) if st % val_each == 0]
+
+
+def level_error(el) -> float:
+    """IMP.py:169: ``emin = np.min(el)`` over the level's validation errors."""
+    return float(np.min(el))
+
+
+def next_ratios(ratios, rat_factor: float = 0.3):
+    """IMP.py:89 (``ratios = ratio*np.ones(lprun)``, init_sparsity 0) and IMP.py:182
+    (``ratios += rat_factor*(1-ratios)``): the cumulative fraction to prune of each layer."""
+    return ratios + rat_factor * (1 - ratios)
+
+
+def authors_get_mask(weights, prunable, ratios, maskold):
+    """Utils.py:52-74 ``get_mask`` for fully connected layers: ``weights[l] = (W, b)`` with W of
+    shape (fan_in, fan_out), ``maskold[l] = [wmask, bmask]``. Per prunable layer (Utils.py:57):
+    ``tw = |W|*maskold_w``, ``tb = |b|*maskold_b`` (58-62), ranked together (63),
+    ``ncutoff = int(ratio*len(wlist))`` (64), ``thrs = sorted(wlist)[ncutoff]`` (66-67), kept where
+    ``>= thrs`` (68-69). Other layers keep their old mask (71-72)."""
+    out, ri = [], 0
+    for l, (W, b) in enumerate(weights):
+        if not prunable[l]:
+            out.append(maskold[l])
+            continue
+        tw, tb = np.abs(W) * maskold[l][0], np.abs(b) * maskold[l][1]
+        wlist = np.concatenate((tw.flatten(), tb))
+        ncutoff = int(ratios[ri] * len(wlist))
+        ri += 1
+        wlist.sort()
+        thrs = wlist[ncutoff]
+        out.append([np.where(tw < thrs, 0.0, 1.0), np.where(tb < thrs, 0.0, 1.0)])
+    return out
+
+
+def connected_fraction(masks, prunable, nuconn: int = 0) -> float:
+    """IMP.py:87, 120, 188 as written: ``prunable = [l-1 for l, lay in enumerate(arch) if lay[2]]``
+    (with T:T:T:F: [-1, 0, 1], the output layer and the first two hidden ones; an off-by-one that
+    never checks the third) and ``min`` over those of the fraction of units (columns of W) with more
+    than ``NUconn = 0`` incoming weights (IMP.py:78). IMP.py:128: the loop goes on while it is
+    ``> stop_ratio``."""
+    idx = [l - 1 for l, p in enumerate(prunable) if p]
+    return float(np.min([len(np.where(np.sum(masks[l][0], axis=0) > nuconn)[0]) / np.shape(masks[l][0])[1]
+                         for l in idx]))

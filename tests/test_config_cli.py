@@ -21,12 +21,16 @@ def _write(tmp_path, raw, name="c.yaml"):
     return path
 
 
-def test_embedded_default_has_a_cnn_and_a_vit():
+def test_embedded_default_has_a_cnn_a_vit_and_an_fcn():
     runs = load_configs()
-    assert [r.model.name for r in runs] == ["small_resnet", "small_vit"]
+    assert [r.model.name for r in runs] == ["small_resnet", "small_vit", "fcn"]
     assert all(r.data.name == "synthetic" for r in runs)
     assert runs[1].train.optimizer == "adamw" and runs[0].train.optimizer == "sgd"
-    assert runs[0].identity_hash() != runs[1].identity_hash()
+    assert len({r.identity_hash() for r in runs}) == 3
+    # the FCN: Pellegrini & Biroli's figures in the report, its own suites only
+    fcn = runs[2]
+    assert fcn.prune.scope == "layerwise" and fcn.evaluate.suites == ["accuracy", "connectivity"]
+    assert runs[0].evaluate.suites is None  # the CNN and the ViT: every suite
 
 
 def test_overrides_apply_to_every_run_and_parse_yaml_values():

@@ -165,3 +165,19 @@ def test_a_paper_config_evaluates_rq1_to_rq3_given_the_roots(tmp_path, capsys):
         assert (rq3.metric == "accuracy").sum() == 160 and "error_consistency" in set(rq3.metric)
     assert (run / "report" / "index.html").is_file()
     assert pd.read_csv(run / "results" / "alignment" / "human_reference.csv")["dataset"].eq("edge").all()
+
+
+def test_every_data_root_flag_sets_an_option_of_its_suites():
+    """The flags come from one table (``options.DATA_ROOTS``): each names a real option of every
+    suite it sets, and a folder error names that flag, or ``--set`` for an option without one."""
+    from prunelens.options import DATA_ROOTS, data_root_flag
+    from prunelens.suite import data_folder_error, get_suite
+
+    for option, (suites, _) in DATA_ROOTS.items():
+        for name in suites:
+            suite = get_suite(name)
+            assert option in suite.Options.model_fields, (name, option)
+            assert data_root_flag(option) in str(data_folder_error(suite, option, "missing"))
+    transfer = get_suite("transfer")
+    message = str(data_folder_error(transfer, "root", "missing"))
+    assert "--set evaluate.transfer.root=DIR" in message and "--root" not in message

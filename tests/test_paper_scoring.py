@@ -162,6 +162,27 @@ def test_options_stored_before_swin_attention_keep_their_meaning():
     assert from_old(stored) == InterpretabilityOptions()
 
 
+def test_an_old_paper_result_stays_current_where_swin_attention_cannot_act():
+    """``evaluate``'s staleness check compares options as they act on the run's architecture: the
+    Swin map choice changes nothing on a ResNet or a ViT, so their old paper-preset results are not
+    recomputed; on a Swin they are. A stored list of presets is read too (no TypeError)."""
+    from prunelens.evaluate import _same_options
+    from prunelens.models.registry import spec_of
+
+    for preset in ("paper", ["paper", "default"]):
+        stored = InterpretabilityOptions(preset=preset).model_dump(mode="json")
+        stored.pop("swin_attention")
+        meta = {"options": stored}
+        now = InterpretabilityOptions(preset=preset)
+        assert _same_options(InterpretabilitySuite, meta, now, spec_of("resnet18"))
+        assert _same_options(InterpretabilitySuite, meta, now, spec_of("vit_b_32"))
+        assert not _same_options(InterpretabilitySuite, meta, now, spec_of("swin_v2_t"))
+    # an option that acts everywhere still makes results stale on every architecture
+    meta = {"options": InterpretabilityOptions(preset="default").model_dump(mode="json")}
+    assert not _same_options(InterpretabilitySuite, meta, InterpretabilityOptions(preset="paper"),
+                             spec_of("resnet18"))
+
+
 def test_smoothgrad_ig_equals_captum_noise_tunnel_called_as_the_paper_calls_it(monkeypatch):
     """``NoiseTunnel(IntegratedGradients(model)).attribute(nt_samples_batch_size=1, inputs=x,
     target=..., nt_samples=2, nt_type='smoothgrad')`` (the paper's ``integrated_gradients``): its
@@ -216,17 +237,22 @@ def test_paper_swin_attention_map_is_the_papers_first_window_row(monkeypatch):
     image by image as the paper ran it, on a batch of two non-square images whose last stage has 2x2
     windows (9x11 tokens padded to 16x16) and a cyclic shift."""
     from prunelens.explain import explain_batch
-    from prunelens.models import create_model, spec_for
+    from prunelens.models import spec_for
+    from prunelens._compat import torchvision
 
-    torch.manual_seed(0)
-    swin = create_model("swin_v2_t", 5).eval()
+    v2 = torchvision().models.swin_transformer
+
+    torch.manual_seed(0)  # swin_v2_t's design (8x8 windows, patch 4, V2 blocks), narrower and shallower
+    swin = v2.SwinTransformer([4, 4], 24, [1, 1, 1, 2], [1, 1, 2, 3], [8, 8], stochastic_depth_prob=0.0,
+                              num_classes=5, block=v2.SwinTransformerBlockV2,
+                              downsample_layer=v2.PatchMergingV2).eval()
     x = torch.randn(2, 3, 288, 352, generator=torch.Generator().manual_seed(3))
     last = [m for m in swin.features[-1].modules() if type(m).__name__ == "ShiftedWindowAttentionV2"][-1]
     assert last.shift_size == [4, 4]
     got = explain_batch(swin, x, ["attention"], window_attention="paper_first_window").heatmaps["attention"]
     for i in range(2):
         attention = _last_softmax(swin, x[i:i + 1], monkeypatch)
-        assert attention.shape == (4, 24, 64, 64)                 # 4 windows, 24 heads, 8x8 tokens
+        assert attention.shape == (4, 3, 64, 64)                  # 4 windows, 3 heads, 8x8 tokens
         expected = paper_swin_attention_image(attention, 4, 288, 352)
         torch.testing.assert_close(got[i], expected, rtol=1e-5, atol=1e-6)
     # the default map is another object: the attention tokens receive

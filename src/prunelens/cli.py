@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from prunelens.options import MAX_N_BOOT
+from prunelens.options import CONTROLS, DATA_ROOTS, MAX_N_BOOT, data_root_flag
 from prunelens.errors import ConfigError, PrunelensError
 
 
@@ -53,24 +53,16 @@ def _config_args(p: argparse.ArgumentParser, optional: bool) -> None:
                    help="if a run folder was made by a different config, move it aside and start over")
 
 
-#: evaluation data folders given by a flag: option -> (the suites whose option it sets, help)
-DATA_ROOT_FLAGS = {
-    "voc_root": (("interpretability", "discovery"), "PASCAL VOC folder (VOCdevkit or VOC2012/VOC2007) "
-                 "for the interpretability and discovery suites"),
-    "mvh_root": (("alignment",), "model-vs-human datasets folder for the alignment suite"),
-}
-
-
 def _data_root_args(p: argparse.ArgumentParser) -> None:
-    for option, (suites, text) in DATA_ROOT_FLAGS.items():
-        p.add_argument(f"--{option.replace('_', '-')}", metavar="PATH", help=(
+    for option, (suites, text) in DATA_ROOTS.items():
+        p.add_argument(data_root_flag(option), dest=option, metavar="PATH", help=(
             f"{text} (sets {', '.join(f'evaluate.{s}.{option}' for s in suites)})"))
 
 
 def _data_root_overrides(args, suites: list[str] | None = None) -> list[str]:
     """``--set`` overrides for the data folders given by flag, for ``suites`` (default: all)."""
     overrides = []
-    for option, (names, _) in DATA_ROOT_FLAGS.items():
+    for option, (names, _) in DATA_ROOTS.items():
         value = getattr(args, option, None)
         if value:  # paths as JSON strings: the override parser reads YAML, where '#' starts a comment
             overrides += [f"evaluate.{s}.{option}={json.dumps(value)}" for s in names
@@ -99,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="build (or resume) the pool of checkpoints of a config")
     _config_args(p, optional=False)
     _resume_args(p)
-    p.add_argument("--control", choices=("random_mask", "random_reinit"), help=(
+    p.add_argument("--control", choices=CONTROLS, help=(
         "then build the control pool <name>-random-mask (random masks with each layer's sparsity of "
         "the level) or <name>-random-reinit (the level's masks, fresh initial weights), each level "
         "retrained like the pool's"))
@@ -473,22 +465,28 @@ def cmd_config(args) -> int:
 def format_pool_table(pool) -> str:
     """The pool table (:meth:`prunelens.runfolder.RunFolder.table`) as text. Sparsity three ways:
     of the pruned weights, of all parameters, and as Cassano et al.'s code counts it (``paper``:
-    of the Conv2d and Linear weights, :func:`prunelens.pruning.store.paper_sparsity`)."""
+    of the Conv2d and Linear weights, :func:`prunelens.pruning.store.paper_sparsity`).
+    A pool trained with ``train.validate_every`` adds the minimum error of the periodic validation
+    (Pellegrini & Biroli's level error), headed by its split."""
     from prunelens.pruning.store import paper_sparsity
 
     def pct(v):
         return "    -" if v is None or v != v else f"{v:6.1%}"
     cfg = pool.config
     paper = paper_sparsity(pool)
+    rows = pool.table()
+    periodic = any(r["min_validation_error"] == r["min_validation_error"] for r in rows)
+    min_head = f"min err ({cfg.train.validate_split})" if periodic else ""
     head = (f"{pool.name}: {cfg.model.name} on {cfg.data.name}, {cfg.prune.scope} {cfg.prune.retrain}, "
             f"{pool.run_dir}" + ("" if pool.complete else "  [incomplete]"))
     lines = [head, f"{'level':>5} {'sparsity':>9} {'of all':>7} {'paper':>7} {'train':>7} {'val':>7} "
-                   f"{'test':>7} {'epochs':>6} {'time':>7}"]
-    for row in pool.table():
+                   f"{'test':>7} {'epochs':>6} {'time':>7}" + (f" {min_head:>15}" if periodic else "")]
+    for row in rows:
         lines.append(f"{row['level']:>5} {pct(row['sparsity']):>9} {pct(row['sparsity_all']):>7} "
                      f"{pct(paper.get(row['level'])):>7} "
                      f"{pct(row['train_acc']):>7} {pct(row['val_acc']):>7} {pct(row['test_acc']):>7} "
-                     f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s")
+                     f"{row['epochs']:>6} {row['wall_time_s']:>6.0f}s"
+                     + (f" {pct(row['min_validation_error']):>15}" if periodic else ""))
     return "\n".join(lines)
 
 

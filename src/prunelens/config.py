@@ -26,7 +26,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prunelens.errors import ConfigError, PrunelensError
-from prunelens.options import MAX_N_BOOT, MAX_SEED, Options
+from prunelens.options import CONTROLS, MAX_N_BOOT, MAX_SEED, Options
 
 #: run names (and every name read back from a run folder): no path separators, no leading dot
 #: (matched whole: ``re.fullmatch``, so a trailing newline is not a name either)
@@ -146,11 +146,36 @@ class TrainConfig(Section):
         "repeated augmentation: each image ra_reps times per epoch (DeiT / torchvision's RASampler)"))
     ra_reps: int = Field(3, ge=1, description="repetitions of each image with ra_sampler")
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    sampler: Literal["shuffle", "with_replacement"] = Field("shuffle", description=(
+        "shuffle: each epoch a fresh permutation of the training set; with_replacement: every step "
+        "draws its batch_size images uniformly with replacement, as numpy's "
+        "RandomState.choice(n, batch_size) (Pellegrini & Biroli's Data.py:72-79); an epoch is then "
+        "a count of steps (len(train) // batch_size, or max_steps_per_epoch)"))
+    validate_every: int | None = Field(None, ge=1, description=(
+        "evaluate every this many steps during training (step 0 and the level's last step "
+        "included) on the first validate_images of validate_split; the level records the error "
+        "curve and its minimum (Pellegrini & Biroli's level error, IMP.py:146-169); default: "
+        "only the end-of-level evaluation"))
+    validate_split: Literal["val", "test"] = Field("val", description=(
+        "the split validate_every evaluates on"))
+    validate_images: int | None = Field(None, ge=1, description=(
+        "validate_every uses the first this many images of validate_split; default: all"))
     device: Device = "auto"
     amp: bool = Field(False, description="bf16 autocast (GPU)")
     channels_last: bool = False
     compile: bool = Field(False, description="torch.compile the model afresh for every level (CUDA only)")
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_sampler(self) -> TrainConfig:
+        if self.sampler == "with_replacement" and self.ra_sampler:
+            raise ValueError("train.sampler with_replacement draws every batch on its own; "
+                             "ra_sampler orders an epoch: choose one")
+        if self.validate_every is None and (self.validate_images is not None
+                                            or self.validate_split != "val"):
+            raise ValueError("train.validate_split and validate_images say what validate_every "
+                             "evaluates on: set validate_every (steps) too")
+        return self
 
 
 class PruneConfig(Section):
@@ -171,7 +196,30 @@ class PruneConfig(Section):
     exclude: list[str] = Field(default_factory=list, description="fnmatch patterns of parameter names")
     min_alive_units: float = Field(0.2, ge=0, lt=1, description=(
         "stop when some layer has fewer than this fraction of units with an incoming connection"))
-    control: Literal["random_mask", "random_reinit"] | None = Field(None, description=(
+    target: Literal["of_alive", "cumulative"] = Field("of_alive", description=(
+        "of_alive: each round removes round(rate × alive weights); cumulative: after k rounds "
+        "floor(r_k × N) of each scope's N entries are cut, r_k = r_(k-1) + rate (1 - r_(k-1)), "
+        "at the magnitude of the floor(r_k N)-th smallest (pruned entries counting 0), ties kept "
+        "(Pellegrini & Biroli's IMP.py:182, Utils.py:60-69)"))
+    biases: bool = Field(False, description=(
+        "prune the biases of the pruned layers too, each ranked with its layer's weights "
+        "(Utils.py:58-70); the stop rule still counts units by their incoming weights"))
+    rewind_replay: Literal["rest", "full"] = Field("rest", description=(
+        "retrain rewind: rest trains from rewind_step to the end of the dense schedule (Frankle et "
+        "al. 2020); full trains the dense schedule's whole step count again from the rewound "
+        "weights (IMP.py:136-146)"))
+    rewind_buffers: Literal["restore", "reset"] = Field("restore", description=(
+        "retrain rewind: restore the buffers (batch-norm running statistics) saved at rewind_step "
+        "with the weights; or reset them to their initial values, as Pellegrini & Biroli's "
+        "IMP.py:136-144 does (the running averages then start again from the first batch)"))
+    stop_when: Literal["below", "not_above"] = Field("below", description=(
+        "below: stop when a layer's fraction of connected units is < min_alive_units; "
+        "not_above: when it is <= (IMP.py:128 goes on while it is > stop_ratio)"))
+    stop_layers: Literal["all", "authors"] = Field("all", description=(
+        "the layers min_alive_units counts: all pruned ones; or as IMP.py:87 indexes them, layer "
+        "l-1 of each pruned layer l (cyclically: with the output layer unpruned, the last pruned "
+        "layer is never counted)"))
+    control: Literal[CONTROLS] | None = Field(None, description=(
         "build a control of the pool at control_source instead of pruning: random_mask — random "
         "masks with each layer's sparsity of the source's level; random_reinit — the source's masks "
         "with fresh initial weights; each retrained like the level"))
@@ -188,6 +236,11 @@ class PruneConfig(Section):
         if (self.control is None) != (self.control_source is None):
             raise ValueError("prune.control and prune.control_source go together: the control kind "
                              "and the run folder of the pool it controls")
+        if self.target == "cumulative" and self.schedule == "one_shot":
+            raise ValueError("prune.target cumulative counts rounds: it applies to schedule gradual")
+        if self.retrain != "rewind" and (self.rewind_replay, self.rewind_buffers) != ("rest", "restore"):
+            raise ValueError("prune.rewind_replay and rewind_buffers say how a level is rewound: "
+                             "set retrain rewind")
         if self.schedule == "one_shot" and self.retrain == "rewind":
             raise ValueError("schedule one_shot retrains with the gradual schedule's epoch budget, "
                              "which rewinding (a replay from rewind_step) cannot match: use retrain "

@@ -30,10 +30,12 @@ from prunelens.suite import (LevelContext, RunContext, Suite, SuiteOptions, avai
                              without_unknown_options)
 
 
-def _same_options(suite: type[Suite], meta: dict, options: SuiteOptions) -> bool:
+def _same_options(suite: type[Suite], meta: dict, options: SuiteOptions, spec) -> bool:
     """Whether a result was computed with ``options``: the options its sidecar records, read with
-    this version (an option added since takes its default), equal them."""
-    return suite.options_from(meta.get("options")) == options
+    this version (an option added since takes its default), equal them where they act on the
+    run's architecture (:meth:`Suite.options_for`)."""
+    stored = suite.options_from(meta.get("options"))
+    return stored is not None and suite.options_for(stored, spec) == suite.options_for(options, spec)
 
 
 def _inputs(config) -> dict:
@@ -188,7 +190,7 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
         inputs = _inputs(config)
         for level in wanted:
             meta = read_sidecar(run_dir, name, level.index)
-            if (not force and meta is not None and _same_options(type(suite), meta, run_ctx.options)
+            if (not force and meta is not None and _same_options(type(suite), meta, run_ctx.options, run_ctx.spec)
                     and meta.get("level_sha256") == level.model_sha256 and meta.get("inputs") == inputs):
                 continue
             work.append([name, level.index])

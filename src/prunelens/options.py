@@ -22,6 +22,27 @@ MAX_SEED = 2**31 - 1
 #: own rounding, and the time grows without bound
 MAX_N_BOOT = 100_000
 
+#: the suites' data-folder options that ``prunelens run``, ``evaluate`` and ``config`` also take as
+#: a flag (:func:`data_root_flag`): option -> (the suites whose option it sets, what the folder
+#: holds). Kept here, light to import, so the command line builds its flags without importing the
+#: suites (tests/test_paper_run.py checks each is an option of those suites).
+DATA_ROOTS = {
+    "voc_root": (("interpretability", "discovery"),
+                 "PASCAL VOC folder (VOCdevkit or VOC2012/VOC2007) for the interpretability and "
+                 "discovery suites"),
+    "mvh_root": (("alignment",), "model-vs-human datasets folder for the alignment suite"),
+}
+
+
+#: the controls a pool can be (``prune.control``, ``prunelens prune --control``): random masks with
+#: each layer's sparsity of the source's level, or the source's masks on fresh initial weights
+CONTROLS = ("random_mask", "random_reinit")
+
+
+def data_root_flag(option: str) -> str:
+    """The command-line flag of a data-folder option (``voc_root`` → ``--voc-root``)."""
+    return "--" + option.replace("_", "-")
+
 
 @functools.lru_cache(maxsize=None)
 def _strict_kinds(cls: type[BaseModel]) -> dict[str, tuple[bool, bool, bool, bool]]:

@@ -89,6 +89,8 @@ class Layout:
     #: the epoch checkpoint of a level being trained (in its ``.partial`` folder)
     TRAIN_STATE: ClassVar[str] = "train_state.safetensors"
     TRAIN_STATE_JSON: ClassVar[str] = "train_state.json"
+    #: the periodic validation errors of a level being trained (``train.validate_every``)
+    VALIDATION_CURVE: ClassVar[str] = "validation_curve.json"
     #: in ``results/<suite>/``: why the suite does not apply / which of its parts do not
     SKIPPED: ClassVar[str] = "skipped.json"
     NOT_APPLICABLE: ClassVar[str] = "not_applicable.json"
@@ -154,6 +156,10 @@ class Layout:
     def train_state(self, index: int) -> tuple[Path, Path]:
         """The epoch checkpoint of level ``index``: its tensors and its JSON."""
         return self.partial(index) / self.TRAIN_STATE, self.partial(index) / self.TRAIN_STATE_JSON
+
+    def validation_curve(self, index: int) -> Path:
+        """The periodic validation errors of level ``index`` while it trains."""
+        return self.partial(index) / self.VALIDATION_CURVE
 
     def suite(self, suite: str) -> Path:
         return self.results / check_name(suite, "suite name")
@@ -541,6 +547,8 @@ class RunFolder:
             rows.append({"level": lv.index, "sparsity": lv.sparsity, "sparsity_all": lv.sparsity_all,
                          **{k: metrics.get(k, math.nan) for k in
                             ("train_acc", "val_acc", "test_acc", "test_loss")},
+                         "min_validation_error": lv.info.get("periodic_validation", {}).get(
+                             "min_error", math.nan),
                          "epochs": lv.info.get("epochs"), "steps": lv.info.get("steps"),
                          "wall_time_s": lv.info.get("wall_time_s"),
                          "model_sha256": lv.model_sha256,
@@ -579,7 +587,20 @@ _LEVEL_VALUES = {
               "a mapping of level file names to sha256 digests"),
     "parent_model_sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)),
                             "a sha256 digest"),
+    "periodic_validation": (lambda v: _is_validation_record(v),
+                            "the periodic validation record (split, n_images, every_steps, steps, "
+                            "errors, min_error, min_error_step)"),
 }
+
+
+def _is_validation_record(v) -> bool:
+    """An optional level.json key (``train.validate_every``): the error curve and its minimum."""
+    return (isinstance(v, dict) and v.get("split") in ("val", "test") and _is_count(v.get("n_images"))
+            and _is_count(v.get("every_steps")) and isinstance(v.get("steps"), list)
+            and isinstance(v.get("errors"), list) and len(v["steps"]) == len(v["errors"]) > 0
+            and all(_is_count(s) for s in v["steps"]) and all(_is_fraction(e) for e in v["errors"])
+            and v.get("min_error") == min(v["errors"])
+            and v.get("min_error_step") == v["steps"][v["errors"].index(v["min_error"])])
 
 
 def check_level_info(info: dict, path: Path, index: int) -> None:

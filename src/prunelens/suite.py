@@ -42,11 +42,11 @@ from prunelens.config import RunConfig, validate_section
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, DataError
 from prunelens.models.spec import ArchSpec
-from prunelens.options import Options
+from prunelens.options import DATA_ROOTS, Options, data_root_flag
 from prunelens.results import Record
 from prunelens.runfolder import Level, PoolNote, RunFolder
 
-__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "FigureReference", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
+__all__ = ["ACCURACY", "SUITE_MODULES", "Claim", "DrawnFigure", "FigureReference", "FigureSpec", "Quantity", "SPARSITY", "LevelContext", "Metric", "Record", "ReportSection",
            "RunContext", "Suite", "SuiteOptions", "all_suites", "available_suites", "check_evaluate",
            "get_suite", "load_configs", "metric_of", "register_suite", "resolved_suite_options",
            "suite_options"]
@@ -129,6 +129,18 @@ class FigureSpec:
     #: (column, values): draw only the rows with those values when there are any, else all rows
     prefer: tuple[str, tuple[str, ...]] | None = None
     reference: FigureReference | None = None  # drawn when the report is asked for references
+
+
+@dataclass(frozen=True)
+class DrawnFigure:
+    """A figure a suite draws itself from its saved artifacts once all levels are evaluated
+    (:meth:`Suite.after_levels`): ``results/<suite>/<name>.png``, with the numbers it shows beside
+    it as ``<name>.csv``. The report shows the declared figures of a run in its section, in the
+    order declared, with this title and caption, and links their data."""
+
+    name: str
+    title: str
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -253,6 +265,8 @@ class Suite:
     section: ClassVar[ReportSection]
     metrics: ClassVar[tuple[Metric, ...]] = ()
     figures: ClassVar[tuple[FigureSpec, ...]] = ()
+    #: figures across levels that :meth:`after_levels` draws from the suite's artifacts
+    drawn_figures: ClassVar[tuple[DrawnFigure, ...]] = ()
     #: the papers' claims about this suite's metrics, tested by the report (:class:`Claim`)
     claims: ClassVar[tuple[Claim, ...]] = ()
     #: measured on the dense and final levels by ``prunelens compare-schedules``
@@ -277,7 +291,8 @@ class Suite:
         raise NotImplementedError
 
     def after_levels(self, ctx: RunContext) -> None:
-        """Called once all levels are evaluated (figures across levels)."""
+        """Called once all levels are evaluated: figures across levels (those the report shows
+        are declared in :attr:`drawn_figures`)."""
 
     @classmethod
     def describe(cls, options: SuiteOptions) -> str | None:
@@ -302,6 +317,13 @@ class Suite:
             return cls.Options.model_validate(known)
         except ValueError:
             return None
+
+    @classmethod
+    def options_for(cls, options: SuiteOptions, spec: ArchSpec) -> SuiteOptions:
+        """``options`` as they act on an architecture: an option that cannot change this
+        architecture's results is set to its default, so that changing it (or a version that adds
+        it) does not make them stale (e.g. Swin's attention map on a ResNet)."""
+        return options
 
     @classmethod
     def metric(cls, name: str) -> Metric | None:
@@ -389,22 +411,24 @@ def resolved_suite_options(config: RunConfig) -> dict[str, dict]:
 class DataFolderError(DataError):
     """A data folder a suite's option names is missing or not in its dataset's layout."""
 
-    def __init__(self, key: str, flag: str, problem: str) -> None:
+    def __init__(self, key: str, flag: str | None, problem: str) -> None:
         self.key, self.flag, self.problem = key, flag, problem
-        super().__init__(f"{key}: {problem}. Give the folder with {flag} DIR (prunelens run / "
-                         f"evaluate) or --set {key}=DIR")
+        how = (f"{flag} DIR (prunelens run / evaluate) or --set {key}=DIR" if flag
+               else f"--set {key}=DIR")
+        super().__init__(f"{key}: {problem}. Give the folder with {how}")
 
 
-def data_folder_error(suite: str, option: str, flag: str, problem: str) -> DataFolderError:
+def data_folder_error(suite: type[Suite], option: str, problem: str) -> DataFolderError:
     """The one message for a data folder a suite's option names wrongly: the option, what is
-    wrong, and how to give the folder."""
-    return DataFolderError(f"evaluate.{suite}.{option}", flag, problem)
+    wrong, and how to give the folder (its flag, when the suite declares one)."""
+    flag = data_root_flag(option) if suite.name in DATA_ROOTS.get(option, ((),))[0] else None
+    return DataFolderError(f"evaluate.{suite.name}.{option}", flag, problem)
 
 
-def require_folder(suite: str, option: str, flag: str, root: str) -> None:
+def require_folder(suite: type[Suite], option: str, root: str) -> None:
     """:func:`data_folder_error` unless ``root`` is a folder (e.g. a config's placeholder path)."""
     if not Path(root).expanduser().is_dir():
-        raise data_folder_error(suite, option, flag, f"folder '{root}' does not exist")
+        raise data_folder_error(suite, option, f"folder '{root}' does not exist")
 
 
 def check_suite_data(config: RunConfig, names: list[str] | None = None) -> None:
@@ -427,7 +451,8 @@ def check_suite_data(config: RunConfig, names: list[str] | None = None) -> None:
                 grouped.setdefault((exc.flag, exc.problem), []).append(exc.key)
             else:
                 parts.append(str(exc))
-        parts[:0] = [f"{', '.join(keys)}: {problem} (give it with {flag} DIR)"
+        parts[:0] = [f"{', '.join(keys)}: {problem} (give it with "
+                     f"{f'{flag} DIR' if flag else f'--set {keys[0]}=DIR'})"
                      for (flag, problem), keys in grouped.items()]
         raise DataError("; ".join(parts) + ". The flags work with prunelens run and evaluate; "
                         "--set KEY=DIR sets one option")

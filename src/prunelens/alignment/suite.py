@@ -335,14 +335,14 @@ class AlignmentSuite(Suite):
         is a note when the level is evaluated)."""
         if options.mvh_root is None:
             return
-        require_folder(cls.name, "mvh_root", "--mvh-root", options.mvh_root)
+        require_folder(cls, "mvh_root", options.mvh_root)
         try:
             present, _ = find_datasets(options.mvh_root, options.mvh_datasets)
         except DataError as exc:
-            raise data_folder_error(cls.name, "mvh_root", "--mvh-root", str(exc)) from None
+            raise data_folder_error(cls, "mvh_root", str(exc)) from None
         if not present:
             wanted = options.mvh_datasets or DATASETS
-            raise data_folder_error(cls.name, "mvh_root", "--mvh-root", (
+            raise data_folder_error(cls, "mvh_root", (
                 f"none of the model-vs-human datasets {', '.join(wanted)} is a folder under "
                 f"{options.mvh_root}; it must hold the toolbox's datasets/ folders (colour/, edge/, …)"))
 

@@ -90,7 +90,7 @@ def _circle(radius: float):
 _SEPARATOR = (0.55, 0.75, 0.95)  # between tiles: a colour no mask or weight map takes
 
 
-def _mosaic(tiles: list[np.ndarray], pad: int = 1) -> np.ndarray:
+def mosaic(tiles: list[np.ndarray], pad: int = 1) -> np.ndarray:
     """Tiles (H, W) or (H, W, 3) side by side as one RGB image, ``pad`` pixels apart."""
     tiles = [np.repeat(t[..., None], 3, axis=2) if t.ndim == 2 else t for t in tiles]
     h, w = tiles[0].shape[:2]
@@ -114,7 +114,7 @@ def mask_gallery(name: str, units: torch.Tensor, weights: torch.Tensor, counts: 
                 ("mask × weight", [_signed_rgb(weights[u]) for u in index.tolist()]))
         for r, (what, tiles) in enumerate(rows):
             ax = fig.add_subplot(2 * len(picks), 1, 2 * block + r + 1)
-            ax.imshow(_mosaic(tiles), interpolation="nearest")
+            ax.imshow(mosaic(tiles), interpolation="nearest")
             ax.set_xticks([(j + 0.5) * (tiles[0].shape[1] + 1) for j in range(len(tiles))])
             ax.set_xticklabels([f"#{u} ({int(counts[u])})" for u in index.tolist()] if r == 0
                                else [], fontsize=6)
@@ -170,3 +170,110 @@ def _dense_point(dense: pd.DataFrame | None, panel_key: tuple, key: list[str]) -
     match = dense[(dense[key].fillna("") == pd.Series(
         ["" if not isinstance(v, str) else v for v in panel_key], index=key)).all(axis=1)]
     return match.iloc[0].to_dict() if len(match) else None
+
+
+# ---- figures across levels (Pellegrini & Biroli's; drawn by the connectivity suite's after_levels) --
+def _fixed_axes(fig: Figure, left: float, right: float, bottom: float, top: float, n: int = 1):
+    """``n`` axes side by side with margins in inches (constrained layout measures every label and
+    is slow)."""
+    width, height = fig.get_size_inches()
+    return fig.subplots(1, n, squeeze=False, gridspec_kw=dict(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height,
+        wspace=0.35))[0]
+
+
+def quantile_boxes(title: str, panels: dict[str, list[tuple[str, dict]]], ylabel: str) -> Figure:
+    """One panel per layer, a box per level on a log axis: ``(label, stats)`` with stats ``q05,
+    q25, median, q75, q95, mean`` (whiskers at the 5th and 95th percentiles) and ``none``, the
+    units left out (no connection), written under the box."""
+    n_levels = max(len(v) for v in panels.values())
+    fig = Figure(figsize=(max(4.0, 0.55 * n_levels + 1.4) * len(panels), 3.6))
+    for ax, (layer, boxes) in zip(_fixed_axes(fig, 0.75, 0.2, 0.85, 0.55, len(panels)), panels.items()):
+        stats = [{"med": s["median"], "q1": s["q25"], "q3": s["q75"], "whislo": s["q05"],
+                  "whishi": s["q95"], "mean": s["mean"], "fliers": []} for _, s in boxes]
+        ax.bxp(stats, positions=range(len(boxes)), showmeans=True, medianprops={"color": "#cc3311"},
+               meanprops={"marker": "o", "markersize": 3, "markerfacecolor": "#4477aa",
+                          "markeredgecolor": "#4477aa"})
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(boxes)))
+        ax.set_xticklabels([label for label, _ in boxes], fontsize=7)
+        for x, (_, s) in enumerate(boxes):
+            if s["none"]:
+                ax.annotate(f"{s['none']} none", (x, 0), xycoords=("data", "axes fraction"),
+                            xytext=(0, 2), textcoords="offset points", ha="center", fontsize=6,
+                            color="#cc3311")
+        ax.set_ylabel(ylabel)
+        ax.set_title(layer, fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def lines_vs_sparsity(title: str, ylabel: str, lines: dict[str, tuple[np.ndarray, np.ndarray]],
+                      reference: tuple[float, str] | None = None) -> Figure:
+    """One line per label (x = sparsity, y), and a dashed horizontal reference line."""
+    fig = Figure(figsize=(6.0, 3.8))
+    (ax,) = _fixed_axes(fig, 0.8, 0.2, 0.6, 0.45)
+    for i, (label, (x, y)) in enumerate(lines.items()):
+        ax.plot(x, y, marker="o", ms=4, color=f"C{i % 10}", label=label)
+    if reference is not None:
+        ax.axhline(reference[0], ls="--", color="0.3", lw=1, label=reference[1])
+    ax.set_xlabel("sparsity")
+    ax.xaxis.set_major_formatter(_percent())
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _percent():
+    from matplotlib.ticker import PercentFormatter
+    return PercentFormatter(1.0)
+
+
+def tile_grid(title: str, cells: list[list[np.ndarray | None]], row_labels: Sequence[str],
+              col_labels: Sequence[str], notes: list[list[str]] | None = None) -> Figure:
+    """Images (H, W) or (H, W, 3), all of one size, in a grid drawn as one image (fast), a
+    separator colour around them; ``None`` leaves a cell empty. ``notes``: text above each cell
+    (two short lines at most)."""
+    h, w = next(c for row in cells for c in row if c is not None).shape[:2]
+    n_rows, n_cols = len(cells), max(len(r) for r in cells)
+    gap = max(1, h // 10)
+    pad_y = gap + (h * 2 // 5 if notes else 0)  # room for the notes above each row
+    canvas = np.empty(((h + pad_y) * n_rows, (w + gap) * n_cols, 3), dtype=np.float32)
+    canvas[:] = _SEPARATOR
+    for r, row in enumerate(cells):
+        for c, tile in enumerate(row):
+            if tile is not None:
+                tile = np.repeat(tile[..., None], 3, axis=2) if tile.ndim == 2 else tile
+                y, x = r * (h + pad_y) + pad_y - gap, c * (w + gap)
+                canvas[y:y + h, x:x + w] = tile
+    inch = min(1.0 / h, 12.0 / canvas.shape[1])  # inches per pixel: a tile about 1 in tall
+    fig = Figure(figsize=(canvas.shape[1] * inch + 1.5, canvas.shape[0] * inch + 1.1))
+    (ax,) = _fixed_axes(fig, 1.3, 0.2, 0.1, 0.9)
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([c * (w + gap) + w / 2 for c in range(len(col_labels))])
+    ax.set_xticklabels(col_labels, fontsize=7)
+    ax.xaxis.set_ticks_position("top")
+    ax.set_yticks([r * (h + pad_y) + pad_y - gap + h / 2 for r in range(len(row_labels))])
+    ax.set_yticklabels(row_labels, fontsize=7)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    for r, row in enumerate(notes or []):
+        for c, text in enumerate(row):
+            ax.text(c * (w + gap), r * (h + pad_y) + pad_y - gap - 0.5, text, fontsize=5.5,
+                    va="bottom", ha="left", linespacing=1.0)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def mask_tile(mask: torch.Tensor) -> np.ndarray:
+    """A unit's mask (C, H, W) as an image: black where nothing is connected, the channels'
+    colours where something is (white: all three)."""
+    return _as_rgb(mask.float())
+
+
+def weight_tile(weights: torch.Tensor) -> np.ndarray:
+    """Signed weights (C, H, W) around grey, scaled by their largest magnitude."""
+    return _signed_rgb(weights.float())

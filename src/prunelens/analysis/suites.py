@@ -17,15 +17,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from prunelens.analysis import across_levels
 from prunelens.analysis import connectivity as conn
 from prunelens.analysis import figures
 from prunelens.analysis.psp_entropy import psp_entropy
-from prunelens.analysis.selectivity import selectivity_records
+from prunelens.analysis.selectivity import pair_weight_similarity, selectivity_records
 from prunelens.analysis.sharpness import hessian_top_eigenvalue, loss_increase
 from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Quantity,
                              ReportSection, RunContext, Suite, SuiteOptions, register_suite)
 from prunelens.io import atomic_save_tensors, atomic_write_json
-from prunelens.results import Record
+from prunelens.results import Record, load_results
 
 
 # ---- helpers shared by the suites ----------------------------------------------------------------
@@ -92,7 +93,13 @@ class ConnectivityOptions(SuiteOptions):
         "shuffled-label baseline"))
     translated_match: float = Field(0.9, gt=0, le=1, description=(
         "mask similarity at the best shift above which two units are translated copies"))
-    figures: bool = Field(True, description="each level's mask galleries, counts and pair maps")
+    figures: bool = Field(True, description=(
+        "each level's mask galleries, counts and pair maps (PNGs in results/, not in the report)"))
+    across_levels: bool = Field(True, description=(
+        "Pellegrini & Biroli's figures across levels, shown in the report: each level saves its "
+        "unit masks and best translated pairs; drawn once all levels are evaluated"))
+    figure_levels: int = Field(8, ge=2, description="levels (columns) of the galleries at most")
+    figure_pairs: int = Field(4, ge=1, description="translated-copy pairs shown per level")
     seed: int = 0
 
 
@@ -182,6 +189,7 @@ class ConnectivitySuite(Suite):
                FigureSpec("class_independence", "Class-independent response and translated copies of "
                           "first-layer units vs sparsity", panels=("metric",),
                           lines=("group", "method", "condition")))
+    drawn_figures = across_levels.FIGURES
     claims = (
         Claim("locality_vs_accuracy",
               "Pellegrini & Biroli: the local structure that pruning finds is related to the success "
@@ -212,8 +220,15 @@ class ConnectivitySuite(Suite):
         if reason:
             warnings.warn(f"connectivity: {reason}", stacklevel=2)
         generator = torch.Generator().manual_seed(opts.seed)
+        best_pairs = []
         for view in views:
-            yield from self._layer(ctx, view, generator)
+            best_pairs.append((yield from self._layer(ctx, view, generator)))
+        if views and views[0].spatial and opts.across_levels and ctx.level_artifacts is not None:
+            first = views[0]  # galleries of the views that have locality (as big as min_kernel)
+            across_levels.save_level(ctx.level_artifacts / across_levels.LEVEL_FILE,
+                                     [(v.name, v.units) for v in views if v.spatial],
+                                     self._translated_pairs(first, best_pairs[0], opts.figure_pairs),
+                                     first.weights)
         if views and views[0].module is not None and opts.n_images > 0:
             yield from self._ablation(ctx, views[0], generator)
         if views and opts.selectivity_images > 0:
@@ -232,8 +247,29 @@ class ConnectivitySuite(Suite):
             measure=opts.selectivity_measure, n_pairs=opts.n_shift_pairs, match=opts.translated_match,
             seed=opts.seed)
 
+    def after_levels(self, ctx: RunContext) -> None:
+        """Pellegrini & Biroli's figures across levels (:mod:`prunelens.analysis.across_levels`)."""
+        opts: ConnectivityOptions = ctx.options
+        if opts.across_levels:
+            across_levels.draw(ctx.artifacts, {lv.index: lv.sparsity for lv in ctx.pool.levels},
+                               load_results(ctx.run_dir, self.name), n_units=opts.gallery_units,
+                               n_levels=opts.figure_levels, n_pairs=opts.figure_pairs,
+                               quantile=opts.independence_quantile)
+
+    @staticmethod
+    def _translated_pairs(view: LayerView, sampled: tuple[torch.Tensor, torch.Tensor] | None, n: int):
+        """The ``n`` sampled pairs whose masks overlap most at their best shift (ties: in sampled
+        order), with the cosine of their weights there."""
+        if sampled is None:
+            return None
+        pairs, best = sampled
+        top = torch.argsort(torch.nan_to_num(best, nan=-1.0), descending=True, stable=True)[:n]
+        return pair_weight_similarity(view.units, view.weights, pairs[top])
+
     def _layer(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
                ) -> Iterator[Record]:
+        """The layer's records; returns its sampled unit pairs and their mask similarity at the
+        best shift (None when it has no locality analysis or fewer than two connected units)."""
         opts: ConnectivityOptions = ctx.options
         counts = conn.connections_per_unit(view.units)
         per_input = conn.connections_per_input(view.units)
@@ -251,7 +287,7 @@ class ConnectivitySuite(Suite):
                 figures.save(figures.mask_gallery(method, view.units, view.weights, counts,
                                                   opts.gallery_units), art / f"gallery_{slug}.png")
         if not view.spatial:
-            return
+            return None
         loc = conn.locality(view.units, opts.radius)
         for u, score in enumerate(loc.unit_score.tolist()):
             yield Record(self.name, "locality_score", score, method=method, item=str(u))
@@ -274,6 +310,8 @@ class ConnectivitySuite(Suite):
             for (i, j), s, b in zip(pairs.tolist(), best.tolist(), base.tolist()):
                 yield Record(self.name, "shift_similarity", s, method=method, item=f"{i}-{j}")
                 yield Record(self.name, "shift_similarity_random", b, method=method, item=f"{i}-{j}")
+            return pairs, best
+        return None
 
     def _ablation(self, ctx: LevelContext, view: LayerView, generator: torch.Generator
                   ) -> Iterator[Record]:

@@ -41,6 +41,9 @@ from prunelens.results import Record
 from prunelens.runfolder import Layout, saved_per_level
 
 SYNTHETIC_DEFAULT_IMAGES = 64
+#: the suite's own files: each level's predicted boxes, and the figure across levels
+BOXES_FILE = "boxes.csv"
+ACROSS_LEVELS_FILE = "boxes_across_levels.png"
 BOX_COLUMNS = ["item", "xmin", "ymin", "xmax", "ymax", "seed", "seed_row", "seed_col", "grid_h",
                "grid_w", "stride_y", "stride_x", "image_h", "image_w", "n_gt", "found", "iou", "corloc"]
 
@@ -215,11 +218,11 @@ class DiscoverySuite(Suite):
         if options.voc_root is None:
             return
         from prunelens.data.voc_annotations import resolve_voc_dir
-        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
+        require_folder(cls, "voc_root", options.voc_root)
         try:
             voc, _ = resolve_voc_dir(options.voc_root, options.voc_year)
         except DataError as exc:
-            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+            raise data_folder_error(cls, "voc_root", str(exc)) from None
         missing = [s for s in options.image_sets if not (voc / "ImageSets" / "Main" / f"{s}.txt").is_file()]
         if missing:
             raise DataError(f"evaluate.{cls.name}.image_set: no list file for {', '.join(missing)} in "
@@ -263,7 +266,7 @@ class DiscoverySuite(Suite):
                 records.append(Record(metric="corloc", value=float(hit), item=item, **common))
                 records.append(Record(metric="iou", value=float(iou), item=item, **common))
         folder = Path(ctx.level_artifacts)
-        atomic_write_bytes(folder / "boxes.csv", pd.concat(frames).to_csv(index=False).encode())
+        atomic_write_bytes(folder / BOXES_FILE, pd.concat(frames).to_csv(index=False).encode())
         level = dict(level=ctx.level.index, sparsity=ctx.level.sparsity,
                      options=opts.model_dump(mode="json"))
         # one image set: its summary at the top level; several: one entry per set
@@ -288,7 +291,7 @@ class DiscoverySuite(Suite):
             keep = np.unique(np.linspace(0, len(levels) - 1, opts.figure_levels).round().astype(int))
             levels = [levels[i] for i in keep]
         png = boxes_figure(dataset, levels, opts.figure_images)
-        atomic_write_bytes(Path(ctx.artifacts) / "boxes_across_levels.png", png)
+        atomic_write_bytes(Path(ctx.artifacts) / ACROSS_LEVELS_FILE, png)
 
 
 def _saved_levels(folder: Path, condition: str) -> list[tuple[dict, pd.DataFrame]]:
@@ -296,7 +299,7 @@ def _saved_levels(folder: Path, condition: str) -> list[tuple[dict, pd.DataFrame
     level index (the summary carries the level's index and sparsity)."""
     out = []
     for level, summary_file in saved_per_level(folder, Layout.LEVEL_SUMMARY).items():
-        boxes_file = summary_file.with_name("boxes.csv")
+        boxes_file = summary_file.with_name(BOXES_FILE)
         if boxes_file.is_file():
             try:
                 summary = json.loads(summary_file.read_text())

@@ -223,11 +223,11 @@ class InterpretabilitySuite(Suite):
         list file exists."""
         if options.source != "voc":
             return
-        require_folder(cls.name, "voc_root", "--voc-root", options.voc_root)
+        require_folder(cls, "voc_root", options.voc_root)
         try:
             voc = find_voc2012(options.voc_root)
         except DataError as exc:
-            raise data_folder_error(cls.name, "voc_root", "--voc-root", str(exc)) from None
+            raise data_folder_error(cls, "voc_root", str(exc)) from None
         try:
             read_split(voc, options.voc_split)
         except DataError as exc:
@@ -399,8 +399,10 @@ class InterpretabilitySuite(Suite):
         the ``paper`` preset ranked ties by ``index`` and gave blank maps NaN; options stored before
         ``swin_attention`` existed mapped Swin's attention received, whatever the preset."""
         if isinstance(stored, dict) and "swin_attention" not in stored:
-            preset = PRESETS.get(stored.get("preset", "default"), PRESETS["default"])
-            if preset.swin_attention != _BEFORE_SWIN_ATTENTION:  # the paper preset's changed
+            presets = stored.get("preset", "default")
+            presets = presets if isinstance(presets, list) else [presets]
+            if any(PRESETS[p].swin_attention != _BEFORE_SWIN_ATTENTION  # the paper preset's changed
+                   for p in presets if isinstance(p, str) and p in PRESETS):
                 stored = {**stored, "swin_attention": _BEFORE_SWIN_ATTENTION}
         if isinstance(stored, dict) and "blank_maps" not in stored:
             stored = dict(stored)
@@ -412,6 +414,13 @@ class InterpretabilitySuite(Suite):
             stored["ig_noise_samples"] = (None if noise == PRESETS.get(preset, PRESETS["default"])
                                           .ig_noise_samples else noise)
         return super().options_from(stored)
+
+    @classmethod
+    def options_for(cls, options: InterpretabilityOptions, spec) -> InterpretabilityOptions:
+        """Swin's attention map choice acts only on architectures with window attention."""
+        if spec.has_window_attention:
+            return options
+        return options.model_copy(update={"swin_attention": None})
 
     def after_levels(self, ctx: RunContext) -> None:
         if saved_per_level(ctx.artifacts, HEATMAPS_FILE):

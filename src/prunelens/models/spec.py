@@ -452,7 +452,8 @@ class SwinSpec(ArchSpec):
         """Cassano et al.'s Swin attention map, (B, wh·p, ww·p) for window size wh×ww and patch
         size p (``explainations_evaluation_metrics.py`` ``build_attention_image``, EIDOSLAB/
         pruning-for-vision-representation@77e7758): of the softmax probabilities (B·nW, heads, N, N)
-        ``block`` computes (their saved ``last_attention_swin.pt``: the last block), the first
+        ``block`` computes (their saved ``last_attention_swin.pt``, presumably the last block's: the code that saved it is
+        not in the repository), the first
         window's first query row, ``attention[0, :, 0, :]``, per head, reshaped to (heads, wh, ww),
         upsampled ×p nearest (``patch_size = 4`` in their ``main()``: swin_v2_t's patch size) and
         summed over heads. Their code then resizes it bilinearly to the image, as the pipeline does

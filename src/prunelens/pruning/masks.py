@@ -21,9 +21,10 @@ from prunelens.models.spec import ArchSpec
 
 def prunable_parameters(model: nn.Module, spec: ArchSpec | None = None, *,
                         exclude_first_layer: bool = False, exclude_classifier: bool = False,
-                        exclude_attention: bool = False, exclude: Iterable[str] = ()
-                        ) -> dict[str, nn.Parameter]:
-    """The parameters a run prunes: the spec's prunable weights minus the configured exclusions."""
+                        exclude_attention: bool = False, exclude: Iterable[str] = (),
+                        biases: bool = False) -> dict[str, nn.Parameter]:
+    """The parameters a run prunes: the spec's prunable weights minus the configured exclusions;
+    with ``biases`` each kept weight ``<layer>.weight`` is followed by its ``<layer>.bias``."""
     spec = spec or spec_for(model)
     params = spec.prunable(model)
     dropped = set()
@@ -34,15 +35,79 @@ def prunable_parameters(model: nn.Module, spec: ArchSpec | None = None, *,
     if exclude_attention:
         dropped.update(spec.attention_parameters(model))
     patterns = list(exclude)
-    return {n: p for n, p in params.items()
+    kept = {n: p for n, p in params.items()
             if n not in dropped and not any(fnmatch.fnmatchcase(n, pat) for pat in patterns)}
+    if not biases:
+        return kept
+    named = dict(model.named_parameters())
+    out = {}
+    for n, p in kept.items():
+        out[n] = p
+        bias = layer_of(n) + "bias"
+        if layer_of(n) != n and n.endswith("weight") and bias in named:
+            out[bias] = named[bias]
+    return out
+
+
+def layer_of(name: str) -> str:
+    """The layer of a parameter: ``fc1.weight`` and ``fc1.bias`` → ``fc1.``; any other name (e.g.
+    ``attn.in_proj_weight``) is a layer of its own."""
+    for suffix in ("weight", "bias"):
+        if name == suffix or name.endswith("." + suffix):
+            return name[:-len(suffix)]
+    return name
 
 
 def prunable_from_config(model: nn.Module, prune_cfg) -> dict[str, nn.Parameter]:
     return prunable_parameters(
         model, exclude_first_layer=prune_cfg.exclude_first_layer,
         exclude_classifier=prune_cfg.exclude_classifier,
-        exclude_attention=prune_cfg.exclude_attention, exclude=prune_cfg.exclude)
+        exclude_attention=prune_cfg.exclude_attention, exclude=prune_cfg.exclude,
+        biases=prune_cfg.biases)
+
+
+def layer_groups(names: Iterable[str]) -> dict[str, list[str]]:
+    """Parameter names grouped by layer, in order: a layer's weight and bias are ranked together."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(layer_of(n), []).append(n)
+    return groups
+
+
+def cumulative_ratio(rate: float, rounds: int) -> float:
+    """IMP.py:89, 182: ``ratios += rat_factor*(1-ratios)`` from 0, ``rounds`` times (iterated as
+    they do, so that floor(ratio × N) rounds as theirs)."""
+    ratio = 0.0
+    for _ in range(rounds):
+        ratio += rate * (1 - ratio)
+    return ratio
+
+
+def cumulative_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], ratio: float,
+                     scope: str = "layerwise", min_alive: int | dict[str, int] = 0
+                     ) -> dict[str, torch.Tensor]:
+    """Pellegrini & Biroli's ``get_mask`` (SiftingFeatures src/Utils.py:52-74): per group (a layer's
+    entries, its bias included when pruned, for layerwise scope; every entry for global), the
+    magnitudes with pruned entries counting 0 (58-63), ``ncutoff = int(ratio × N)`` (64), the
+    threshold the ``ncutoff``-th smallest (66-67), kept where ``>= threshold`` (68-69: ties kept).
+    ``min_alive`` caps ``ncutoff`` so that at least that many entries stay alive. Entries already
+    pruned stay pruned (theirs too, whenever the threshold is above 0)."""
+    groups = layer_groups(weights) if scope == "layerwise" else {"": list(weights)}
+    out = {}
+    for prefix, names in groups.items():
+        scores = torch.cat([(weights[n].detach().abs() * masks[n]).reshape(-1) for n in names])
+        old = torch.cat([masks[n].reshape(-1) for n in names])
+        floor = (sum(min_alive.get(n, 0) for n in names) if isinstance(min_alive, dict)
+                 else int(min_alive))
+        ncutoff = min(int(ratio * len(scores)), len(scores) - max(1, floor))
+        threshold = torch.sort(scores).values[ncutoff]
+        keep = (scores >= threshold) & old
+        start = 0
+        for n in names:
+            size = weights[n].numel()
+            out[n] = keep[start:start + size].view_as(masks[n])
+            start += size
+    return out
 
 
 def dense_masks(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
@@ -87,14 +152,20 @@ def magnitude_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Ten
             out[n] = keep[start:start + size].view_as(masks[n])
             start += size
         return out
-    if scope == "layerwise":
+    if scope == "layerwise":  # a layer's weight and bias (when both are pruned) ranked together
         out = {}
-        for n, w in weights.items():
-            alive = masks[n].reshape(-1)
+        for names in layer_groups(weights).values():
+            scores = torch.cat([weights[n].detach().reshape(-1) for n in names])
+            alive = torch.cat([masks[n].reshape(-1) for n in names])
             n_alive = int(alive.sum())
-            floor = min_alive[n] if isinstance(min_alive, dict) else int(min_alive)
+            floor = (sum(min_alive[n] for n in names) if isinstance(min_alive, dict)
+                     else int(min_alive))
             k = min(_n_to_prune(n_alive, amount), max(0, n_alive - floor))
-            out[n] = _prune_smallest(w.detach().reshape(-1), alive, k).view_as(masks[n])
+            keep, start = _prune_smallest(scores, alive, k), 0
+            for n in names:
+                size = weights[n].numel()
+                out[n] = keep[start:start + size].view_as(masks[n])
+                start += size
         return out
     raise ValueError(f"unknown pruning scope '{scope}'")
 
@@ -194,9 +265,14 @@ def conv_linear_sparsity(model: nn.Module, layer_sparsity: dict[str, float]) -> 
 
 
 def alive_units_fraction(mask: torch.Tensor) -> float:
-    """Fraction of units (rows / output channels, dim 0) with at least one incoming connection."""
+    """Fraction of units (rows / output channels, dim 0) with at least one incoming connection,
+    as an exact ratio of counts (a float32 mean would put 1 of 5 units above 0.2, and the
+    strict stop rule, ``prune.stop_when: not_above``, compares with equality)."""
     mask = mask.detach().bool()
-    return float(mask.flatten(1).any(1).float().mean()) if mask.ndim > 1 else float(mask.any())
+    if mask.ndim <= 1:
+        return float(mask.any())
+    units = mask.flatten(1).any(1)
+    return int(units.sum()) / len(units)
 
 
 def alive_unit_fraction(masks: dict[str, torch.Tensor]) -> dict[str, float]:

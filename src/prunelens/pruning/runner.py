@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -31,12 +32,14 @@ from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
 from prunelens.pruning.store import PoolWriter, identity_difference
-from prunelens.pruning.masks import (Masker, alive_unit_fraction, dense_masks, magnitude_masks,
+from prunelens.pruning.masks import (Masker, alive_unit_fraction, cumulative_masks, cumulative_ratio,
+                                     dense_masks, magnitude_masks,
                                      mask_sparsity, prunable_from_config, random_masks_like)
 from prunelens.pruning.recipe import mixing_collate, ra_order
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
                                      resolve_device, train_level)
+from prunelens.pruning.validation import PeriodicValidation
 from prunelens.runfolder import Layout, Level, RunFolder
 
 REWIND_FILE = Layout.REWIND
@@ -75,7 +78,10 @@ class _Loaders:
         self.input_path = input_path(self.train_set, device)
         self.train = self._loader(self.train_set, shuffle=True, drop_last=self.drop_last,
                                   generator=self.generator)
-        self.steps_per_epoch = len(self._single(0, 0) if not distributed.active() else self._sharded(0, 0))
+        if cfg.train.sampler == "with_replacement":
+            self.steps_per_epoch = max(1, len(self.train_set) // cfg.train.batch_size)
+        else:
+            self.steps_per_epoch = len(self._single(0, 0) if not distributed.active() else self._sharded(0, 0))
         if cfg.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
@@ -86,6 +92,16 @@ class _Loaders:
         self.eval = {s: image_loader(self._shard(data.split(s)), device, batch_size=cfg.train.eval_batch_size,
                                      **self.common)
                      for s in ("val", "test") if s in data.entry.splits}
+        self.validation, self.validation_images = self._validation(cfg.train, data)
+
+    def _validation(self, t, data: RunData) -> tuple[object | None, int]:
+        """The loader of ``train.validate_every``: the first ``validate_images`` of its split."""
+        if t.validate_every is None:
+            return None, 0
+        n = validation_images(self.cfg, data)
+        # its own generator: a loader's iterator draws a seed, which must not come from the global RNG
+        return image_loader(self._shard(Subset(data.split(t.validate_split), range(n))), self.device,
+                            batch_size=t.eval_batch_size, generator=torch.Generator(), **self.common), n
 
     def _loader(self, dataset, **kw):
         """A training loader of ``dataset``: batches mixed (MixUp / CutMix) as they are collated on
@@ -107,8 +123,22 @@ class _Loaders:
             return ra_order(n, self.cfg.train.ra_reps, self.generator)
         return next(iter(DataLoader(range(n), batch_size=n, shuffle=True, generator=self.generator))).tolist()
 
+    def _with_replacement(self, level: int, epoch: int):
+        """The training loader of an epoch of ``train.sampler: with_replacement`` (each rank
+        loads its share of every global batch)."""
+        self._seed(level, epoch)  # the loader workers' seeds
+        batches = WithReplacementBatches(len(self.train_set), self.cfg.train.batch_size,
+                                         self.steps_per_epoch,
+                                         derived_seed(self.cfg.seed, "with_replacement", level, epoch),
+                                         distributed.rank(), distributed.world_size())
+        return image_loader(self.train_set, self.device, collate_fn=self.collate,
+                            mix=self.collate.mix if self.collate is not None else None,
+                            batch_sampler=batches, generator=self.generator, **self.common)
+
     def _single(self, level: int, epoch: int) -> DataLoader:
         """The single-process training loader of an epoch."""
+        if self.cfg.train.sampler == "with_replacement":
+            return self._with_replacement(level, epoch)
         if not self.cfg.train.ra_sampler:
             self._seed(level, epoch)
             return self.train
@@ -132,7 +162,9 @@ class _Loaders:
 
     def for_epoch(self, level: int) -> Callable[[int], object]:
         def loader(epoch: int):
-            return self._sharded(level, epoch) if distributed.active() else self._single(level, epoch)
+            if distributed.active() and self.cfg.train.sampler != "with_replacement":
+                return self._sharded(level, epoch)
+            return self._single(level, epoch)
         return loader
 
 
@@ -149,6 +181,44 @@ def level_epochs(cfg, level: int) -> int:
     return epochs
 
 
+def validation_images(cfg, data: RunData) -> int:
+    """How many images ``train.validate_every`` evaluates on, or a ConfigError naming the fix."""
+    t = cfg.train
+    if t.validate_split not in data.entry.splits:
+        raise ConfigError(f"train.validate_split: the dataset {cfg.data.name} has no "
+                          f"'{t.validate_split}' split (it has {', '.join(data.entry.splits)})")
+    size = len(data.split(t.validate_split))
+    n = size if t.validate_images is None else t.validate_images
+    if n > size:
+        raise ConfigError(f"train.validate_images {n} is more than the {size} images of the "
+                          f"{t.validate_split} split: lower it, or leave it out for all")
+    if n == 0:
+        raise ConfigError(f"train.validate_split: the {t.validate_split} split is empty (a val_size "
+                          "of 0 holds nothing out?): validate on test, or hold some out")
+    return n
+
+
+class WithReplacementBatches:
+    """Batches drawn uniformly with replacement, each step on its own: Pellegrini & Biroli's
+    ``np.random.choice(self.train_size, batch_size)`` (SiftingFeatures src/Data.py:72-73), from a
+    ``numpy.random.RandomState`` seeded by ``seed`` (theirs is seeded by the clock, IMP.py:80).
+    No epochs, no shuffle: an image may come twice in a batch and never in another. Under torchrun
+    rank r takes positions r, r + world, … of every global batch."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int, rank: int = 0,
+                 world: int = 1) -> None:
+        self.n, self.batch_size, self.steps, self.rank, self.world = n, batch_size, steps, rank, world
+        self.seed = seed % 2**32  # RandomState's seed range
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        rng = np.random.RandomState(self.seed)
+        for _ in range(self.steps):
+            yield rng.choice(self.n, self.batch_size)[self.rank::self.world].tolist()
+
+
 def _level_plan(cfg, level: int, spe: int) -> TrainPlan:
     t, p = cfg.train, cfg.prune
     if level == 0:
@@ -158,7 +228,8 @@ def _level_plan(cfg, level: int, spe: int) -> TrainPlan:
         return TrainPlan(epochs, lr_schedule(t, epochs, spe, base_lr=p.finetune_lr, kind="constant"),
                          t.optimizer)
     if p.retrain == "rewind":
-        return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer, start_step=p.rewind_step)
+        start = 0 if p.rewind_replay == "full" else p.rewind_step
+        return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer, start_step=start)
     return TrainPlan(epochs, lr_schedule(t, epochs, spe), t.optimizer)
 
 
@@ -175,11 +246,14 @@ def _next_masks(cfg, params, masks, level: int) -> dict[str, torch.Tensor]:
         floor = round((1 - p.max_sparsity) * total)
     else:
         floor = {n: round((1 - p.max_sparsity) * m.numel()) for n, m in masks.items()}
+    if p.target == "cumulative":  # level k is the k-th round
+        return cumulative_masks(weights, masks, cumulative_ratio(p.rate, level), p.scope, min_alive=floor)
     return magnitude_masks(weights, masks, p.rate, p.scope, min_alive=floor)
 
 
-def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
-    """Why no further level is built, or None to build it."""
+def _stop_reason(cfg, level: int, old_masks, new_masks, layer_order: list[str]) -> str | None:
+    """Why no further level is built, or None to build it. ``layer_order``: every weight the
+    spec could prune, in model order (``prune.stop_layers: authors`` indexes it)."""
     p = cfg.prune
     if p.schedule == "one_shot" and level > 1:
         return "one-shot: pruned to the target in one step"
@@ -190,12 +264,28 @@ def _stop_reason(cfg, level: int, old_masks, new_masks) -> str | None:
     if new_s <= old_s + 1e-12:
         return f"max_sparsity {p.max_sparsity} reached"
     if p.min_alive_units > 0:
-        alive = alive_unit_fraction(new_masks)
-        worst = min(alive, key=alive.get)
-        if alive[worst] < p.min_alive_units:
+        alive = {n: f for n, f in alive_unit_fraction(new_masks).items()
+                 if n in counted_layers(p.stop_layers, layer_order, new_masks)}
+        worst = min(alive, key=alive.get, default=None)
+        below = worst is not None and (alive[worst] < p.min_alive_units if p.stop_when == "below"
+                                       else alive[worst] <= p.min_alive_units)
+        if below:
+            sign = "<" if p.stop_when == "below" else "<="
             return (f"the next round would leave {alive[worst]:.0%} of the units of {worst} with an "
-                    f"incoming connection (< min_alive_units {p.min_alive_units:.0%})")
+                    f"incoming connection ({sign} min_alive_units {p.min_alive_units:.0%})")
     return None
+
+
+def counted_layers(which: str, layer_order: list[str], masks) -> set[str]:
+    """The pruned weights the stop rule counts: all; or, as SiftingFeatures src/IMP.py:87 indexes
+    them (``prunable = [l-1 for l, lay in enumerate(arch) if lay[2]]``), the layer before each
+    pruned one in ``layer_order``, cyclically (the authors' ``mask[-1]``). A counted layer that is
+    not pruned has all its units connected, so it never decides. Biases (``prune.biases``) are
+    not layers here: units are counted by their incoming weights (IMP.py:120)."""
+    pruned = [n for n in masks if n in layer_order]
+    if which == "all":
+        return set(pruned)
+    return {layer_order[layer_order.index(n) - 1] for n in pruned} & set(pruned)
 
 
 def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
@@ -217,6 +307,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
     # model and data first: a mistake in either is reported before the run folder is touched
     # (the dataset's classes build and check every split, except where the options alone say them)
     class_names = data.checked_class_names()
+    if cfg.train.validate_every is not None:
+        validation_images(cfg, data)
     num_classes = cfg.model.num_classes or len(class_names)
     torch.manual_seed(derived_seed(cfg.seed, "init"))
     model = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
@@ -262,7 +354,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
                     new_masks = _next_masks(cfg, params, masks, level) if distributed.is_main() else masks
                 new_masks = distributed.broadcast_tensors(new_masks)
                 distributed.verify_identical(f"pruning masks of level {level}", new_masks)
-                reason = (_stop_reason(cfg, level, masks, new_masks) if source is None
+                reason = (_stop_reason(cfg, level, masks, new_masks, list(spec.prunable(model)))
+                          if source is None
                           else _control_stop(source, level))
                 if reason is not None:
                     if writer is not None:
@@ -273,6 +366,8 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
                 if cfg.prune.retrain == "rewind":
                     rewind = RunFolder(cfg.run_dir).level(0).tensors(REWIND_FILE)
                     load_state_dict_strict(model, rewind, "the rewind checkpoint")
+                    if cfg.prune.rewind_buffers == "reset":
+                        _initial_buffers(cfg, model, num_classes)
                     model.to(device)
                 if cfg.prune.control == "random_reinit":
                     _reinitialise(cfg, model, num_classes, level)
@@ -348,7 +443,8 @@ def _source_dir(cfg, value: str) -> Path:
 #: prune settings that only decide the levels after the dense one (retrain and rewind_step also
 #: decide level 0's rewind checkpoint: compared when this pool rewinds)
 AFTER_DENSE_KEYS = ("scope", "rate", "max_sparsity", "rounds", "schedule", "retrain", "epochs",
-                    "rewind_step", "finetune_lr", "min_alive_units", "control", "control_source",
+                    "rewind_step", "finetune_lr", "min_alive_units", "target", "rewind_replay",
+                    "rewind_buffers", "stop_when", "stop_layers", "control", "control_source",
                     "dense_source")
 
 
@@ -392,6 +488,17 @@ def _copy_dense(cfg, writer: PoolWriter | None, model, dense: Level, log) -> Non
     level = writer.copy_dense(dense)
     log(f"{cfg.name}: level  0  copied from {dense.run.run_dir} (model sha256 "
         f"{level.model_sha256[:12]}…): no dense training")
+
+
+def _initial_buffers(cfg, model, num_classes: int) -> None:
+    """The buffers (batch-norm running statistics) of level 0's initial model, in place of the
+    rewound ones (``prune.rewind_buffers: reset``; SiftingFeatures src/IMP.py:136-144)."""
+    torch.manual_seed(derived_seed(cfg.seed, "init"))
+    initial = create_model(cfg.model.name, num_classes, cfg.model.weights, **cfg.model.options)
+    fresh = dict(initial.named_buffers())
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.copy_(fresh[name])
 
 
 def _reinitialise(cfg, model, num_classes: int, level: int) -> None:
@@ -440,6 +547,11 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
         def on_step(step, m):
             if step == cfg.prune.rewind_step and writer is not None and not rewind_path.is_file():
                 atomic_save_tensors(rewind_path, m.state_dict())
+    validation = None
+    if loaders.validation is not None:
+        validation = PeriodicValidation(loaders.validation, loaders.validation_images, spec, device,
+                                        cfg.train, Layout(cfg.run_dir).validation_curve(level))
+        on_step = _both(on_step, validation)
     stats = train_level(model, spec, loaders.for_epoch(level), plan, cfg.train, device,
                         (cfg.seed, "level", level), Checkpoint(*Layout(cfg.run_dir).train_state(level)), masker, on_step,
                         label=f"{cfg.name} level {level}", log=log)
@@ -457,9 +569,26 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
             "epochs": plan.epochs, "steps": plan.epochs * loaders.steps_per_epoch - plan.start_step,
             "train_time_s": stats["elapsed_s"],
             "wall_time_s": stats["elapsed_s"] + time.perf_counter() - t_eval}
+    if validation is not None:
+        with distributed.comm_failures(f"validating {cfg.name} level {level}"):
+            info["periodic_validation"] = validation.finish(
+                plan.epochs * loaders.steps_per_epoch, model, first_step=plan.start_step)
     if writer is None:
         return
     extra = {REWIND_FILE: rewind_path} if rewind_path.is_file() else None
     writer.write_level(level, model, masks, info, extra)
+    periodic = (f"  min {cfg.train.validate_split} err {info['periodic_validation']['min_error']:.3f}"
+                if validation is not None else "")
     log(f"{cfg.name}: level {level:2d}  sparsity {overall:6.1%}  val acc {metrics.get('val_acc', math.nan):.3f}"
-        f"  test acc {metrics.get('test_acc', math.nan):.3f}  ({info['wall_time_s']:.0f} s)")
+        f"  test acc {metrics.get('test_acc', math.nan):.3f}{periodic}  ({info['wall_time_s']:.0f} s)")
+
+
+def _both(first, second):
+    """One ``on_step`` hook calling ``first`` (may be None) then ``second``."""
+    if first is None:
+        return second
+
+    def on_step(step, model):
+        first(step, model)
+        second(step, model)
+    return on_step

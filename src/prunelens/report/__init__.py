@@ -208,9 +208,12 @@ def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: 
         for suite in available_suites():
             measured = rows[rows["suite"] == suite]
             if measured.empty:
+                listed = run.config.evaluate.suites
+                why = (f"not in evaluate.suites of its config ({', '.join(listed)})"
+                       if listed is not None and suite not in listed else
+                       f"no results in {run.run_dir / 'results' / suite}")
                 out.append((suite, f"suite '{suite}' on {run.name}", reasons.get(
-                    suite, f"no results in {run.run_dir / 'results' / suite} — run `prunelens "
-                    f"evaluate {run.run_dir} --suite {suite}`")))
+                    suite, f"{why} — run `prunelens evaluate {run.run_dir} --suite {suite}`")))
             elif suite == ACCURACY["suite"] and (measured["item"] == "").all():
                 out.append((suite, f"per-image accuracy on {run.name}", "the accuracy suite has no "
                             "results; level.json test accuracy is used, one value per level, so no "
@@ -263,16 +266,24 @@ def _write_csv(path: Path, table: pd.DataFrame) -> Path:
     return Path(path.name)
 
 
-def _copy_suite_images(runs: Sequence[RunFolder], dest: Path) -> dict[str, list[tuple[str, Path]]]:
-    images: dict[str, list[tuple[str, Path]]] = {}
+def _copy_suite_images(runs: Sequence[RunFolder], dest: Path
+                       ) -> dict[str, list[tuple[str, Path, Path | None]]]:
+    """Copy the figures the suites drew (and the CSV of their data, where one lies beside them)
+    into ``dest``: suite -> (run, figure, data or None), paths inside the report."""
+    def copy(source: Path, folder: Path) -> Path:
+        target = folder / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with naming(target):
+            shutil.copyfile(source, target)
+        return target.relative_to(dest.parent)
+
+    images: dict[str, list[tuple[str, Path, Path | None]]] = {}
     for run in runs:
         for suite, paths in suite_pngs(run).items():
             for path in paths:
-                target = dest / run.name / suite / path.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with naming(target):
-                    shutil.copyfile(path, target)
-                images.setdefault(suite, []).append((run.name, target.relative_to(dest.parent)))
+                folder, data = dest / run.name / suite, path.with_suffix(".csv")
+                images.setdefault(suite, []).append(
+                    (run.name, copy(path, folder), copy(data, folder) if data.is_file() else None))
     return images
 
 

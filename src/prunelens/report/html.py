@@ -72,7 +72,7 @@ class ReportContent:
     groups: dict[str, str]
     pools: dict[str, pd.DataFrame]
     figures: list[Figure]
-    suite_images: dict[str, list[tuple[str, Path]]]  # suite -> (run, path inside the report)
+    suite_images: dict[str, list[tuple[str, Path, Path | None]]]  # suite -> (run, figure, its data)
     spots: pd.DataFrame
     not_evaluated: list[tuple[str, str, str]]        # (suite or "", what, why)
     files: dict[str, Path]                           # title -> path inside the report
@@ -183,11 +183,36 @@ def _figures(c: ReportContent, section: ReportSection, suites: tuple[str, ...]) 
                          f'alt="{esc(fig.title)}"><figcaption><b>{esc(fig.title)}.</b> '
                          f"{esc(fig.caption)} {_link(fig.svg, 'SVG')}</figcaption></figure>")
     for suite in suites:
-        for run, path in c.suite_images.get(suite, []):
-            parts.append(f'<figure><img src="{esc(path.as_posix())}" alt="{esc(path.stem)}">'
-                         f"<figcaption>{esc(path.stem)} — drawn by the {esc(suite)} suite of "
-                         f"{esc(run)}.</figcaption></figure>")
+        parts += _drawn_figures(suite, c.suite_images.get(suite, []))
     return "".join(parts)
+
+
+def _drawn_figures(suite: str, images: list[tuple[str, Path, Path | None]]) -> list[str]:
+    """The figures a suite drew itself: per run, those it declares (:attr:`Suite.drawn_figures`)
+    in their order, with their title, caption and data, then any other."""
+    try:
+        declared = {f.name: (i, f) for i, f in enumerate(get_suite(suite).drawn_figures)}
+    except ConfigError:
+        declared = {}
+    runs = list(dict.fromkeys(run for run, _, _ in images))
+
+    def order(image) -> tuple[int, int]:
+        run, path, _ = image
+        return runs.index(run), declared[path.stem][0] if path.stem in declared else len(declared)
+
+    parts, heading = [], None
+    for run, path, data in sorted(images, key=order):
+        spec = declared[path.stem][1] if path.stem in declared else None
+        if spec is not None and heading != run:
+            heading = run
+            parts.append(f"<h3>Across levels: {esc(run)}</h3>")
+        title = f"<b>{esc(spec.title)}</b> ({esc(run)}). {esc(spec.caption)}" if spec else (
+            f"{esc(path.stem)} — drawn by the {esc(suite)} suite of {esc(run)}.")
+        link = f" {_link(data, 'data (CSV)')}" if data is not None else ""
+        parts.append(f'<figure id="fig-{esc(run)}-{esc(path.stem)}"><img src="{esc(path.as_posix())}" '
+                     f'alt="{esc(spec.title if spec else path.stem)}"><figcaption>{title}{link}'
+                     "</figcaption></figure>")
+    return parts
 
 
 def _section(c: ReportContent, section: ReportSection, suites: tuple[str, ...]) -> str:
