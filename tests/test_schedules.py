@@ -29,8 +29,12 @@ def test_one_shot_pools_at_every_gradual_sparsity_and_the_table_matches_the_resu
     cfg = tiny_config(train={"epochs": 1, "max_steps_per_epoch": 2},
                       prune={"rate": 0.5, "max_sparsity": 0.75, "epochs": 1},
                       evaluate=SMALL_SUITES)
-    table = compare_schedules(cfg, out_dir=tmp_path / "cmp", n_boot=200, log=_quiet)
+    lines: list[str] = []
+    table = compare_schedules(cfg, out_dir=tmp_path / "cmp", n_boot=200, log=lines.append)
     gradual = Pool(tmp_path / "runs" / "tiny-gradual")
+    # one dense model is trained, the gradual pool's; each one-shot pool copies it
+    assert sum("level  0  sparsity" in line for line in lines) == 1
+    assert sum("level  0  copied from" in line for line in lines) == 2
     assert [lv.index for lv in gradual.levels] == [0, 1, 2]
     for k in (1, 2):  # one one-shot pool per gradual sparsity, at the same budget
         one_shot = Pool(tmp_path / "runs" / f"tiny-one-shot-{k:02d}")
@@ -38,10 +42,15 @@ def test_one_shot_pools_at_every_gradual_sparsity_and_the_table_matches_the_resu
         assert one_shot.config.prune.schedule == "one_shot"
         assert one_shot.levels[1].sparsity == pytest.approx(gradual.levels[k].sparsity, abs=1e-3)
         assert retrain_epochs(one_shot) == retrain_epochs(gradual, k) == k
-        # same dense start: level 0 of both pools is the same model
+        # same dense start: level 0 of both pools is the same model, copied, not trained again
         assert gradual.levels[0].info["files"] == one_shot.levels[0].info["files"]
+        assert one_shot.levels[0].info["dense_source"]["model_sha256"] == gradual.levels[0].model_sha256
+        assert one_shot.levels[0].info["train_time_s"] == 0.0
+        assert one_shot.config.prune.dense_source == "tiny-gradual"
     # both schedules at each sparsity, for every compared suite
     assert sorted(set(table["gradual_level"])) == [1, 2]
+    assert list(table.columns[:4]) == ["gradual_level", "sparsity_gradual", "sparsity_one_shot",
+                                       "retrain_epochs"]
     assert set(table["suite"]) == {"accuracy", "psp", "sharpness", "transfer"}
     for k, part in table.groupby("gradual_level"):
         assert part["mean_gradual"].notna().all() and part["mean_one_shot"].notna().all()
@@ -94,8 +103,42 @@ def test_levels_pick_the_matched_sparsities_and_a_missing_level_is_named(tiny_co
                               n_boot=200, log=_quiet)
     assert set(table["gradual_level"]) == {2}
     assert not (tmp_path / "runs" / "tiny-one-shot-01").exists()
-    with pytest.raises(ConfigError, match="levels 1 … 2, not 5"):
-        compare_schedules(cfg, out_dir=tmp_path / "cmp", suites=["accuracy"], levels=[5], log=_quiet)
+    with pytest.raises(ConfigError, match="levels 1 … 2, not 5, 7$"):
+        compare_schedules(cfg, out_dir=tmp_path / "cmp", suites=["accuracy"], levels=[1, 5, 7],
+                          log=_quiet)
+    assert not (tmp_path / "runs" / "tiny-one-shot-01").exists()  # nothing built for level 1 either
+
+
+def test_unequal_budgets_are_refused_before_the_one_shot_pool_trains(tiny_config, tmp_path, monkeypatch):
+    from prunelens.pruning import runner
+
+    cfg = tiny_config(train={"epochs": 1, "max_steps_per_epoch": 1},
+                      prune={"rate": 0.5, "max_sparsity": 0.75, "epochs": 1},
+                      evaluate={"suites": ["accuracy"]})
+    planned = runner.level_epochs
+    monkeypatch.setattr(runner, "level_epochs", lambda c, level: planned(c, level) + (
+        c.prune.schedule == "one_shot"))  # as a rounding of the target sparsity could make it
+    with pytest.raises(ConfigError, match="tiny-one-shot-01 would retrain 2 epochs, the gradual pool 1"):
+        compare_schedules(cfg, out_dir=tmp_path / "cmp", suites=["accuracy"], log=_quiet)
+    assert (tmp_path / "runs" / "tiny-gradual").exists()
+    assert not list((tmp_path / "runs").glob("tiny-one-shot-*"))
+
+
+def test_a_placeholder_transfer_root_is_refused_before_any_pool_trains(tmp_path, capsys):
+    import yaml
+
+    from prunelens.cli import main
+    from conftest import tiny_config_dict
+
+    raw = tiny_config_dict(tmp_path, evaluate={"transfer": {"dataset": "fashion_mnist",
+                                                            "root": "/path/to/fashion-mnist"}})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["compare-schedules", str(path), "-o", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluate.transfer.root: folder '/path/to/fashion-mnist' does not exist" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cmp").exists()
 
 
 def test_compare_schedules_command_on_digits_with_fashion_mnist_transfer(tmp_path, capsys):
@@ -135,3 +178,17 @@ def test_compare_schedules_command_on_digits_with_fashion_mnist_transfer(tmp_pat
                  str(tmp_path / "runs" / "digits-one-shot-02"), "-o", str(report), "--n-boot", "100"]) == 0
     html = (report / "index.html").read_text()
     assert "evaluate.psp.conv_neurons: element" in html and "every output element" in html
+
+
+def test_pools_built_before_are_evaluated_with_the_evaluate_section_given(tiny_config, tmp_path):
+    """The evaluate section is no part of a pool's identity: a second comparison of the same pools
+    with other suite options measures with them, not with those pool.json recorded."""
+    transfer = {**SMALL_SUITES["transfer"], "n_test": 20}
+    setup = dict(train={"epochs": 1, "max_steps_per_epoch": 1},
+                 prune={"rate": 0.5, "max_sparsity": 0.5, "epochs": 1})
+    compare_schedules(tiny_config(**setup, evaluate={"transfer": transfer}), out_dir=tmp_path / "a",
+                      suites=["transfer"], n_boot=50, log=_quiet)
+    table = compare_schedules(tiny_config(**setup, evaluate={"transfer": {**transfer, "n_test": 40}}),
+                              out_dir=tmp_path / "b", suites=["transfer"], n_boot=50, log=_quiet)
+    probe = table[table.metric == "probe_accuracy"]
+    assert probe["n_gradual"].item() == probe["n_one_shot"].item() == 40

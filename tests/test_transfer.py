@@ -13,7 +13,7 @@ import torch
 
 from prunelens.data.synthetic import SyntheticShapes
 from prunelens.data.synthetic_registry import SyntheticOptions
-from prunelens.errors import ConfigError
+from prunelens.errors import ConfigError, DataError
 from prunelens.models import create_model, spec_for
 from prunelens.transfer import downstream as ds
 from prunelens.transfer import extract_features, fewshot_accuracy, fewshot_indices, fit_probe
@@ -236,7 +236,7 @@ def test_options_name_the_key_and_the_fix():
         validate_section(TransferOptions, {"dataset": "cifar10"}, "evaluate.transfer")
     with pytest.raises(ConfigError, match="c_grid"):
         validate_section(TransferOptions, {"c_grid": [0.0, 1.0]}, "evaluate.transfer")
-    with pytest.raises(ConfigError, match="evaluate.transfer.root: folder .* does not exist"):
+    with pytest.raises(DataError, match="evaluate.transfer.root: folder .* does not exist"):
         ds.folder_task("cifar10", "/nonexistent/cifar", {}, 0, 4, 4)
 
 
@@ -324,7 +324,7 @@ def test_texture_task_is_skipped_with_a_reason_on_a_non_synthetic_run(tmp_path):
     assert "evaluate.transfer.dataset" in TransferSuite().skip_reason(ctx)
     missing = SimpleNamespace(options=TransferOptions(dataset="cifar10", root=str(tmp_path / "none")),
                               data=digits)
-    with pytest.raises(ConfigError, match="evaluate.transfer.root"):
+    with pytest.raises(DataError, match="evaluate.transfer.root"):
         TransferSuite().skip_reason(missing)
 
 
@@ -365,5 +365,5 @@ def test_fashion_mnist_folder_downstream_reads_the_idx_layout(tmp_path):
     options = validate_section(TransferOptions, {"dataset": "fashion_mnist", "root": str(tmp_path / "fashion")},
                                "evaluate.transfer")
     assert options.dataset == "fashion_mnist"
-    with pytest.raises(ConfigError, match="evaluate.transfer.root"):
+    with pytest.raises(DataError, match="evaluate.transfer.root"):
         ds.folder_task("fashion_mnist", str(tmp_path / "none"), {}, 0, 4, 4)

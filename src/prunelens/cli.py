@@ -276,8 +276,8 @@ def cmd_run(args) -> int:
     for pool in pools:
         if distributed.is_main():
             print(format_pool_table(pool))
-    for pool in pools:
-        stages.timed(f"evaluate {pool.name}", evaluate_run, pool.run_dir)
+    for cfg, pool in zip(configs, pools):  # with this config's evaluate section, not pool.json's
+        stages.timed(f"evaluate {pool.name}", evaluate_run, pool.run_dir, evaluate=cfg.evaluate)
     if not distributed.is_main():
         return 0
     out = None if len(pools) == 1 else Path(configs[0].output_dir) / "report"

@@ -226,6 +226,10 @@ class PruneConfig(Section):
     control_source: str | None = Field(None, description=(
         "the source pool's run folder (a plain name: a run in output_dir); every other setting must "
         "equal the source's"))
+    dense_source: str | None = Field(None, description=(
+        "start from the dense level 0 of this pool's run folder (a plain name: a run in output_dir) "
+        "instead of training one: its verified files are copied; every setting that decides "
+        "level 0 must equal the source's. compare-schedules sets it on its one-shot pools"))
 
     @model_validator(mode="after")
     def _one_shot_budget(self) -> PruneConfig:
@@ -310,6 +314,8 @@ class RunConfig(Section):
             d["data"].pop(key, None)
         # where a control's source lies neither: the source's identity is this one without control
         d["prune"].pop("control_source", None)
+        # nor where a dense level 0 is copied from: the copy is checked to be what this run trains
+        d["prune"].pop("dense_source", None)
         for key in RUNTIME_KEYS:
             d["train"].pop(key)
         return d

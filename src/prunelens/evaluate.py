@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunelens import distributed
-from prunelens.config import apply_overrides, validate_section
+from prunelens.config import EvaluateConfig, apply_overrides, validate_section
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_write_bytes, atomic_write_json
@@ -74,10 +74,15 @@ EVALUATE_BARRIER_TIMEOUT_S = 7 * 24 * 3600.0
 
 
 def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: list[int] | None = None,
-                 overrides: list[str] | None = None, force: bool = False, log=print) -> None:
+                 overrides: list[str] | None = None, force: bool = False, log=print,
+                 evaluate: EvaluateConfig | None = None) -> None:
     """Evaluate the levels of a pool with the given suites (default: every suite that applies).
 
-    ``overrides`` are ``--set`` style ``evaluate.<…>=value`` strings applied to the run's config.
+    ``evaluate`` replaces the evaluate section of the config pool.json records (that section is no
+    part of a run's identity, :meth:`RunConfig.identity`): ``prunelens run`` and
+    ``compare-schedules`` evaluate with the config they were given, data-folder flags included,
+    also when the pool was built before. ``overrides`` are ``--set`` style
+    ``evaluate.<…>=value`` strings applied after it.
     A (suite, level) whose results are intact and were made with the same options from the same
     level files is skipped unless ``force``.
 
@@ -89,6 +94,8 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     pool = RunFolder(run_dir)
     run_dir = pool.run_dir
     config = without_unknown_options(pool.config, f"{pool.layout.pool_json} config")
+    if evaluate is not None:
+        config = config.model_copy(update={"evaluate": evaluate})
     if overrides:
         bad = [o for o in overrides if not o.startswith(("evaluate.", "data.root="))]
         if bad:

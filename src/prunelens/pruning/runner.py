@@ -31,7 +31,7 @@ from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
-from prunelens.pruning.store import PoolWriter
+from prunelens.pruning.store import PoolWriter, identity_difference
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, cumulative_masks, cumulative_ratio,
                                      dense_masks, magnitude_masks,
                                      mask_sparsity, prunable_from_config, random_masks_like)
@@ -40,7 +40,7 @@ from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_r
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
                                      resolve_device, train_level)
 from prunelens.pruning.validation import PeriodicValidation
-from prunelens.runfolder import Layout, RunFolder
+from prunelens.runfolder import Layout, Level, RunFolder
 
 REWIND_FILE = Layout.REWIND
 
@@ -168,6 +168,19 @@ class _Loaders:
         return loader
 
 
+def level_epochs(cfg, level: int) -> int:
+    """The epochs level ``level`` of ``cfg``'s pool trains for: ``train.epochs`` for the dense level
+    (and for a rewound level, which replays the dense schedule); ``prune.epochs`` (default
+    ``train.epochs``) per round, times the rounds a one-shot level stands for."""
+    t, p = cfg.train, cfg.prune
+    if level == 0 or p.retrain == "rewind":
+        return t.epochs
+    epochs = p.epochs if p.epochs is not None else t.epochs
+    if p.schedule == "one_shot":
+        epochs *= planned_rounds(p.rate, p.max_sparsity, p.rounds)
+    return epochs
+
+
 def validation_images(cfg, data: RunData) -> int:
     """How many images ``train.validate_every`` evaluates on, or a ConfigError naming the fix."""
     t = cfg.train
@@ -210,9 +223,7 @@ def _level_plan(cfg, level: int, spe: int) -> TrainPlan:
     t, p = cfg.train, cfg.prune
     if level == 0:
         return TrainPlan(t.epochs, lr_schedule(t, t.epochs, spe), t.optimizer)
-    epochs = p.epochs if p.epochs is not None else t.epochs
-    if p.schedule == "one_shot":
-        epochs *= planned_rounds(p.rate, p.max_sparsity, p.rounds)
+    epochs = level_epochs(cfg, level)
     if p.retrain == "finetune":
         return TrainPlan(epochs, lr_schedule(t, epochs, spe, base_lr=p.finetune_lr, kind="constant"),
                          t.optimizer)
@@ -304,6 +315,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
     spec = spec_for(model)
     params = prunable_from_config(model, cfg.prune)
     source = control_source(cfg)
+    dense = dense_source(cfg, num_classes)
     with contextlib.ExitStack() as stack:
         writer, done = None, []
 
@@ -311,7 +323,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
             nonlocal writer, done
             writer = stack.enter_context(
                 PoolWriter(cfg.run_dir, cfg, num_classes, class_names, log,
-                           ignore_unknown_options).open(force=force))
+                           ignore_unknown_options, dense).open(force=force))
             done = writer.completed_levels()
             if writer.complete:
                 writer.clean()
@@ -359,7 +371,10 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
                     model.to(device)
                 if cfg.prune.control == "random_reinit":
                     _reinitialise(cfg, model, num_classes, level)
-            _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)
+            if level == 0 and dense is not None:
+                _copy_dense(cfg, writer, model, dense, log)
+            else:
+                _build_level(cfg, writer, model, spec, params, masks, loaders, level, device, log)
             level += 1
     distributed.barrier("rank 0 finishing the pool")
     return RunFolder(cfg.run_dir)
@@ -373,9 +388,7 @@ def control_source(cfg) -> RunFolder | None:
         return None
     from prunelens.config import RunConfig, validate_section
 
-    where = Path(cfg.prune.control_source)
-    if where.parent == Path("."):
-        where = Path(cfg.output_dir) / where
+    where = _source_dir(cfg, cfg.prune.control_source)
     source = RunFolder(where)
     raw = cfg.model_dump(mode="json")
     raw["prune"].update(control=None, control_source=None)
@@ -418,6 +431,63 @@ def _control_stop(source: RunFolder, level: int) -> str | None:
     if level > source.levels[-1].index:
         return f"control of {source.name}: every level of the source has its counterpart"
     return None
+
+
+def _source_dir(cfg, value: str) -> Path:
+    """A source pool's run folder: ``value``, a plain name meaning a run in ``output_dir``."""
+    where = Path(value)
+    return Path(cfg.output_dir) / where if where.parent == Path(".") else where
+
+
+# ---- a dense level 0 copied from another pool (compare-schedules' one-shot pools) ----------------
+#: prune settings that only decide the levels after the dense one (retrain and rewind_step also
+#: decide level 0's rewind checkpoint: compared when this pool rewinds)
+AFTER_DENSE_KEYS = ("scope", "rate", "max_sparsity", "rounds", "schedule", "retrain", "epochs",
+                    "rewind_step", "finetune_lr", "min_alive_units", "target", "rewind_replay",
+                    "rewind_buffers", "stop_when", "stop_layers", "control", "control_source",
+                    "dense_source")
+
+
+def dense_source(cfg, num_classes: int) -> Level | None:
+    """Level 0 of the pool at ``prune.dense_source`` (None when unset), verified with its files, and
+    checked to be what ``cfg`` trains as its level 0: every setting equal but those that only
+    decide later levels (:data:`AFTER_DENSE_KEYS`)."""
+    if cfg.prune.dense_source is None:
+        return None
+    where = _source_dir(cfg, cfg.prune.dense_source)
+    if where.expanduser().resolve() == Path(cfg.run_dir).expanduser().resolve():
+        raise ConfigError(f"prune.dense_source names this run's own folder {where}: name the pool "
+                          "whose level 0 this one starts from")
+    source = RunFolder(where)
+    ignored = set(AFTER_DENSE_KEYS) - ({"retrain", "rewind_step"} if cfg.prune.retrain == "rewind" else set())
+
+    def dense_identity(config) -> dict:
+        d = config.identity()
+        d["prune"] = {k: v for k, v in d["prune"].items() if k not in ignored}
+        return d
+
+    difference = identity_difference(dense_identity(source.config), dense_identity(cfg))
+    if source.num_classes != num_classes:
+        difference.append(f"num_classes: {source.num_classes} in the run folder vs {num_classes} now")
+    if difference:
+        raise ConfigError(f"prune.dense_source: the pool at {where} trained its level 0 with other "
+                          f"settings ({'; '.join(difference)}); the source must equal this config in "
+                          "every setting that decides the dense level")
+    listed = {e["index"]: e["level_json_sha256"] for e in source.info["levels"]}
+    if 0 not in listed:
+        raise ConfigError(f"prune.dense_source: the pool at {where} has no level 0 yet; build it "
+                          "first (`prunelens prune` its config)")
+    return source.read_level(0, None, listed[0], files=True)
+
+
+def _copy_dense(cfg, writer: PoolWriter | None, model, dense: Level, log) -> None:
+    """Level 0 from ``dense`` (every rank loads its weights; rank 0 writes the copy): no training."""
+    load_state_dict_strict(model, dense.state_dict(), f"level 0 of {dense.run.name}")
+    if writer is None:
+        return
+    level = writer.copy_dense(dense)
+    log(f"{cfg.name}: level  0  copied from {dense.run.run_dir} (model sha256 "
+        f"{level.model_sha256[:12]}…): no dense training")
 
 
 def _initial_buffers(cfg, model, num_classes: int) -> None:

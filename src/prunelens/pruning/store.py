@@ -57,7 +57,7 @@ class PoolWriter:
 
     def __init__(self, run_dir: Path, config: RunConfig, num_classes: int,
                  class_names: list[str] | None = None, log: Callable[[str], None] = print,
-                 ignore_unknown_options: bool = False) -> None:
+                 ignore_unknown_options: bool = False, dense: Level | None = None) -> None:
         self.layout = Layout(run_dir)
         self.run_dir = self.layout.root
         self.config = config
@@ -74,6 +74,8 @@ class PoolWriter:
         #: the pool was complete when opened and every level verified: nothing to do
         self.complete = False
         self._dropped_now = False  # options this version does not know were dropped on this open
+        #: another pool's verified level 0 that this pool's level 0 is a copy of (prune.dense_source)
+        self.dense = dense
 
     def open(self, force: bool = False) -> PoolWriter:
         from prunelens import distributed
@@ -89,6 +91,8 @@ class PoolWriter:
             self.layout.check_no_links()
             if existing:
                 self._check_existing(force)
+            if self.dense is not None:
+                self._record["dense_source"] = _dense_record(self.dense)
             if not pool_json.is_file():
                 self._write_manifest(complete=False)
         except BaseException:
@@ -150,10 +154,12 @@ class PoolWriter:
         self._dropped_now = True
 
     def _carry_record(self, info: dict) -> None:
-        """Keep what earlier writers recorded: options this version does not know and the versions
-        that wrote the pool before this one."""
+        """Keep what earlier writers recorded: options this version does not know, the pool level 0
+        was copied from, and the versions that wrote the pool before this one."""
         if isinstance(info.get("unknown_options"), dict):
             self._record.setdefault("unknown_options", info["unknown_options"])
+        if isinstance(info.get("dense_source"), dict):  # level 0 is still that copy
+            self._record.setdefault("dense_source", info["dense_source"])
         before = [v for v in info.get("versions_before") or [] if isinstance(v, dict)]
         old = info.get("versions")
         if isinstance(old, dict) and old.get("prunelens") != versions()["prunelens"] and old not in before:
@@ -200,8 +206,10 @@ class PoolWriter:
         index = 0
         while index in present:
             try:
-                good.append(run.read_level(index, good[-1] if good else None, listed.get(index),
-                                           files=True))
+                level = run.read_level(index, good[-1] if good else None, listed.get(index), files=True)
+                if index == 0 and self.dense is not None:
+                    self._check_dense_copy(level)
+                good.append(level)
             except PoolError as exc:
                 failed = present[index].name
                 self.log(f"{self.config.name}: {failed} failed its check ({exc}); it is set aside in "
@@ -236,18 +244,53 @@ class PoolWriter:
         if bad:
             raise DivergedError(f"level {index} of {self.config.name} has non-finite weights "
                                  f"({', '.join(bad[:3])}): training diverged. {DIVERGED_FIX}")
-        final, tmp = self.layout.level(index), self.layout.level_tmp(index)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = self._fresh_tmp(index)
         atomic_save_tensors(tmp / Layout.MODEL, state)
         atomic_save_tensors(tmp / Layout.MASKS, {n: m.bool() for n, m in masks.items()})
         for name, src in (extra_files or {}).items():
             with naming(tmp / name):
                 shutil.copyfile(src, tmp / name)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.suffix == ".safetensors"}
+        files = _level_files(tmp)
         info = dict(info, index=index, files=files, sparsity_all=_sparsity_all(model, masks))
         if index > 0:
             info["parent_model_sha256"] = self._models[index - 1]
+        return self._place(index, tmp, info)
+
+    def copy_dense(self, source: Level) -> Level:
+        """Level 0 as a copy of ``source``, another pool's verified level 0 (``prune.dense_source``):
+        its files, and its level.json with what this pool spent on it (no training: 0 s) and where
+        it came from (``dense_source``)."""
+        tmp = self._fresh_tmp(0)
+        for name in source.files:
+            with naming(tmp / name):
+                shutil.copyfile(source.path / name, tmp / name)
+        files = _level_files(tmp)
+        if files != source.files:
+            raise PoolError(f"{source.path} changed while it was copied as level 0 of "
+                            f"{self.config.name} (its files no longer match its level.json): "
+                            "finish or repair that pool, then run again")
+        info = {k: v for k, v in source.info.items() if k != "parent_model_sha256"}
+        info.update(index=0, files=files, train_time_s=0.0, wall_time_s=0.0,
+                    dense_source=_dense_record(source))
+        return self._place(0, tmp, info)
+
+    def _check_dense_copy(self, level: Level) -> None:
+        """A PoolError unless this pool's level 0 is the dense source's level 0 as it is now (the
+        source rebuilt: every level here was pruned from another dense model)."""
+        if level.model_sha256 != self.dense.model_sha256:
+            raise PoolError(f"its model (sha256 {level.model_sha256[:12]}…) is not level 0 of the "
+                            f"dense source {self.dense.run.run_dir} as it is now (sha256 "
+                            f"{self.dense.model_sha256[:12]}…): the source was rebuilt")
+
+    def _fresh_tmp(self, index: int) -> Path:
+        tmp = self.layout.level_tmp(index)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        return tmp
+
+    def _place(self, index: int, tmp: Path, info: dict) -> Level:
+        """Write the level.json of the level assembled in ``tmp``, rename it into place and list it."""
+        final = self.layout.level(index)
         atomic_write_json(tmp / Layout.LEVEL_JSON, info)
         if final.exists():  # a level that failed verification is rebuilt
             shutil.rmtree(final)
@@ -256,7 +299,7 @@ class PoolWriter:
         self.entries = [e for e in self.entries if e["index"] != index]
         self.entries.append(level_entry(info, final / Layout.LEVEL_JSON))
         self.entries.sort(key=lambda e: e["index"])
-        self._models[index] = files[Layout.MODEL]
+        self._models[index] = info["files"][Layout.MODEL]
         self._write_manifest(complete=False)
         return RunFolder(self.run_dir).level(index)
 
@@ -270,6 +313,17 @@ class PoolWriter:
         removed = remove_leftovers(self.layout)
         if removed:
             self.log(f"{self.config.name}: removed {removed} leftover(s) of interrupted runs")
+
+
+def _level_files(folder: Path) -> dict[str, str]:
+    """sha256 of each level file (``*.safetensors``) in ``folder``."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.suffix == ".safetensors"}
+
+
+def _dense_record(source: Level) -> dict:
+    """Where a copied level 0 comes from: the source pool and its level 0's model."""
+    return {"run_dir": str(source.run.run_dir), "name": source.run.name,
+            "model_sha256": source.model_sha256}
 
 
 def _values_of(config: dict, keys: list[str]) -> dict:

@@ -24,7 +24,7 @@ import torch
 
 from prunelens.data.arrays import ArrayImages
 from prunelens.data.synthetic import N_TEXTURES, SHAPES, SyntheticShapes
-from prunelens.errors import ConfigError, DataError
+from prunelens.errors import DataError
 
 SYNTHETIC_TASKS = ("texture", "novel_shapes")
 FOLDER_TASKS = ("cifar10", "cifar100", "imagefolder", "fashion_mnist", "mnist")
@@ -83,10 +83,22 @@ def novel_shapes_task(options, seed: int, n_train: int, n_test: int) -> Downstre
 
 
 def check_root(name: str, root: str) -> None:
-    """A missing dataset folder is a one-line error naming the key."""
+    """A missing dataset folder is a one-line error naming the key and the fix."""
     if not Path(root).expanduser().is_dir():
-        raise ConfigError(f"evaluate.transfer.root: folder '{root}' does not exist; point it at the "
-                          f"extracted {name} dataset folder")
+        raise DataError(f"evaluate.transfer.root: folder '{root}' does not exist; point it at the "
+                        f"extracted {name} dataset folder (--set evaluate.transfer.root=DIR)")
+
+
+def folder_options(name: str, root: str, dataset_options: dict):
+    """The options of folder task ``name`` as its loader validates them (its root must be a folder;
+    no image is read): what :func:`folder_task` checks first, and the transfer suite's
+    ``check_data`` before a run trains."""
+    from prunelens.config import validate_section
+    from prunelens.data.registry import dataset_entry
+
+    check_root(name, root)
+    return validate_section(dataset_entry(name).options, {**dataset_options, "root": root},
+                            "evaluate.transfer.dataset_options")
 
 
 @dataclass(frozen=True)
@@ -101,14 +113,8 @@ def folder_task(name: str, root: str, dataset_options: dict, seed: int, n_train:
                 ) -> Downstream:
     """``n_train`` images of the dataset's train split and ``n_test`` of its evaluation split
     (evenly spaced, evaluation transforms) from the local folder ``root``."""
-    from prunelens.config import validate_section
     from prunelens.data.provider import RunData
-    from prunelens.data.registry import dataset_entry
 
-    check_root(name, root)
-    entry = dataset_entry(name)
-    options = validate_section(entry.options, {**dataset_options, "root": root},
-                               "evaluate.transfer.dataset_options")
-    data = RunData(_DataConfig(name, options), seed)
+    data = RunData(_DataConfig(name, folder_options(name, root, dataset_options)), seed)
     test = data.sample(data.eval_split, n_test)
     return Downstream(name, data.sample("train", n_train), test, item_ids(test))

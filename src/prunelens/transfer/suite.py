@@ -106,6 +106,13 @@ class TransferSuite(Suite):
     def __init__(self) -> None:
         self._tasks: dict[str, ds.Downstream] = {}
 
+    @classmethod
+    def check_data(cls, options: TransferOptions) -> None:
+        """A folder task's ``root`` is a folder and its dataset options validate, as its loader
+        checks them (:func:`~prunelens.transfer.downstream.folder_options`); no image is read."""
+        if options.dataset in ds.FOLDER_TASKS:
+            ds.folder_options(options.dataset, options.root, options.dataset_options)
+
     def skip_reason(self, ctx: RunContext) -> str | None:
         opts: TransferOptions = ctx.options
         run_data = ctx.data.config.name
