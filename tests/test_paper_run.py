@@ -181,3 +181,13 @@ def test_every_data_root_flag_sets_an_option_of_its_suites():
     transfer = get_suite("transfer")
     message = str(data_folder_error(transfer, "root", "missing"))
     assert "--set evaluate.transfer.root=DIR" in message and "--root" not in message
+
+
+@pytest.mark.parametrize("command", ["run", "config", "evaluate", "compare-schedules"])
+def test_every_command_that_evaluates_takes_the_data_root_flags(command):
+    from prunelens.cli import _data_root_overrides, build_parser
+
+    args = build_parser().parse_args([command, "x.yaml", "--voc-root", "/v", "--mvh-root", "/m"])
+    assert sorted(_data_root_overrides(args)) == [
+        'evaluate.alignment.mvh_root="/m"', 'evaluate.discovery.voc_root="/v"',
+        'evaluate.interpretability.voc_root="/v"']

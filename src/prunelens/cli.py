@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(NN: the gradual level it matches)")
     p.add_argument("--levels", type=_positive_int, nargs="+", metavar="K",
                    help="gradual levels that get a one-shot pool (default: every pruned level)")
+    _data_root_args(p)
     p.set_defaults(func=cmd_compare_schedules)
 
     p = sub.add_parser("pool", help="inspect a pool")
@@ -402,7 +403,7 @@ def cmd_compare_schedules(args) -> int:
     from prunelens.analysis.schedules import compare_schedules
     from prunelens.suite import load_configs
 
-    configs = load_configs(args.config, args.overrides)
+    configs = load_configs(args.config, args.overrides + _data_root_overrides(args))
     if len(configs) != 1:
         raise ConfigError(f"{args.config} describes {len(configs)} runs; compare-schedules takes one")
     cfg = configs[0]
