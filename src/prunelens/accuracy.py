@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
-
 from prunelens.suite import (ACCURACY, Claim, FigureSpec, LevelContext, Metric, Record,
                              ReportSection, Suite, SuiteOptions, register_suite)
 

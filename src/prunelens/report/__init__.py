@@ -23,19 +23,20 @@ from pathlib import Path
 import pandas as pd
 
 import prunelens
-from prunelens.errors import ConfigError, PrunelensError
+from prunelens.errors import PrunelensError
 from prunelens.io import atomic_write_bytes, current_umask, naming
 from prunelens.report.claims import evaluate_claims, run_facts
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
-from prunelens.report.runs import (figure_references, not_applicable, pool_accuracy_rows,
-                                   pool_table, seed_groups, skip_reasons, suite_pngs)
+from prunelens.report.runs import (evaluated_suites, figure_references, not_applicable,
+                                   pool_accuracy_rows, pool_table, seed_groups, skip_reasons,
+                                   suite_pngs)
 from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
 from prunelens.runfolder import Layout, RunFolder, RunLock, distinct_runs
 from prunelens.stats import summarize
 from prunelens.results import options_used
-from prunelens.suite import available_suites, get_suite, metric_of
+from prunelens.suite import available_suites, metric_of
 
 __all__ = ["build_report", "write_report", "seed_groups", "compare_to_dense", "sweet_spots",
            "draw_figures", "build_claims", "evaluate_claims"]
@@ -243,11 +244,7 @@ def _settings(runs: Sequence[RunFolder], frame: pd.DataFrame) -> list[tuple[str,
     (:meth:`prunelens.suite.Suite.describe`), from the options its results were computed with."""
     out = []
     for run in runs:
-        for name in sorted(set(frame.loc[frame["run"] == run.name, "suite"])):
-            try:
-                suite = get_suite(name)
-            except ConfigError:
-                continue
+        for name, suite in evaluated_suites(run, frame):
             for stored in options_used(run.run_dir, name):
                 options = suite.options_from(stored)
                 text = suite.describe(options) if options is not None else None

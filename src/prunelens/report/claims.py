@@ -47,7 +47,7 @@ from prunelens.errors import PrunelensError
 from prunelens.runfolder import RunFolder
 from prunelens.stats import (bootstrap_p, curve_draws, draw_units, group_of, holm,
                              percentile_interval, seeded_rng)
-from prunelens.suite import SPARSITY, Claim, Quantity, all_suites
+from prunelens.suite import Claim, Quantity, all_suites
 
 CORRECTION = "Holm"
 BY = ("metric", "method", "dataset", "condition")

@@ -7,7 +7,7 @@ was skipped (``results/<suite>/skipped.json``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +15,7 @@ import pandas as pd
 from prunelens.errors import ConfigError, PoolError
 from prunelens.pruning.store import paper_sparsity
 from prunelens.runfolder import RunFolder, check_name, read_json
-from prunelens.suite import FigureReference, get_suite
+from prunelens.suite import FigureReference, Suite, get_suite
 
 
 def seed_groups(runs: Sequence[RunFolder]) -> dict[str, str]:
@@ -72,6 +72,16 @@ def suite_pngs(run: RunFolder) -> dict[str, list[Path]]:
 _REWRITE = "delete it and re-run `prunelens evaluate` on the run folder to write it again"
 
 
+def evaluated_suites(run: RunFolder, frame: pd.DataFrame) -> Iterator[tuple[str, type[Suite]]]:
+    """(name, suite) of every suite with results of ``run`` in ``frame`` that this version knows,
+    by name."""
+    for name in sorted(set(frame.loc[frame["run"] == run.name, "suite"])):
+        try:
+            yield name, get_suite(name)
+        except ConfigError:
+            continue
+
+
 def figure_references(runs: Sequence[RunFolder], groups: dict[str, str], frame: pd.DataFrame
                       ) -> tuple[pd.DataFrame, list[tuple[str, str, str]]]:
     """The reference values the figures of each run's evaluated suites declare
@@ -80,11 +90,7 @@ def figure_references(runs: Sequence[RunFolder], groups: dict[str, str], frame: 
     lacks. A damaged file is a PoolError naming it."""
     rows, missing = [], []
     for run in runs:
-        for name in sorted(set(frame.loc[frame["run"] == run.name, "suite"])):
-            try:
-                suite = get_suite(name)
-            except ConfigError:
-                continue
+        for name, suite in evaluated_suites(run, frame):
             for spec in suite.figures:
                 ref = spec.reference
                 if ref is None:
