@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU session's measurements (issue #21 and the other benchmarks' --device cuda lines), about 8
-# minutes on one H200 with 16 CPU cores. Run from the repository root:
+# One GPU session's measurements (issue #21 and the other benchmarks' --device cuda lines), at most
+# 570 s of step limits (about 9.5 minutes) on one H200 with 16 CPU cores. Run from the repository root:
 #
 #   bash benchmarks/gpu_session.sh            # outputs in $OUT (or ./gpu_session_out)
 #
@@ -31,6 +31,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
 nvidia-smi dmon -s u -d 1 -o T > "$OUT/dmon.txt" 2>&1 &
 DMON=$!
 
+# the GPU-only tests (nvJPEG vs Pillow; decoding between queued kernels leaves their memory alone)
+step gpu_tests 45 "$PY" -m pytest -q -p no:cacheprovider tests/test_input_paths.py -k "nvjpeg or gpu_decoding"
+
 JPEGS="$SCRATCH/jpegs"
 COMMON=(--device cuda --train-images 16000 --val-images 2000 --workers 16 --data "$JPEGS")
 # resnet50 recipe at bf16, channels-last, compiled (targets: >= 85 % of in-memory, GPU busy >= 80 %)
@@ -41,7 +44,7 @@ step input_pipeline_resnet50 240 "$PY" benchmarks/input_pipeline.py "${COMMON[@]
 step input_pipeline_vit_b_32 120 "$PY" benchmarks/input_pipeline.py "${COMMON[@]}" \
   --recipes vit_b_32 --no-eval
 # the in-memory figure the issue quotes (6,476 img/s, ratio 2.69)
-step train 60 "$PY" benchmarks/train.py --device cuda --model resnet50 --size 224 --batch 256 \
+step train 45 "$PY" benchmarks/train.py --device cuda --model resnet50 --size 224 --batch 256 \
   --amp --channels-last --compile --rounds 5 --sparsity 0.9
 step prune_step 30 "$PY" benchmarks/prune_step.py --device cuda --model resnet50 --batch 128 --size 224
 step rq1 60 "$PY" benchmarks/rq1.py --device cuda --models resnet50,vit_b_32 --batch 16

@@ -344,3 +344,54 @@ def test_nvjpeg_decodes_as_pillow_within_torchvisions_bound():
     for image, gpu in zip(images, decoded):
         cpu = pil_decode(_jpeg_bytes(image), "?")
         assert (gpu.cpu().float() - cpu.float()).abs().mean() < 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or device_input.gpu_decode_problem(torch.device("cuda")) is not None,
+                    reason="needs CUDA and torchvision.io's GPU JPEG decoder")
+def test_gpu_decoding_leaves_memory_that_queued_kernels_still_read_alone():
+    """pytorch/vision#9606's case, as between two training steps: blocks freed on the current
+    stream while reductions that read them are still queued behind a long kernel, then a decode.
+    nvjpeg_decode decodes on a side stream, whose allocations never take those blocks."""
+    rng, dev = np.random.default_rng(5), torch.device("cuda")
+    blobs = [_jpeg_bytes(_photo(rng, 375, 500)) for _ in range(8)]
+    wrong = 0
+    for _ in range(20):
+        tensors = [torch.full((375 * 500 * 3,), float(i + 1), device=dev) for i in range(8)]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(50_000_000)  # a long kernel, so the reductions below stay queued
+        sums = [t.sum() for t in tensors]
+        del tensors
+        device_input.nvjpeg_decode(blobs, dev)
+        torch.cuda.synchronize()
+        wrong += sum(s.item() != (i + 1) * 375 * 500 * 3 for i, s in enumerate(sums))
+    assert wrong == 0
+
+
+def test_an_empty_image_file_is_named_on_the_gpu_path_as_on_the_cpu_path(tmp_path):
+    _tree(tmp_path / "imagenet")
+    split = _data(tmp_path, "cpu").split("val")
+    path = split.inner.samples[2][0]
+    open(path, "wb").close()
+    with pytest.raises(DataError, match=f"image file {path} is empty"):
+        split.encoded()[2]
+
+
+def test_results_do_not_depend_on_where_images_are_decoded(tmp_path):
+    """data.decode is settable at evaluate time (evaluate --set data.decode=...) and, being where
+    the images are decoded rather than which, leaves every result up to date."""
+    from prunelens.evaluate import evaluate_run
+    from prunelens.pruning.runner import prune_run
+    _tree(tmp_path / "imagenet", n=8)
+    cfg = resolve_runs({"name": "r", "output_dir": str(tmp_path / "runs"),
+                        "model": {"name": "small_resnet", "widths": [4, 8]},
+                        "data": {"name": "imagenet", "root": str(tmp_path / "imagenet"),
+                                 "train_crop_size": 16, "val_resize_size": 20, "val_crop_size": 16},
+                        "train": {"epochs": 1, "batch_size": 4, "device": "cpu"},
+                        "prune": {"rounds": 1, "epochs": 1, "min_alive_units": 0.0}})[0]
+    pool = prune_run(cfg, log=lambda *_: None)
+    evaluate_run(pool.run_dir, suites=["accuracy"], log=lambda *_: None)
+    said = []
+    evaluate_run(pool.run_dir, suites=["accuracy"], overrides=["data.decode=cpu"], log=said.append)
+    assert any("up to date" in str(m) for m in said), said
+    with pytest.raises(ConfigError, match="data.root, data.decode overrides"):
+        evaluate_run(pool.run_dir, suites=["accuracy"], overrides=["data.train_crop_size=8"])

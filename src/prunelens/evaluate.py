@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunelens import distributed
-from prunelens.config import EvaluateConfig, apply_overrides, validate_section
+from prunelens.config import DATA_RUNTIME_KEYS, EvaluateConfig, apply_overrides, validate_section
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
 from prunelens.io import atomic_write_bytes, atomic_write_json
@@ -42,6 +42,7 @@ def _inputs(config) -> dict:
     """What a result depends on besides the level and the suite's options: the data it read (its
     options and where it lies) and the numeric settings of the passes."""
     data = config.resolved()["data"]
+    data.pop("decode", None)  # CPU or GPU decoding: the same images, within libjpeg vs nvJPEG's IDCT
     if data.get("root"):
         data["root"] = str(Path(data["root"]).expanduser().resolve())
     return {"data": data, "amp": config.evaluate.amp, "channels_last": config.evaluate.channels_last}
@@ -97,10 +98,11 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
     if evaluate is not None:
         config = config.model_copy(update={"evaluate": evaluate})
     if overrides:
-        bad = [o for o in overrides if not o.startswith(("evaluate.", "data.root="))]
+        runtime = tuple(f"data.{key}=" for key in DATA_RUNTIME_KEYS)
+        bad = [o for o in overrides if not o.startswith(("evaluate.", *runtime))]
         if bad:
-            raise ConfigError(f"evaluate takes only evaluate.* and data.root overrides (the pool is "
-                              f"fixed), got {bad}")
+            raise ConfigError(f"evaluate takes only evaluate.* and {', '.join(r[:-1] for r in runtime)} "
+                              f"overrides (the pool is fixed), got {bad}")
         config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
     check_evaluate(config)
     names, unavailable = _resolve_suites(config, suites)

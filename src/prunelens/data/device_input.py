@@ -15,7 +15,9 @@ Deterministic transforms (evaluation) run once per group of images of the same d
 fewer calls: a call's fixed cost (dispatch, kernel launches) is paid per group, not per image.
 
 Random draws: transforms v2 draw their parameters from the CPU's global torch RNG whatever the
-image's device. On the GPU path they run in the main process, whose RNG the training loop reseeds
+image's device, except AugMix, which draws its mixing weights on the image's device (the CUDA
+generator on the GPU path, also seeded by ``torch.manual_seed``: deterministic, but not the CPU
+path's draws). On the GPU path they run in the main process, whose RNG the training loop reseeds
 every epoch (:mod:`prunelens.pruning.train`), so a run is as deterministic per seed as on the CPU
 path. With ``num_workers`` 0 the two paths draw the same parameters in the same order; with
 workers the CPU path draws in the workers (seeded by the loader), so the crops differ from the
@@ -59,6 +61,8 @@ class EncodedImages(Dataset):
             blob = Path(path).read_bytes()
         except OSError as exc:
             raise DataError(f"cannot read image file {path} ({exc}); replace or remove it") from None
+        if not blob:
+            raise DataError(f"image file {path} is empty; replace or remove it")
         return torch.frombuffer(bytearray(blob), dtype=torch.uint8), label, str(path)
 
 
@@ -86,11 +90,34 @@ def pil_decode(blob: torch.Tensor, path: str) -> torch.Tensor:
 
 
 def nvjpeg_decode(blobs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """JPEGs decoded on ``device`` in one batched call of torchvision.io (nvJPEG on CUDA), as RGB."""
+    """JPEGs decoded on ``device`` in one batched call of torchvision.io (nvJPEG on CUDA), as RGB.
+
+    On CUDA the call runs on a side stream that first waits for the current one. torchvision's
+    decoder allocates its outputs on the caller's stream and has nvJPEG write them from another
+    stream without waiting for the caller's (pytorch/vision#9606, meta-pytorch/torchcodec#1634):
+    called between training steps, it can be handed a block that queued kernels still read, and
+    overwrite it. On a side stream with nothing else queued, a block is reused only once the
+    streams that used it are done (``record_stream``); the current stream then waits for the
+    decode."""
     from prunelens._compat import torchvision
     torchvision()
     from torchvision.io import ImageReadMode, decode_jpeg
-    return decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
+    current, side = torch.cuda.current_stream(device), _side_stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
+    current.wait_stream(side)
+    for image in images:
+        image.record_stream(current)
+    return images
+
+
+@functools.lru_cache(maxsize=None)
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
 
 
 class DeviceDecoder:
@@ -118,12 +145,12 @@ class DeviceDecoder:
             try:
                 for i, img in zip(jpegs, self.decode_jpeg([blobs[i] for i in jpegs], self.device)):
                     images[i] = img
-            except RuntimeError:
+            except (RuntimeError, ValueError):  # nvJPEG refuses one of them: decode one by one
                 for i in jpegs:
                     try:
                         images[i] = self.decode_jpeg([blobs[i]], self.device)[0]
-                    except RuntimeError:
-                        pass
+                    except (RuntimeError, ValueError):
+                        pass  # Pillow below (and its DataError naming the file)
         for i, img in enumerate(images):
             if img is None:
                 images[i] = pil_decode(blobs[i], paths[i]).to(self.device, non_blocking=True)
@@ -228,6 +255,7 @@ def image_loader(dataset, device: torch.device | None, collate_fn: Callable | No
     (the mixing part of ``collate_fn``)."""
     if input_path(dataset, device)[0] == "cpu":
         return DataLoader(dataset, collate_fn=collate_fn, **loader_kw)
-    loader = DataLoader(encoded(dataset), collate_fn=collate_encoded, **loader_kw)
+    # the bytes stay on the host: decode_jpeg reads them there, so pinning them gains nothing
+    loader = DataLoader(encoded(dataset), collate_fn=collate_encoded, **{**loader_kw, "pin_memory": False})
     base = _base(dataset)
     return DeviceDecodedLoader(loader, DeviceDecoder(base.transform, device, random=base.random_transform), mix)
