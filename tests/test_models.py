@@ -108,3 +108,12 @@ def test_unknown_model_lists_the_registry():
     with pytest.raises(ModelError) as err:
         create_model("vgg16", 10)
     assert all(name in str(err.value) for name in list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_builtin_architecture_builds_on_the_meta_device(name):
+    """The paper's sparsity count (pruning.store.paper_sparsity) reads layer shapes from a model
+    built on the meta device: a builder that computes with tensors there would leave it out."""
+    with torch.device("meta"):
+        model = create_model(name, 10)
+    assert sum(p.numel() for p in model.parameters()) > 0

@@ -100,7 +100,7 @@ class FCN(nn.Module):
                              f"'default' or 'xavier_normal' (got {init!r})")
         batch = input_norm == "batch"
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
-        fan_in = int(torch.tensor(self.input_shape).prod())
+        fan_in = math.prod(self.input_shape)  # no tensor: the net must build on the meta device too
         for i, width in enumerate(widths, start=1):
             if batch:
                 layers[f"bn{i}"] = InputBatchNorm(fan_in)

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -344,8 +345,8 @@ def paper_sparsity(pool: RunFolder) -> dict[int, float]:
     """Level -> the sparsity Cassano et al.'s code reports, pruned weights over every Conv2d and
     Linear weight (:func:`prunelens.pruning.masks.conv_linear_sparsity`), computed from each
     level's ``layer_sparsity`` and the architecture's shapes (built on the meta device: nothing
-    allocated). Empty when the architecture cannot be built. ``prunelens pool show`` and the
-    report's pool table both print this count."""
+    allocated). Empty, with a warning saying why, when the architecture cannot be built there.
+    ``prunelens pool show`` and the report's pool table both print this count."""
     from prunelens.models import create_model
     from prunelens.pruning.masks import conv_linear_sparsity
 
@@ -353,7 +354,10 @@ def paper_sparsity(pool: RunFolder) -> dict[int, float]:
     try:
         with torch.device("meta"):
             model = create_model(cfg.model.name, pool.num_classes, **cfg.model.options)
-    except (PrunelensError, RuntimeError, TypeError, ValueError, NotImplementedError):
+    except (PrunelensError, RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+        warnings.warn(f"{pool.name}: the paper's sparsity count is left out ('-'): model "
+                      f"'{cfg.model.name}' cannot be built without weights to count its layers ({exc})",
+                      stacklevel=2)
         return {}
     return {lv.index: conv_linear_sparsity(model, lv.layer_sparsity) for lv in pool.levels}
 
