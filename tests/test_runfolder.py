@@ -892,3 +892,15 @@ def test_files_honour_the_umask(tmp_path, capsys, umask, file_mode, dir_mode):
         assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
     for path in (run_dir / "level_01", run_dir / "report", run_dir / "report" / "figures"):
         assert stat.S_IMODE(path.stat().st_mode) == dir_mode, path
+
+
+def test_a_periodic_validation_record_must_be_a_curve_and_its_minimum():
+    from prunelens.runfolder import _is_validation_record
+
+    good = {"split": "test", "n_images": 10, "every_steps": 2, "steps": [0, 2, 4],
+            "errors": [0.9, 0.5, 0.6], "min_error": 0.5, "min_error_step": 2}
+    assert _is_validation_record(good)
+    for bad in ({"every_steps": 0}, {"steps": [0, 4, 2]}, {"steps": [0, 2, 2]},
+                {"errors": [1.0, 1.0, 1.0], "min_error": True, "min_error_step": 0},
+                {"min_error": 0.6}, {"min_error_step": 4}, {"split": "train"}):
+        assert not _is_validation_record({**good, **bad}), bad

@@ -596,10 +596,12 @@ _LEVEL_VALUES = {
 def _is_validation_record(v) -> bool:
     """An optional level.json key (``train.validate_every``): the error curve and its minimum."""
     return (isinstance(v, dict) and v.get("split") in ("val", "test") and _is_count(v.get("n_images"))
-            and _is_count(v.get("every_steps")) and isinstance(v.get("steps"), list)
+            and _is_count(v.get("every_steps")) and v["every_steps"] >= 1
+            and isinstance(v.get("steps"), list)
             and isinstance(v.get("errors"), list) and len(v["steps"]) == len(v["errors"]) > 0
-            and all(_is_count(s) for s in v["steps"]) and all(_is_fraction(e) for e in v["errors"])
-            and v.get("min_error") == min(v["errors"])
+            and all(_is_count(s) for s in v["steps"]) and v["steps"] == sorted(set(v["steps"]))
+            and all(_is_fraction(e) for e in v["errors"])
+            and _is_fraction(v.get("min_error")) and v["min_error"] == min(v["errors"])
             and v.get("min_error_step") == v["steps"][v["errors"].index(v["min_error"])])
 
 
