@@ -152,7 +152,7 @@ def test_prune_pool_show_results_and_evaluate_through_the_cli(tmp_path, capsys):
     assert lines[0].startswith("group,suite,metric,method,dataset,condition,level") and len(lines) == 3
     assert out == (tmp_path / "runs" / "tiny" / "results" / "summary.csv").read_text()  # one summary
     code, _, err = _run_cli(capsys, "evaluate", run_dir, "--set", "prune.rate=0.1")
-    assert code == 2 and "only evaluate.* and data.root overrides" in err
+    assert code == 2 and "only evaluate.*, data.root and data.decode overrides" in err
     figure = tmp_path / "fig2.png"
     code, out, _ = _run_cli(capsys, "explain", run_dir, "--images", "test-00000", "test-00003",
                             "--methods", "gradcam", "-o", str(figure))

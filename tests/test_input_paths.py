@@ -393,5 +393,5 @@ def test_results_do_not_depend_on_where_images_are_decoded(tmp_path):
     said = []
     evaluate_run(pool.run_dir, suites=["accuracy"], overrides=["data.decode=cpu"], log=said.append)
     assert any("up to date" in str(m) for m in said), said
-    with pytest.raises(ConfigError, match="data.root, data.decode overrides"):
+    with pytest.raises(ConfigError, match=r"evaluate\.\*, data\.root and data\.decode overrides"):
         evaluate_run(pool.run_dir, suites=["accuracy"], overrides=["data.train_crop_size=8"])

@@ -101,7 +101,7 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
         runtime = tuple(f"data.{key}=" for key in DATA_RUNTIME_KEYS)
         bad = [o for o in overrides if not o.startswith(("evaluate.", *runtime))]
         if bad:
-            raise ConfigError(f"evaluate takes only evaluate.* and {', '.join(r[:-1] for r in runtime)} "
+            raise ConfigError(f"evaluate takes only evaluate.*, {' and '.join(r[:-1] for r in runtime)} "
                               f"overrides (the pool is fixed), got {bad}")
         config = validate_section(type(config), apply_overrides(config.model_dump(mode="json"), overrides))
     check_evaluate(config)
