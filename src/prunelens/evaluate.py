@@ -3,7 +3,8 @@
 The suites themselves and what they declare are defined by the suite contract
 (:mod:`prunelens.suite`). The driver (:func:`evaluate_run`) handles levels, device, resume (a
 (suite, level) whose results file is intact and was made with the same options from the same level
-files is skipped), writing and the summary; see ``docs/architecture.md`` for the data flow.
+files, with the level artifacts it needs intact, is skipped; figures across levels are drawn again
+when what they were drawn from changed), writing and the summary; see ``docs/architecture.md`` for the data flow.
 """
 from __future__ import annotations
 
@@ -210,11 +211,12 @@ def _artifacts_intact(run_dir: Path, name: str, level: int, needed: tuple[str, .
     """Whether the level artifacts its results need (:meth:`Suite.level_artifacts_needed`) are
     there, as they were written with the results: a result without them (computed by a version
     that did not save them, or with an option that did not) or with one changed since is stale."""
-    recorded = meta.get("artifacts")
     if not needed:
         return True
-    return (isinstance(recorded, dict) and all(recorded.get(file) for file in needed)
-            and all(recorded[file] == sha for file, sha in _artifact_hashes(run_dir, name, level, needed).items()))
+    recorded = meta.get("artifacts")
+    return isinstance(recorded, dict) and all(
+        sha is not None and recorded.get(file) == sha
+        for file, sha in _artifact_hashes(run_dir, name, level, needed).items())
 
 
 def _drawing_state(run_dir: Path, name: str, options: SuiteOptions) -> dict:
