@@ -3,6 +3,7 @@ present for a pruned FCN with the numbers they show checked against the pool's o
 weights, absent (not empty) for a run the connectivity suite did not measure."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -219,6 +220,13 @@ def test_conv_kernels_get_the_figures_their_size_allows(tmp_path, min_kernel, ex
     folder = pool.layout.suite("connectivity")
     assert {p.stem for p in folder.glob("*.png")} == expected
     assert {p.stem for p in folder.glob("*.csv")} - {f"level_{lv.index:02d}" for lv in pool.levels} == expected
+    # the others are recorded as not drawn, with why; a level without locality is still up to date
+    not_drawn = json.loads(pool.layout.drawn("connectivity").read_text())["not_drawn"]
+    assert not_drawn == {f.name: across_levels.NO_DATA[f.name] for f in across_levels.FIGURES
+                         if f.name not in expected}
+    lines = []
+    evaluate_run(pool.run_dir, log=lines.append)
+    assert lines == [f"{pool.name}: every result is up to date"]
 
 
 # ---- resume: the levels' saved files and the drawing are kept up to date ---------------------------
