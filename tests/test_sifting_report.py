@@ -3,6 +3,7 @@ present for a pruned FCN with the numbers they show checked against the pool's o
 weights, absent (not empty) for a run the connectivity suite did not measure."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -219,3 +220,88 @@ def test_conv_kernels_get_the_figures_their_size_allows(tmp_path, min_kernel, ex
     folder = pool.layout.suite("connectivity")
     assert {p.stem for p in folder.glob("*.png")} == expected
     assert {p.stem for p in folder.glob("*.csv")} - {f"level_{lv.index:02d}" for lv in pool.levels} == expected
+    # the others are recorded as not drawn, with why; a level without locality is still up to date
+    not_drawn = json.loads(pool.layout.drawn("connectivity").read_text())["not_drawn"]
+    assert not_drawn == {f.name: across_levels.NO_DATA[f.name] for f in across_levels.FIGURES
+                         if f.name not in expected}
+    lines = []
+    evaluate_run(pool.run_dir, log=lines.append)
+    assert lines == [f"{pool.name}: every result is up to date"]
+
+
+# ---- resume: the levels' saved files and the drawing are kept up to date ---------------------------
+@pytest.fixture
+def evaluated_copy(fcn_report, tmp_path):
+    """A copy of the evaluated FCN run folder and a function that evaluates it again, returning
+    the levels the connectivity suite computed."""
+    import shutil
+
+    from prunelens.evaluate import evaluate_run
+
+    pool, _ = fcn_report
+    run_dir = shutil.copytree(pool.run_dir, tmp_path / pool.run_dir.name)
+
+    def evaluate(*overrides) -> list[int]:
+        lines = []
+        evaluate_run(run_dir, overrides=list(overrides) or None, log=lines.append)
+        return sorted(int(re.search(r"level +(\d+)", line).group(1)) for line in lines
+                      if re.search(r"connectivity +level", line))
+    return run_dir, evaluate
+
+
+def level_file(run_dir, level: int):
+    from prunelens.runfolder import Layout
+    return Layout(run_dir).level_artifacts("connectivity", level) / across_levels.LEVEL_FILE
+
+
+def figure_files(run_dir) -> dict[str, int]:
+    folder = run_dir / "results" / "connectivity"
+    return {p.name: p.stat().st_mtime_ns for f in across_levels.FIGURES for p in f.files(folder)}
+
+
+def test_a_damaged_level_file_recomputes_that_level_and_redraws(evaluated_copy):
+    run_dir, evaluate = evaluated_copy
+    assert evaluate() == []  # up to date
+    before = figure_files(run_dir)
+    level_file(run_dir, 1).write_bytes(b"not a safetensors file")
+    assert evaluate() == [1]
+    assert across_levels.read_level(level_file(run_dir, 1)) is not None
+    after = figure_files(run_dir)
+    assert after.keys() == before.keys() and all(after[k] != before[k] for k in before)
+    assert evaluate() == []
+
+
+def test_results_without_the_level_file_are_computed_again_for_those_levels(evaluated_copy):
+    """Results computed before the figures existed have no saved masks."""
+    run_dir, evaluate = evaluated_copy
+    level_file(run_dir, 1).unlink()
+    level_file(run_dir, 2).unlink()
+    assert evaluate() == [1, 2]
+    assert level_file(run_dir, 1).is_file() and level_file(run_dir, 2).is_file()
+    assert evaluate() == []
+
+
+def test_a_drawing_option_redraws_without_recomputing(evaluated_copy):
+    run_dir, evaluate = evaluated_copy
+    shown = lambda: set(pd.read_csv(run_dir / "results/connectivity/masks_across_levels.csv")["level"])  # noqa: E731
+    assert len(shown()) > 2
+    assert evaluate("evaluate.connectivity.figure_levels=2") == []
+    assert len(shown()) == 2
+    assert evaluate("evaluate.connectivity.figure_levels=2") == []  # drawn: up to date
+
+
+def test_missing_figures_are_drawn_again_or_named_in_the_report(evaluated_copy):
+    from prunelens.report import build_report
+    from prunelens.runfolder import Layout
+
+    run_dir, evaluate = evaluated_copy
+    Layout(run_dir).drawn("connectivity").unlink()  # as evaluated before the figures existed
+    (run_dir / "results/connectivity/translated_pairs.png").unlink()
+    index = build_report(run_dir, log=lambda *_: None)
+    missing = section(index, "connectivity").split("<h3>Not evaluated</h3>")[1]
+    assert "figures across levels of suite &#x27;connectivity&#x27; on fcn" in missing
+    assert f"prunelens evaluate {run_dir} --suite connectivity" in missing
+    assert evaluate() == []
+    assert (run_dir / "results/connectivity/translated_pairs.png").is_file()
+    index = build_report(run_dir, log=lambda *_: None)
+    assert "figures across levels" not in section(index, "connectivity")

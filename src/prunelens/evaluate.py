@@ -3,7 +3,8 @@
 The suites themselves and what they declare are defined by the suite contract
 (:mod:`prunelens.suite`). The driver (:func:`evaluate_run`) handles levels, device, resume (a
 (suite, level) whose results file is intact and was made with the same options from the same level
-files is skipped), writing and the summary; see ``docs/architecture.md`` for the data flow.
+files, with the level artifacts it needs intact, is skipped; figures across levels are drawn again
+when what they were drawn from changed), writing and the summary; see ``docs/architecture.md`` for the data flow.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from prunelens import distributed
 from prunelens.config import DATA_RUNTIME_KEYS, EvaluateConfig, apply_overrides, validate_section
 from prunelens.data.provider import RunData
 from prunelens.errors import ConfigError, PoolError
-from prunelens.io import atomic_write_bytes, atomic_write_json
+from prunelens.io import atomic_write_bytes, atomic_write_json, sha256_file
 from prunelens.models import spec_of
 from prunelens.pruning.train import resolve_device
 from prunelens.results import load_results, read_sidecar, write_level
@@ -147,7 +148,7 @@ def evaluate_run(run_dir: str | Path, suites: list[str] | None = None, levels: l
         distributed.barrier("every rank finishing its share of the levels", EVALUATE_BARRIER_TIMEOUT_S)
         if distributed.is_main():
             for name in todo["applicable"]:
-                instances[name].after_levels(_run_context(run_dir, pool, config, name, spec, data, device))
+                _after_levels(_run_context(run_dir, pool, config, name, spec, data, device), instances[name])
             write_summary(run_dir, config.evaluate.n_boot)
     distributed.barrier("rank 0 writing the summary")
 
@@ -190,13 +191,76 @@ def _plan_work(run_dir: Path, pool, config, instances: dict[str, Suite], wanted:
                 partial.unlink(missing_ok=True)
         applicable.append(name)
         inputs = _inputs(config)
+        needed = type(suite).level_artifacts_needed(run_ctx.options)
         for level in wanted:
             meta = read_sidecar(run_dir, name, level.index)
             if (not force and meta is not None and _same_options(type(suite), meta, run_ctx.options, run_ctx.spec)
-                    and meta.get("level_sha256") == level.model_sha256 and meta.get("inputs") == inputs):
+                    and meta.get("level_sha256") == level.model_sha256 and meta.get("inputs") == inputs
+                    and _artifacts_intact(run_dir, name, level.index, needed, meta)):
                 continue
             work.append([name, level.index])
+        idle &= _drawing_current(run_dir, type(suite), run_ctx.options)
     return {"applicable": applicable, "work": work, "idle": idle and not work}
+
+
+def _artifact_hashes(run_dir: Path, name: str, level: int, needed: tuple[str, ...]) -> dict[str, str | None]:
+    """sha256 of each file ``needed`` in the level's artifacts folder (None: there is none)."""
+    folder = Layout(run_dir).level_artifacts(name, level)
+    return {file: sha256_file(folder / file) if (folder / file).is_file() else None for file in needed}
+
+
+def _artifacts_intact(run_dir: Path, name: str, level: int, needed: tuple[str, ...], meta: dict) -> bool:
+    """Whether the level artifacts its results need (:meth:`Suite.level_artifacts_needed`) are
+    there, as they were written with the results: a result without them (computed by a version
+    that did not save them, or with an option that did not) or with one changed since is stale."""
+    if not needed:
+        return True
+    recorded = meta.get("artifacts")
+    return isinstance(recorded, dict) and all(
+        sha is not None and recorded.get(file) == sha
+        for file, sha in _artifact_hashes(run_dir, name, level, needed).items())
+
+
+def _drawing_state(run_dir: Path, name: str, options: SuiteOptions) -> dict:
+    """What a suite's figures across levels are drawn from: all its options (also those that
+    only change the drawing) and its results with the artifacts each level saved."""
+    layout, results = Layout(run_dir), {}
+    for _, level, _ in layout.result_files(name):
+        meta = read_sidecar(run_dir, name, level) or {}
+        results[str(level)] = [meta.get("sha256"), meta.get("artifacts")]
+    return {"options": json.loads(options.model_dump_json()), "results": results}
+
+
+def _drawing_current(run_dir: Path, suite: type[Suite], options: SuiteOptions) -> bool:
+    """Whether the figures ``suite`` declares (:attr:`Suite.drawn_figures`) were drawn from its
+    present results with ``options``, and each is there or was recorded as not drawable."""
+    if not suite.drawn_figures:
+        return True
+    try:
+        drawn = json.loads(Layout(run_dir).drawn(suite.name).read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(drawn, dict) or drawn.get("state") != _drawing_state(run_dir, suite.name, options):
+        return False
+    not_drawn = drawn.get("not_drawn") if isinstance(drawn.get("not_drawn"), dict) else {}
+    folder = Layout(run_dir).suite(suite.name)
+    return all(figure.name in not_drawn or all(p.is_file() for p in figure.files(folder))
+               for figure in suite.drawn_figures)
+
+
+def _after_levels(run_ctx: RunContext, suite: Suite) -> None:
+    """Run the suite's ``after_levels`` and, for a suite that declares drawn figures, record what
+    they were drawn from and why any was not (``results/<suite>/drawn.json``, read by the report)."""
+    not_drawn = suite.after_levels(run_ctx) or {}
+    if not suite.drawn_figures:
+        return
+    folder = run_ctx.artifacts
+    for figure in suite.drawn_figures:
+        if figure.name not in not_drawn and not all(p.is_file() for p in figure.files(folder)):
+            not_drawn[figure.name] = (f"the {suite.name} suite drew no such figure; re-run "
+                                      f"`prunelens evaluate {run_ctx.run_dir} --suite {suite.name}`")
+    atomic_write_json(Layout(run_ctx.run_dir).drawn(suite.name), {
+        "state": _drawing_state(run_ctx.run_dir, suite.name, run_ctx.options), "not_drawn": not_drawn})
 
 
 def _json_equals(path: Path, expected: dict) -> bool:
@@ -215,9 +279,15 @@ def _evaluate_level(run_ctx: RunContext, suite: Suite, level, log) -> None:
                        level_artifacts=Layout(run_dir).level_artifacts(name, level.index))
     records = list(suite.evaluate_level(ctx))
     seconds = time.perf_counter() - t0
+    needed = type(suite).level_artifacts_needed(run_ctx.options)
+    artifacts = _artifact_hashes(run_dir, name, level.index, needed)
+    missing = [file for file, sha in artifacts.items() if sha is None]
+    if missing:  # a suite that declares a file and does not write it would be recomputed forever
+        raise RuntimeError(f"suite {name} declares level artifacts {missing} it did not write at "
+                           f"level {level.index}")
     write_level(run_dir, name, level.index, records, {
         "options": json.loads(run_ctx.options.model_dump_json()), "inputs": _inputs(run_ctx.config),
-        "level_sha256": level.model_sha256, "wall_time_s": seconds})
+        "level_sha256": level.model_sha256, "wall_time_s": seconds, **({"artifacts": artifacts} if needed else {})})
     log(f"{run_ctx.pool.name}: {name:<16} level {level.index:2d}  {len(records):6d} records  ({seconds:.1f} s)")
 
 

@@ -94,6 +94,9 @@ class Layout:
     #: in ``results/<suite>/``: why the suite does not apply / which of its parts do not
     SKIPPED: ClassVar[str] = "skipped.json"
     NOT_APPLICABLE: ClassVar[str] = "not_applicable.json"
+    #: in ``results/<suite>/``: what the figures across levels were drawn from, and why any of the
+    #: suite's declared figures was not drawn
+    DRAWN: ClassVar[str] = "drawn.json"
     #: per-level summaries: ``results/summary.csv`` (with ``summary.json``, what it covers) and the
     #: report's own table of them
     SUMMARY_CSV: ClassVar[str] = "summary.csv"
@@ -189,6 +192,9 @@ class Layout:
 
     def not_applicable(self, suite: str) -> Path:
         return self.suite(suite) / self.NOT_APPLICABLE
+
+    def drawn(self, suite: str) -> Path:
+        return self.suite(suite) / self.DRAWN
 
     def level_artifacts(self, suite: str, level: int) -> Path:
         return self.suite(suite) / level_dir_name(level)

@@ -142,6 +142,10 @@ class DrawnFigure:
     title: str
     caption: str
 
+    def files(self, folder: Path) -> tuple[Path, Path]:
+        """The figure and its data in a suite's artifacts folder ``folder``."""
+        return folder / f"{self.name}.png", folder / f"{self.name}.csv"
+
 
 @dataclass(frozen=True)
 class Quantity:
@@ -290,9 +294,19 @@ class Suite:
     def evaluate_level(self, ctx: LevelContext) -> Iterable[Record]:
         raise NotImplementedError
 
-    def after_levels(self, ctx: RunContext) -> None:
+    def after_levels(self, ctx: RunContext) -> dict[str, str] | None:
         """Called once all levels are evaluated: figures across levels (those the report shows
-        are declared in :attr:`drawn_figures`)."""
+        are declared in :attr:`drawn_figures`). Returns the declared figures it did not draw, each
+        with why and the fix (the report lists them under what was not evaluated)."""
+        return None
+
+    @classmethod
+    def level_artifacts_needed(cls, options: SuiteOptions) -> tuple[str, ...]:
+        """Files of a level's artifacts folder (``results/<suite>/level_XX/``) its results need
+        with ``options``, e.g. what :meth:`after_levels` draws from. The driver records their
+        hashes with the level's results; a level whose file is missing or changed since is
+        computed again (that level only)."""
+        return ()
 
     @classmethod
     def describe(cls, options: SuiteOptions) -> str | None:

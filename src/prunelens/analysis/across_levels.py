@@ -114,8 +114,8 @@ def read_level(path: Path) -> dict | None:
                  for role in ROLES if role in layers}
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         warnings.warn(f"{path} is damaged ({type(exc).__name__}): its level is left out of the "
-                      "figures across levels; re-run `prunelens evaluate --suite connectivity "
-                      "--force` to write it again", stacklevel=2)
+                      "figures across levels; re-run `prunelens evaluate --suite connectivity` "
+                      "to compute that level again", stacklevel=2)
         return None
     pairs = {k.removeprefix("pairs."): v for k, v in tensors.items() if k.startswith("pairs.")}
     return {"views": views, "pairs": pairs}
@@ -181,12 +181,27 @@ def class_independence_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---- drawing -------------------------------------------------------------------------------------
+#: why a figure has no data, when its table is empty
+NO_DATA = {
+    "connections_across_levels": "no level has connection counts",
+    "locality_across_levels": "no level has a locality score (conv kernels smaller than "
+                              "evaluate.connectivity.min_kernel get counts only)",
+    "masks_across_levels": "no level saved readable unit masks with locality (conv kernels smaller "
+                           "than evaluate.connectivity.min_kernel get counts only)",
+    "translated_pairs": "no pruned level has a pair of connected units with locality",
+    "class_independent_across_levels": "no class-independence records "
+                                       "(evaluate.connectivity.selectivity_images is 0)",
+    "second_layer_across_levels": "no second layer's effective mask (fully connected nets with "
+                                  "evaluate.connectivity.second_layer only)",
+}
+
+
 def draw(folder: Path, sparsity: Mapping[int, float], frame: pd.DataFrame, *, n_units: int,
-         n_levels: int, n_pairs: int, quantile: float) -> list[str]:
+         n_levels: int, n_pairs: int, quantile: float) -> dict[str, str]:
     """Draw :data:`FIGURES` into ``folder`` (the suite's artifacts folder) from its levels' saved
     files and the records ``frame`` (:func:`prunelens.results.load_results` of the suite); levels
-    not in ``sparsity`` (the pool's) are left out. Returns the names drawn; a figure without data
-    is not drawn (and an old one of that name removed)."""
+    not in ``sparsity`` (the pool's) are left out. Returns the figures not drawn, each with why: a
+    figure without data is not drawn (and an old one of that name removed)."""
     frame = frame[frame["level"].isin(list(sparsity))]
     saved = {lv: p for lv, p in saved_per_level(folder, LEVEL_FILE).items() if lv in sparsity}
     spatial = set(frame.loc[frame["metric"] == "locality_score", "level"])
@@ -194,7 +209,7 @@ def draw(folder: Path, sparsity: Mapping[int, float], frame: pd.DataFrame, *, n_
         warnings.warn(f"{folder}: levels {sorted(spatial - set(saved))} have results but no "
                       f"{LEVEL_FILE} (evaluated by an earlier prunelens, or with across_levels off): "
                       "they are left out of the galleries; re-run `prunelens evaluate --suite "
-                      "connectivity --force` to save it", stacklevel=2)
+                      "connectivity` to compute those levels again", stacklevel=2)
     data = {lv: d for lv in shown_levels(list(saved), n_levels) if (d := read_level(saved[lv]))}
     gallery = lambda role: (_gallery_table(data, sparsity, role, n_units),  # noqa: E731
                             lambda spec, table: _gallery_figure(spec, table, data))
@@ -208,18 +223,18 @@ def draw(folder: Path, sparsity: Mapping[int, float], frame: pd.DataFrame, *, n_
                                             lambda spec, table: _class_figure(spec, table, quantile)),
         "second_layer_across_levels": gallery("second"),
     }
-    drawn = []
+    not_drawn = {}
     for spec in FIGURES:
         table, draw_figure = made[spec.name]
-        png, csv = folder / f"{spec.name}.png", folder / f"{spec.name}.csv"
+        png, csv = spec.files(folder)
         if table.empty:
             png.unlink(missing_ok=True)
             csv.unlink(missing_ok=True)
+            not_drawn[spec.name] = NO_DATA[spec.name]
             continue
         figures.save(draw_figure(spec, table), png)
         atomic_write_bytes(csv, table.to_csv(index=False).encode())
-        drawn.append(spec.name)
-    return drawn
+    return not_drawn
 
 
 def _connections_figure(spec: DrawnFigure, table: pd.DataFrame):

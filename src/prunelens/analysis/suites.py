@@ -223,12 +223,14 @@ class ConnectivitySuite(Suite):
         best_pairs = []
         for view in views:
             best_pairs.append((yield from self._layer(ctx, view, generator)))
-        if views and views[0].spatial and opts.across_levels and ctx.level_artifacts is not None:
-            first = views[0]  # galleries of the views that have locality (as big as min_kernel)
+        if views and opts.across_levels and ctx.level_artifacts is not None:
+            # galleries of the views that have locality (as big as min_kernel); a level without
+            # any saves an empty file, so that its results are known to have what they need
+            first = views[0]
             across_levels.save_level(ctx.level_artifacts / across_levels.LEVEL_FILE,
                                      [(v.name, v.units) for v in views if v.spatial],
-                                     self._translated_pairs(first, best_pairs[0], opts.figure_pairs),
-                                     first.weights)
+                                     self._translated_pairs(first, best_pairs[0], opts.figure_pairs)
+                                     if first.spatial else None, first.weights)
         if views and views[0].module is not None and opts.n_images > 0:
             yield from self._ablation(ctx, views[0], generator)
         if views and opts.selectivity_images > 0:
@@ -247,14 +249,29 @@ class ConnectivitySuite(Suite):
             measure=opts.selectivity_measure, n_pairs=opts.n_shift_pairs, match=opts.translated_match,
             seed=opts.seed)
 
-    def after_levels(self, ctx: RunContext) -> None:
-        """Pellegrini & Biroli's figures across levels (:mod:`prunelens.analysis.across_levels`)."""
+    @classmethod
+    def level_artifacts_needed(cls, options: ConnectivityOptions) -> tuple[str, ...]:
+        return (across_levels.LEVEL_FILE,) if options.across_levels else ()
+
+    @classmethod
+    def options_for(cls, options: ConnectivityOptions, spec) -> ConnectivityOptions:
+        """Options that only change how the figures across levels are drawn (the galleries'
+        columns, and their rows unless each level draws its own gallery, ``figures``) change
+        neither a level's records nor its saved file: changing them redraws, recomputes nothing."""
+        drawing = ("figure_levels",) if options.figures else ("figure_levels", "gallery_units")
+        return options.model_copy(update={k: cls.Options.model_fields[k].default for k in drawing})
+
+    def after_levels(self, ctx: RunContext) -> dict[str, str]:
+        """Pellegrini & Biroli's figures across levels (:mod:`prunelens.analysis.across_levels`);
+        returns those not drawn, with why."""
         opts: ConnectivityOptions = ctx.options
-        if opts.across_levels:
-            across_levels.draw(ctx.artifacts, {lv.index: lv.sparsity for lv in ctx.pool.levels},
-                               load_results(ctx.run_dir, self.name), n_units=opts.gallery_units,
-                               n_levels=opts.figure_levels, n_pairs=opts.figure_pairs,
-                               quantile=opts.independence_quantile)
+        if not opts.across_levels:
+            return {f.name: "evaluate.connectivity.across_levels is off; set it to true and re-run "
+                    f"`prunelens evaluate {ctx.run_dir} --suite connectivity`" for f in self.drawn_figures}
+        return across_levels.draw(ctx.artifacts, {lv.index: lv.sparsity for lv in ctx.pool.levels},
+                                  load_results(ctx.run_dir, self.name), n_units=opts.gallery_units,
+                                  n_levels=opts.figure_levels, n_pairs=opts.figure_pairs,
+                                  quantile=opts.independence_quantile)
 
     @staticmethod
     def _translated_pairs(view: LayerView, sampled: tuple[torch.Tensor, torch.Tensor] | None, n: int):

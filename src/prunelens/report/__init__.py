@@ -28,9 +28,9 @@ from prunelens.io import atomic_write_bytes, current_umask, naming
 from prunelens.report.claims import evaluate_claims, run_facts
 from prunelens.report.figures import draw_figures
 from prunelens.report.html import ReportContent, render
-from prunelens.report.runs import (evaluated_suites, figure_references, not_applicable,
-                                   pool_accuracy_rows, pool_table, seed_groups, skip_reasons,
-                                   suite_pngs)
+from prunelens.report.runs import (evaluated_suites, figure_references, figures_not_drawn,
+                                   not_applicable, pool_accuracy_rows, pool_table, seed_groups,
+                                   skip_reasons, suite_pngs)
 from prunelens.report.sweet_spots import ACCURACY, accuracy_rows, compare_to_dense, sweet_spots
 
 from prunelens.runfolder import Layout, RunFolder, RunLock, distinct_runs
@@ -227,6 +227,7 @@ def _not_evaluated(runs: Sequence[RunFolder], frame: pd.DataFrame, comparisons: 
                 if 0 not in set(measured["level"].astype(int)):
                     out.append((suite, f"sweet spots of suite '{suite}' on {run.name}",
                                 "the dense level 0 has no results to compare with"))
+        out += figures_not_drawn(run, rows)
     pairs = frame[["suite", "metric"]].drop_duplicates().itertuples(index=False)
     for suite, metric in pairs:
         if metric_of(suite, metric) is None:

@@ -152,3 +152,31 @@ def skip_reasons(run: RunFolder) -> dict[str, str]:
                 raise PoolError(f"{path} records no reason (edited or damaged): {_REWRITE}")
             reasons[suite] = reason
     return reasons
+
+
+def figures_not_drawn(run: RunFolder, frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(suite, what, why) for each figure a suite with results declares (:attr:`Suite.drawn_figures`)
+    that is not in its artifacts folder: why its ``after_levels`` did not draw it
+    (``results/<suite>/drawn.json``), or that it was never drawn; a damaged file is a PoolError."""
+    out = []
+    for name, suite in evaluated_suites(run, frame):
+        if not suite.drawn_figures:
+            continue
+        rerun = f"run `prunelens evaluate {run.run_dir} --suite {name}`"
+        path = run.layout.drawn(name)
+        if not path.is_file():
+            out.append((name, f"figures across levels of suite '{name}' on {run.name}",
+                        f"not drawn (its results were computed before they existed, or evaluate "
+                        f"stopped before drawing them): {rerun}"))
+            continue
+        not_drawn = read_json(path, _REWRITE).get("not_drawn")
+        if not isinstance(not_drawn, dict) or not all(isinstance(v, str) for v in not_drawn.values()):
+            raise PoolError(f"{path} does not map each figure not drawn to a reason (edited or "
+                            f"damaged): {_REWRITE}")
+        for figure in suite.drawn_figures:
+            what = f"figure '{figure.title}' of suite '{name}' on {run.name}"
+            if figure.name in not_drawn:
+                out.append((name, what, not_drawn[figure.name]))
+            elif not all(p.is_file() for p in figure.files(run.layout.suite(name))):
+                out.append((name, what, f"its files are missing: {rerun}"))
+    return out
