@@ -21,6 +21,7 @@ from prunelens.pruning.masks import (cumulative_ratio, dense_masks, mask_sparsit
                                      random_initial_masks)
 from prunelens.pruning.runner import initial_masks, prune_run
 from prunelens.pruning.train import derived_seed
+from prunelens.report import build_report
 
 FCN = {"name": "fcn", "input_shape": [3, 32, 32], "widths": [16, 16], "input_norm": "batch",
        "init": "xavier_normal"}
@@ -145,6 +146,10 @@ def test_a_pool_trains_level0_under_the_mask_and_prunes_on_as_the_authors(tmp_pa
         for layer, (wmask, bmask) in zip(LAYERS[:2], authors):
             assert np.array_equal(got[f"{layer}.weight"].numpy(), wmask.T.astype(bool)), (k, layer)
             assert np.array_equal(got[f"{layer}.bias"].numpy(), bmask.astype(bool)), (k, layer)
+    # the report: level 0 is still the baseline, shown at its real sparsity and said not to be dense
+    text = build_report([pool.run_dir], tmp_path / "report").read_text()
+    assert f"<td>{level0.sparsity:.1%}</td>" in text
+    assert "Level 0 of tiny is not dense" in text and "prune.init_sparsity</code> 0.5" in text
 
 
 def test_of_alive_continues_from_the_alive_weights(tmp_path):
