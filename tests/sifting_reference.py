@@ -159,3 +159,31 @@ def connected_fraction(masks, prunable, nuconn: int = 0) -> float:
     idx = [l - 1 for l, p in enumerate(prunable) if p]
     return float(np.min([len(np.where(np.sum(masks[l][0], axis=0) > nuconn)[0]) / np.shape(masks[l][0])[1]
                          for l in idx]))
+
+
+def authors_make_mask(arch, spars, uniform):
+    """Utils.py:93-103 ``make_mask`` for fully connected layers, ``arch[l] = ('f' or 'x', [fan_in,
+    fan_out], prun)``, with the draw ``np.random.uniform(0.0,1.0,(par[0],par[1]))`` (Utils.py:99)
+    replaced by ``uniform((fan_in, fan_out))`` so that a test can hand it the same draws: a pruned
+    layer's weight mask is ``np.where(u<spars[si],0,1)``, its bias mask ones (Utils.py:100); an
+    unpruned layer's both ones (Utils.py:103)."""
+    imask, si = [], 0
+    for typ, par, prun in arch:
+        assert typ in ("f", "x")
+        if prun:
+            wsp = np.where(uniform((par[0], par[1])) < spars[si], 0, 1).astype(np.float32)
+            imask.append([wsp, np.ones((par[1]), dtype=np.float32)])
+            si += 1
+        else:
+            imask.append([np.ones((par[0], par[1]), dtype=np.float32), np.ones((par[1]), dtype=np.float32)])
+    return imask
+
+
+def authors_ratios(init_sparsity: float, rounds: int, n_prunable: int, rat_factor: float = 0.3):
+    """IMP.py:58 (``ratio = init_sparsity``), 88-89 (``ratios = ratio*np.ones(lprun)``), then
+    IMP.py:182 (``ratios += rat_factor*(1-ratios)``) once per finished iteration: the ratios the
+    mask of iteration ``rounds`` is cut at."""
+    ratios = init_sparsity * np.ones(n_prunable)
+    for _ in range(rounds):
+        ratios += rat_factor * (1 - ratios)
+    return ratios

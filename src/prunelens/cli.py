@@ -248,13 +248,16 @@ def cmd_prune(args) -> int:
     from prunelens import distributed
 
     for cfg in load_configs(args.config, args.overrides):
-        pool = prune_run(cfg, force=args.force, ignore_unknown_options=args.ignore_unknown_options)
-        if distributed.is_main():
-            print(format_pool_table(pool))
+        control = None
         if getattr(args, "control", None) and cfg.prune.control is None:
             from prunelens.pruning.runner import control_config
 
-            pool = prune_run(control_config(cfg, args.control), force=args.force)
+            control = control_config(cfg, args.control)  # a refused control, before any training
+        pool = prune_run(cfg, force=args.force, ignore_unknown_options=args.ignore_unknown_options)
+        if distributed.is_main():
+            print(format_pool_table(pool))
+        if control is not None:
+            pool = prune_run(control, force=args.force)
             if distributed.is_main():
                 print(format_pool_table(pool))
     return 0

@@ -230,6 +230,11 @@ class PruneConfig(Section):
         "start from the dense level 0 of this pool's run folder (a plain name: a run in output_dir) "
         "instead of training one: its verified files are copied; every setting that decides "
         "level 0 must equal the source's. compare-schedules sets it on its one-shot pools"))
+    init_sparsity: float = Field(0.0, ge=0, lt=1, description=(
+        "level 0 trains under a random mask: each prunable weight dropped independently with this "
+        "probability (biases kept, also with prune.biases), and target cumulative starts its ratio "
+        "here (Pellegrini & Biroli's init_sparsity, SiftingFeatures Utils.py:93-101, IMP.py:58, "
+        "88-89); 0: a dense level 0"))
 
     @model_validator(mode="after")
     def _one_shot_budget(self) -> PruneConfig:
@@ -241,11 +246,30 @@ class PruneConfig(Section):
         if self.retrain != "rewind" and (self.rewind_replay, self.rewind_buffers) != ("rest", "restore"):
             raise ValueError("prune.rewind_replay and rewind_buffers say how a level is rewound: "
                              "set retrain rewind")
+        if self.init_sparsity > 0:
+            self._check_init_sparsity()
         if self.schedule == "one_shot" and self.retrain == "rewind":
             raise ValueError("schedule one_shot retrains with the gradual schedule's epoch budget, "
                              "which rewinding (a replay from rewind_step) cannot match: use retrain "
                              "lrr or finetune")
         return self
+
+
+    def _check_init_sparsity(self) -> None:
+        """The combinations where a random level-0 mask has no meaning."""
+        p = self.init_sparsity
+        if self.control is not None:
+            raise ValueError(f"prune.init_sparsity {p} with prune.control: a control takes its masks "
+                             "from its source's levels; build controls of a pool without init_sparsity")
+        if self.dense_source is not None:
+            raise ValueError(f"prune.init_sparsity {p} with prune.dense_source: level 0 is copied from "
+                             "the source, not trained under a random mask; set one or the other")
+        if self.schedule == "one_shot":
+            raise ValueError(f"prune.init_sparsity {p} with schedule one_shot: one-shot prunes the "
+                             "dense level 0 to its target in one step; use schedule gradual")
+        if p >= self.max_sparsity:
+            raise ValueError(f"prune.init_sparsity {p} is not below prune.max_sparsity "
+                             f"{self.max_sparsity}: no level could be pruned after level 0")
 
 
 class EvaluateConfig(Section):
@@ -278,6 +302,10 @@ class RunConfig(Section):
     def _check_sections(self) -> RunConfig:
         from prunelens.models.registry import _builder, _check_options
         self.data.options  # noqa: B018 - validates the dataset's options
+        if self.prune.init_sparsity > 0 and self.train.epochs == 0:
+            raise ConfigError(f"prune.init_sparsity {self.prune.init_sparsity} with train.epochs 0: "
+                              "level 0 would be the initial (or model.weights) weights with a random "
+                              "mask they were never trained under; train level 0 (train.epochs > 0)")
         try:
             _check_options(self.model.name, _builder(self.model.name), self.model.options)
         except PrunelensError as exc:

@@ -131,6 +131,10 @@ def compare_schedules(cfg, out_dir: str | Path | None = None, suites: Sequence[s
         raise ConfigError("compare-schedules needs prune.retrain lrr or finetune: a rewound level "
                           "replays the dense schedule from prune.rewind_step, which has no one-shot "
                           "counterpart with the same epoch budget")
+    if cfg.prune.init_sparsity > 0:
+        raise ConfigError(f"compare-schedules with prune.init_sparsity {cfg.prune.init_sparsity}: its "
+                          "one-shot pools prune the gradual pool's level 0 in one step, which "
+                          "prunelens does from a dense level 0 only; leave init_sparsity at 0")
     suites = list(suites) if suites is not None else compared_suites()
     check_suite_data(cfg, suites)  # a missing data folder is named before any pool trains
     gradual = prune_run(gradual_config(cfg), force=force, log=log)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -74,10 +74,11 @@ def layer_groups(names: Iterable[str]) -> dict[str, list[str]]:
     return groups
 
 
-def cumulative_ratio(rate: float, rounds: int) -> float:
-    """IMP.py:89, 182: ``ratios += rat_factor*(1-ratios)`` from 0, ``rounds`` times (iterated as
+def cumulative_ratio(rate: float, rounds: int, start: float = 0.0) -> float:
+    """IMP.py:89, 182: ``ratios = ratio*np.ones(lprun)`` with ``ratio`` the ``init_sparsity``
+    (``start``, IMP.py:58), then ``ratios += rat_factor*(1-ratios)``, ``rounds`` times (iterated as
     they do, so that floor(ratio × N) rounds as theirs)."""
-    ratio = 0.0
+    ratio = float(start)
     for _ in range(rounds):
         ratio += rate * (1 - ratio)
     return ratio
@@ -112,6 +113,32 @@ def cumulative_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Te
 
 def dense_masks(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+
+
+def is_bias(name: str) -> bool:
+    """A layer's bias (``fc1.bias``), as :func:`prunable_parameters` adds it with ``biases``."""
+    return name == "bias" or name.endswith(".bias")
+
+
+def random_keep_mask(uniform: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """SiftingFeatures src/Utils.py:99 (and 106 for conv layers): an entry is dropped where its
+    uniform draw is ``< spars``, ``np.where(np.random.uniform(0.0,1.0,shape)<spars[si],0,1)``."""
+    return ~(uniform < sparsity)
+
+
+def random_initial_masks(params: dict[str, nn.Parameter], sparsity: float,
+                         generator_of: Callable[[str], torch.Generator]) -> dict[str, torch.Tensor]:
+    """Pellegrini & Biroli's first mask, ``make_mask`` (SiftingFeatures src/Utils.py:93-101): each
+    weight of a pruned layer dropped independently with probability ``sparsity``
+    (:func:`random_keep_mask` of float64 uniforms drawn by ``generator_of(name)``, one stream per
+    parameter); biases kept (``np.ones((par[1]))``, Utils.py:100), also when they are pruned later.
+    ``sparsity`` 0 gives :func:`dense_masks` and draws nothing."""
+    if sparsity == 0:
+        return dense_masks(params)
+    return {n: (torch.ones_like(p, dtype=torch.bool, device="cpu") if is_bias(n) else
+                random_keep_mask(torch.rand(p.shape, generator=generator_of(n), dtype=torch.float64),
+                                 sparsity))
+            for n, p in params.items()}
 
 
 def _n_to_prune(alive: int, amount: float | int) -> int:

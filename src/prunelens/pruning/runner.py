@@ -33,8 +33,8 @@ from prunelens.io import atomic_save_tensors
 from prunelens.models import create_model, load_state_dict_strict, spec_for
 from prunelens.pruning.store import PoolWriter, identity_difference
 from prunelens.pruning.masks import (Masker, alive_unit_fraction, cumulative_masks, cumulative_ratio,
-                                     dense_masks, magnitude_masks,
-                                     mask_sparsity, prunable_from_config, random_masks_like)
+                                     magnitude_masks, mask_sparsity, prunable_from_config,
+                                     random_initial_masks, random_masks_like)
 from prunelens.pruning.recipe import mixing_collate, ra_order
 from prunelens.pruning.schedule import lr_schedule, one_shot_sparsity, planned_rounds
 from prunelens.pruning.train import (Checkpoint, TrainPlan, derived_seed, evaluate_model,
@@ -246,8 +246,9 @@ def _next_masks(cfg, params, masks, level: int) -> dict[str, torch.Tensor]:
         floor = round((1 - p.max_sparsity) * total)
     else:
         floor = {n: round((1 - p.max_sparsity) * m.numel()) for n, m in masks.items()}
-    if p.target == "cumulative":  # level k is the k-th round
-        return cumulative_masks(weights, masks, cumulative_ratio(p.rate, level), p.scope, min_alive=floor)
+    if p.target == "cumulative":  # level k is the k-th round, from init_sparsity (IMP.py:89)
+        return cumulative_masks(weights, masks, cumulative_ratio(p.rate, level, p.init_sparsity), p.scope,
+                                min_alive=floor)
     return magnitude_masks(weights, masks, p.rate, p.scope, min_alive=floor)
 
 
@@ -263,17 +264,45 @@ def _stop_reason(cfg, level: int, old_masks, new_masks, layer_order: list[str]) 
         return f"{p.rounds} rounds done"
     if new_s <= old_s + 1e-12:
         return f"max_sparsity {p.max_sparsity} reached"
-    if p.min_alive_units > 0:
-        alive = {n: f for n, f in alive_unit_fraction(new_masks).items()
-                 if n in counted_layers(p.stop_layers, layer_order, new_masks)}
-        worst = min(alive, key=alive.get, default=None)
-        below = worst is not None and (alive[worst] < p.min_alive_units if p.stop_when == "below"
-                                       else alive[worst] <= p.min_alive_units)
-        if below:
-            sign = "<" if p.stop_when == "below" else "<="
-            return (f"the next round would leave {alive[worst]:.0%} of the units of {worst} with an "
-                    f"incoming connection ({sign} min_alive_units {p.min_alive_units:.0%})")
+    below = _units_below(p, new_masks, layer_order)
+    if below is not None:
+        sign = "<" if p.stop_when == "below" else "<="
+        return (f"the next round would leave {below[1]:.0%} of the units of {below[0]} with an "
+                f"incoming connection ({sign} min_alive_units {p.min_alive_units:.0%})")
     return None
+
+
+def _units_below(p, masks, layer_order: list[str]) -> tuple[str, float] | None:
+    """The counted layer with the fewest connected units and that fraction, when it is past
+    ``prune.min_alive_units`` (``stop_when``); else None."""
+    if p.min_alive_units <= 0:
+        return None
+    alive = {n: f for n, f in alive_unit_fraction(masks).items()
+             if n in counted_layers(p.stop_layers, layer_order, masks)}
+    worst = min(alive, key=alive.get, default=None)
+    if worst is None or (alive[worst] >= p.min_alive_units if p.stop_when == "below"
+                         else alive[worst] > p.min_alive_units):
+        return None
+    return worst, alive[worst]
+
+
+def initial_masks(cfg, params, layer_order: list[str]) -> dict[str, torch.Tensor]:
+    """Level 0's masks: all ones, or with ``prune.init_sparsity`` Pellegrini & Biroli's random
+    first mask (:func:`~prunelens.pruning.masks.random_initial_masks`), each parameter's draws
+    seeded by the run's seed and its name. Their loop trains nothing when that mask already leaves
+    too few connected units (the stop rule before the first level, IMP.py:120, 128): a ConfigError
+    here, before the run folder is touched."""
+    p = cfg.prune
+    masks = random_initial_masks(
+        params, p.init_sparsity,
+        lambda name: torch.Generator().manual_seed(derived_seed(cfg.seed, "init-mask", name)))
+    below = _units_below(p, masks, layer_order) if p.init_sparsity > 0 else None
+    if below is not None:
+        raise ConfigError(f"prune.init_sparsity {p.init_sparsity} leaves {below[1]:.0%} of the units "
+                          f"of {below[0]} with an incoming connection, past the stop rule "
+                          f"(min_alive_units {p.min_alive_units:.0%}, stop_when {p.stop_when}): no "
+                          "level would train; lower it")
+    return masks
 
 
 def counted_layers(which: str, layer_order: list[str], masks) -> set[str]:
@@ -316,6 +345,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
     params = prunable_from_config(model, cfg.prune)
     source = control_source(cfg)
     dense = dense_source(cfg, num_classes)
+    first_masks = initial_masks(cfg, params, list(spec.prunable(model)))
     with contextlib.ExitStack() as stack:
         writer, done = None, []
 
@@ -339,7 +369,7 @@ def prune_run(cfg, force: bool = False, log: Callable[[str], None] = print,
             log(f"{cfg.name}: images decoded on the {loaders.input_path[0].upper()} ({loaders.input_path[1]})")
         if not distributed.is_main():
             done = _levels_seen_by_this_rank(cfg.run_dir, n_done)
-        masks = dense_masks(params)
+        masks = first_masks
         if done:
             load_state_dict_strict(model, done[-1].state_dict(), "the last level")
             masks = {n: m.bool() for n, m in done[-1].load_masks().items()}
@@ -532,7 +562,7 @@ def _build_level(cfg, writer: PoolWriter | None, model, spec, params, masks, loa
     partial = Layout(cfg.run_dir).partial(level)
     if writer is not None:
         partial.mkdir(exist_ok=True)
-    masker = Masker(params, masks) if level > 0 else None
+    masker = Masker(params, masks) if level > 0 or cfg.prune.init_sparsity > 0 else None
     on_step = None
     rewind_path = partial / REWIND_FILE
     if level == 0 and cfg.prune.retrain == "rewind":

@@ -151,6 +151,12 @@ def _pool_tables(c: ReportContent) -> str:
         parts.append(f"<h3>Pool of {esc(r.name)}</h3>" + _table(
             ("level", "sparsity", "of all parameters", "paper's count", "train acc", "val acc",
              "test acc", "test loss", "epochs", "steps", "wall time (s)", "model sha256", "masks sha256"), rows))
+        if r.config.prune.init_sparsity > 0:
+            parts.append(f'<p class="muted">Level 0 of {esc(r.name)} is not dense: it trained under a '
+                         f"random mask (<code>prune.init_sparsity</code> {esc(r.config.prune.init_sparsity)}, "
+                         "Pellegrini &amp; Biroli's control, SiftingFeatures Utils.py:93-101), at the "
+                         "sparsity shown. It is still the baseline every level is compared with "
+                         "(\"vs dense\", sweet spots).</p>")
     if parts:
         parts.append('<p class="muted">Sparsity three ways: of the pruned weights, of all parameters, '
                      "and as Cassano et al.'s code counts it (pruned weights over every Conv2d and "
